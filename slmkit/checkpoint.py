@@ -1,0 +1,112 @@
+"""Self-describing run folders, written atomically, loaded without unpickling anything.
+
+    runs/<name>/
+      config.yaml         the resolved recipe
+      tokenizer.json      the tokenizer
+      model.safetensors   weights of the best evaluation
+      last.safetensors    weights at the last checkpoint
+      state.pt            optimizer, step, RNG states, sampler position (torch.load weights_only)
+      metrics.csv  train.log
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_model, save_model
+
+from .atomic import atomic_path
+from .config import RunConfig, load_config, save_config
+from .errors import CheckpointError, SlmError
+from .model import GPT
+from .tokenizer import Tokenizer, load_tokenizer
+
+BEST = "model.safetensors"
+LAST = "last.safetensors"
+STATE = "state.pt"
+
+
+def save_weights(model: GPT, path: Path, metadata: Optional[dict[str, str]] = None) -> None:
+    """Model weights to safetensors (tied weights stored once), atomically."""
+    with atomic_path(path) as tmp:
+        save_model(model, str(tmp), metadata=metadata)
+
+
+def load_weights(model: GPT, path: Path) -> None:
+    """Fill `model` from a safetensors file; errors name the file when it does not match."""
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist; train the run first or pick another --run")
+    try:
+        missing, unexpected = load_model(model, str(path), strict=False)
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({e}); it may be truncated") from None
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise CheckpointError(f"{path} does not fit the model in config.yaml ({first})") from None
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path} does not fit the model in config.yaml (missing {sorted(missing)[:3]}, "
+            f"unexpected {sorted(unexpected)[:3]})"
+        )
+
+
+def save_state(state: dict[str, Any], path: Path) -> None:
+    """Training state (tensors and plain Python values only), atomically."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    """Training state, loaded with weights_only=True so no arbitrary object is ever unpickled."""
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist; there is nothing to resume in {path.parent}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{path} holds objects other than tensors and plain values; refusing to load it") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+        raise CheckpointError(f"{path} is unreadable or truncated ({type(e).__name__}); resume from another run") from None
+
+
+@dataclass
+class Run:
+    """What a run folder holds: the model (best weights), its tokenizer and its config."""
+
+    model: GPT
+    tokenizer: Tokenizer
+    config: RunConfig
+    path: Path
+
+
+def write_run_files(run_dir: Path, cfg: RunConfig, tokenizer: Tokenizer) -> None:
+    """config.yaml and tokenizer.json, so the folder describes itself from the first step."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    tokenizer.save(run_dir / "tokenizer.json")
+
+
+def load_run(run_dir: Path | str, weights: str = BEST, device: str = "cpu") -> Run:
+    """Load a run folder: model with its best (or `weights=LAST`) weights, tokenizer, config."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run folder {run_dir} does not exist; train one with `slm train --out {run_dir}`")
+    cfg = load_config(run_dir / "config.yaml")
+    try:
+        tokenizer = load_tokenizer(run_dir / "tokenizer.json")
+    except SlmError as e:
+        raise CheckpointError(str(e)) from None
+    if tokenizer.vocab_size != cfg.model.vocab_size:
+        raise CheckpointError(
+            f"{run_dir}/tokenizer.json has {tokenizer.vocab_size} tokens but the model has {cfg.model.vocab_size}; "
+            "the tokenizer belongs to another run"
+        )
+    model = GPT(cfg.model)
+    load_weights(model, run_dir / weights)
+    model.eval()
+    return Run(model=model.to(device), tokenizer=tokenizer, config=cfg, path=run_dir)

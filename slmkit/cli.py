@@ -1,0 +1,138 @@
+"""`slm` command line: each sub-command parses its arguments and calls one library function."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional
+
+from .errors import SlmError
+
+EPILOG = "Any recipe key can be overridden: --section.key=value (or --section.key value), e.g. --train.max_minutes=1"
+
+# keys a resumed run may change: its budget and cadence, never its model or data
+RESUME_KEYS = ("train.max_steps", "train.max_minutes", "train.eval_interval", "train.log_interval", "train.device")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="slm", description="Build small language models from scratch.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("train", help="prepare data if needed, train, then print a sample", epilog=EPILOG)
+    p.add_argument("--recipe", default=None, help="recipe name in recipes/ or a YAML path (default: kjv-char)")
+    p.add_argument("--out", default=None, help="run folder (default: runs/<recipe>)")
+    p.add_argument("--resume", default=None, metavar="DIR", help="continue the run in DIR from its last checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still print)")
+
+    p = sub.add_parser("prepare", help="corpus -> tokenizer -> train/val shards", epilog=EPILOG)
+    p.add_argument("--recipe", default=None, help="recipe name in recipes/ or a YAML path (default: kjv-char)")
+    p.add_argument("--force", action="store_true", help="rebuild the shards even if they are complete")
+
+    p = sub.add_parser("sample", help="stream text from a trained run")
+    p.add_argument("--run", required=True, metavar="DIR", help="run folder written by `slm train`")
+    p.add_argument("--prompt", default=None, help="text to continue (default: the recipe's sample.prompt)")
+    p.add_argument("--max-new-tokens", type=int, default=None)
+    p.add_argument("--temperature", type=float, default=None, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=None, help="0 = off")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--last", action="store_true", help="use the last weights instead of the best")
+
+    sub.add_parser("recipes", help="list the shipped recipes")
+    return parser
+
+
+def _cmd_train(args: argparse.Namespace, overrides: dict) -> None:
+    from .config import ConfigError, _apply, load_config, load_recipe
+    from .train import train
+
+    if args.resume:
+        if args.recipe:
+            raise ConfigError("--resume takes its recipe from the run folder; drop --recipe")
+        cfg = load_config(Path(args.resume) / "config.yaml")
+        for key, value in overrides.items():
+            if key not in RESUME_KEYS:
+                raise ConfigError(f"--{key} cannot change when resuming; only {', '.join(RESUME_KEYS)} can")
+            _apply(cfg, key, value)
+        train(cfg.validate(), resume=args.resume, progress_bar=not args.no_progress)
+        return
+    cfg = load_recipe(args.recipe, overrides)
+    train(cfg, out=args.out, progress_bar=not args.no_progress)
+
+
+def _cmd_prepare(args: argparse.Namespace, overrides: dict) -> None:
+    from .config import load_recipe
+    from .data.shards import prepare
+
+    out = prepare(load_recipe(args.recipe, overrides), force=args.force)
+    print(out)
+
+
+def _cmd_sample(args: argparse.Namespace) -> None:
+    from .checkpoint import LAST, BEST, load_run
+    from .config import SampleConfig
+    from .generate import stream
+
+    run = load_run(args.run, weights=LAST if args.last else BEST)
+    sc = run.config.sample
+    chosen = SampleConfig(
+        prompt=sc.prompt if args.prompt is None else args.prompt,
+        max_new_tokens=sc.max_new_tokens if args.max_new_tokens is None else args.max_new_tokens,
+        temperature=sc.temperature if args.temperature is None else args.temperature,
+        top_k=sc.top_k if args.top_k is None else args.top_k,
+        seed=sc.seed if args.seed is None else args.seed,
+    )
+    chosen.validate()
+    prompt = chosen.prompt
+    unknown = getattr(run.tokenizer, "unknown_chars", lambda _: [])(prompt)
+    if unknown:
+        print(f"slm: note: dropping characters the tokenizer has never seen: {''.join(unknown)!r}", file=sys.stderr)
+        prompt = "".join(c for c in prompt if c not in unknown)
+    sys.stdout.write(prompt)
+    for piece in stream(
+        run.model, run.tokenizer, prompt, chosen.max_new_tokens, chosen.temperature, chosen.top_k, chosen.seed
+    ):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+
+
+def _cmd_recipes() -> None:
+    from .config import list_recipes, load_recipe
+
+    for path in list_recipes():
+        cfg = load_recipe(str(path))
+        m = cfg.model
+        print(
+            f"{path.stem:28s} data={cfg.data.source:16s} tokenizer={cfg.tokenizer.kind:6s} "
+            f"layers={m.n_layer} heads={m.n_head} width={m.n_embd} block={m.block_size}"
+        )
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Entry point of `slm`; returns the exit code."""
+    from .config import parse_overrides
+
+    parser = _parser()
+    args, rest = parser.parse_known_args(argv)
+    try:
+        if args.command is None:
+            parser.print_help()
+            return 2
+        if args.command in ("train", "prepare"):
+            overrides = parse_overrides(rest)
+            (_cmd_train if args.command == "train" else _cmd_prepare)(args, overrides)
+        else:
+            if rest:
+                parser.error(f"unrecognized arguments: {' '.join(rest)}")
+            if args.command == "sample":
+                _cmd_sample(args)
+            elif args.command == "recipes":
+                _cmd_recipes()
+    except SlmError as e:
+        print(f"slm: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("slm: interrupted", file=sys.stderr)
+        return 130
+    return 0

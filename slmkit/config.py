@@ -1,0 +1,338 @@
+"""Typed configuration: one dataclass per pipeline stage, loaded from YAML recipes.
+
+A recipe is a YAML mapping `{section: {key: value}}`; command-line overrides
+`--section.key=value` are applied on top. Unknown keys, wrong types and
+out-of-range values raise `ConfigError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from .atomic import atomic_write_text
+from .errors import ConfigError
+
+DEFAULT_RECIPE = "kjv-char"
+
+
+@dataclass
+class DataConfig:
+    """Where the text comes from and how it is split and normalized."""
+
+    source: str = "kjv"  # kjv | a file, folder or glob
+    val_fraction: float = 0.1  # the last fraction of documents is the val split
+    text_field: str = "text"  # field holding the text in .jsonl records
+    lowercase: bool = False
+    collapse_whitespace: bool = False
+    drop_empty_lines: bool = False
+    errors: str = "strict"  # strict | replace: what to do with bytes that are not UTF-8
+    shard_dir: str = ""  # where shards go; empty = shards/<source>-<tokenizer>-<hash>
+
+    def validate(self) -> None:
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction={self.val_fraction} must be between 0 and 1 (e.g. 0.1)")
+        if self.errors not in ("strict", "replace"):
+            raise ConfigError(f"data.errors={self.errors!r} must be 'strict' or 'replace'")
+        if not self.source:
+            raise ConfigError("data.source is empty: give 'kjv', a file, a folder or a glob")
+
+
+@dataclass
+class TokenizerConfig:
+    """Which tokenizer to fit (or load) for the corpus."""
+
+    kind: str = "char"  # char
+    vocab_size: int = 0  # 0 = whatever the corpus needs (char)
+
+    def validate(self) -> None:
+        if self.kind not in TOKENIZER_KINDS:
+            raise ConfigError(f"tokenizer.kind={self.kind!r} is not known; valid: {', '.join(TOKENIZER_KINDS)}")
+        if self.vocab_size < 0:
+            raise ConfigError(f"tokenizer.vocab_size={self.vocab_size} must be >= 0")
+
+
+TOKENIZER_KINDS = ("char",)
+
+
+@dataclass
+class ModelConfig:
+    """Shape of the GPT (see slmkit.model.GPT)."""
+
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    block_size: int = 128
+    dropout: float = 0.0
+    bias: bool = True  # bias in Linear layers and LayerNorms, as GPT-2
+    vocab_size: int = 0  # 0 = taken from the tokenizer
+
+    def validate(self) -> None:
+        for key in ("n_layer", "n_head", "n_embd", "block_size"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"model.{key}={getattr(self, key)} must be a positive integer")
+        if self.n_embd % self.n_head:
+            raise ConfigError(
+                f"model.n_embd={self.n_embd} is not divisible by model.n_head={self.n_head}; "
+                "pick sizes where n_embd is a multiple of n_head"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout={self.dropout} must be in [0, 1)")
+        if self.vocab_size < 0:
+            raise ConfigError(f"model.vocab_size={self.vocab_size} must be >= 0")
+
+
+@dataclass
+class TrainConfig:
+    """Optimizer, schedule, budget and cadence of the training loop."""
+
+    batch_size: int = 32
+    lr: float = 1e-3
+    min_lr: float = 1e-4  # cosine decays to this
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0  # max global grad norm; 0 = off
+    max_steps: int = 0  # 0 = no step limit (the time budget governs)
+    max_minutes: float = 5.0  # 0 = no time limit
+    eval_interval: int = 250  # steps between evaluations on fixed val batches
+    eval_batches: int = 20  # fixed val batches per evaluation
+    log_interval: int = 10  # steps between progress-bar and log updates
+    seed: int = 1337
+    device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | mps
+    threads: int = 0  # CPU threads for torch; 0 = torch's default
+
+    def validate(self) -> None:
+        for key in ("batch_size", "eval_interval", "eval_batches", "log_interval"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"train.{key}={getattr(self, key)} must be a positive integer")
+        for key in ("max_steps", "warmup_steps", "threads"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"train.{key}={getattr(self, key)} must be >= 0")
+        for key in ("lr", "min_lr", "weight_decay", "grad_clip", "max_minutes"):
+            value = getattr(self, key)
+            if value < 0 or not math.isfinite(value):
+                raise ConfigError(f"train.{key}={value} must be a finite number >= 0")
+        if self.lr == 0:
+            raise ConfigError("train.lr=0 would not train; give a positive learning rate such as 1e-3")
+        if self.max_steps == 0 and self.max_minutes == 0:
+            raise ConfigError("train.max_steps and train.max_minutes are both 0; set one of them")
+        if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"train.device={self.device!r}; valid: auto, cpu, cuda, cuda:N, mps")
+
+
+@dataclass
+class SampleConfig:
+    """Defaults for the sample printed after training and for `slm sample`."""
+
+    prompt: str = ""
+    max_new_tokens: int = 300
+    temperature: float = 0.8
+    top_k: int = 0  # 0 = no top-k filtering
+    seed: int = 1337
+
+    def validate(self) -> None:
+        if self.max_new_tokens < 0:
+            raise ConfigError(f"sample.max_new_tokens={self.max_new_tokens} must be >= 0")
+        if self.temperature < 0:
+            raise ConfigError(f"sample.temperature={self.temperature} must be >= 0 (0 = greedy)")
+        if self.top_k < 0:
+            raise ConfigError(f"sample.top_k={self.top_k} must be >= 0 (0 = off)")
+
+
+@dataclass
+class RunConfig:
+    """A whole recipe: every stage's section."""
+
+    name: str = DEFAULT_RECIPE
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def validate(self) -> "RunConfig":
+        for section in SECTIONS:
+            getattr(self, section).validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = ("data", "tokenizer", "model", "train", "sample")
+
+
+def _coerce(value: Any, kind: Any, key: str) -> Any:
+    """Return `value` as type `kind`, or raise ConfigError naming `key`."""
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        return _coerce(value, args[0], key)
+    wrong = ConfigError(f"{key}={value!r} should be {getattr(kind, '__name__', kind)}")
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+            return value.lower() in ("true", "yes", "on", "1")
+        raise wrong
+    if kind is int:
+        if isinstance(value, bool):
+            raise wrong
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                raise wrong from None
+        raise wrong
+    if kind is float:
+        if isinstance(value, bool):
+            raise wrong
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise wrong from None
+        raise wrong
+    if kind is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise wrong
+    raise ConfigError(f"{key}: unsupported type {kind}")
+
+
+def _apply(cfg: RunConfig, key: str, value: Any) -> None:
+    """Set dotted `key` (e.g. 'train.lr') on cfg, checking that it exists and its type."""
+    if key == "name":
+        cfg.name = _coerce(value, str, key)
+        return
+    section, _, name = key.partition(".")
+    if section not in SECTIONS or not name:
+        raise ConfigError(f"unknown key {key!r}; keys look like section.key with section one of: {', '.join(SECTIONS)}")
+    obj = getattr(cfg, section)
+    hints = typing.get_type_hints(type(obj))
+    if name not in hints:
+        valid = ", ".join(f"{section}.{f.name}" for f in dataclasses.fields(obj))
+        raise ConfigError(f"unknown key {key!r}; valid keys in {section}: {valid}")
+    setattr(obj, name, _coerce(value, hints[name], key))
+
+
+def from_dict(raw: Any, origin: str = "recipe") -> RunConfig:
+    """Build a RunConfig from a nested mapping such as a parsed recipe."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{origin}: expected a mapping of sections (data, model, train, ...), got {type(raw).__name__}")
+    cfg = RunConfig()
+    for section, body in raw.items():
+        if section == "name":
+            _apply(cfg, "name", body)
+            continue
+        if section not in SECTIONS:
+            raise ConfigError(f"{origin}: unknown section {section!r}; valid: name, {', '.join(SECTIONS)}")
+        if body is None:
+            continue
+        if not isinstance(body, dict):
+            raise ConfigError(f"{origin}: section {section!r} should be a mapping of keys")
+        for key, value in body.items():
+            _apply(cfg, f"{section}.{key}", value)
+    return cfg
+
+
+def recipes_dir() -> Path:
+    """The folder holding the shipped recipes (the repository's recipes/)."""
+    return Path(str(importlib.resources.files("slmkit"))).parent / "recipes"
+
+
+def list_recipes() -> list[Path]:
+    """Every shipped recipe file, sorted by name."""
+    return sorted(recipes_dir().glob("*.yaml"))
+
+
+def find_recipe(name_or_path: str) -> Path:
+    """Resolve a recipe given by name (`kjv-char`) or by path to a YAML file."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"recipe file {name_or_path} does not exist")
+        return path
+    candidate = recipes_dir() / f"{name_or_path}.yaml"
+    if candidate.is_file():
+        return candidate
+    names = ", ".join(p.stem for p in list_recipes())
+    raise ConfigError(f"unknown recipe {name_or_path!r}; give a YAML path or one of: {names}")
+
+
+def load_recipe(name_or_path: Optional[str] = None, overrides: Optional[dict[str, Any]] = None) -> RunConfig:
+    """Load a recipe (default: kjv-char), apply `{"section.key": value}` overrides, validate."""
+    path = find_recipe(name_or_path or DEFAULT_RECIPE)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"recipe {path} is not valid YAML ({first}); fix the file") from None
+    cfg = from_dict(raw, origin=str(path))
+    if not (isinstance(raw, dict) and "name" in raw):
+        cfg.name = path.stem
+    for key, value in (overrides or {}).items():
+        _apply(cfg, key, value)
+    return cfg.validate()
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """Turn ['--train.lr=3e-4', '--model.n_layer', '6'] into {'train.lr': 3e-4, 'model.n_layer': 6}."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or len(arg) == 2:
+            raise ConfigError(f"unexpected argument {arg!r}; overrides look like --section.key=value")
+        key = arg[2:]
+        if "=" in key:
+            key, text = key.split("=", 1)
+        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+            i += 1
+            text = args[i]
+        else:
+            raise ConfigError(f"option --{key} needs a value: --{key}=VALUE")
+        try:
+            out[key] = yaml.safe_load(text) if text != "" else ""
+        except yaml.YAMLError:
+            out[key] = text
+        if isinstance(out[key], (dict, list)):
+            out[key] = text  # keep odd strings like '[a]' literal; types are checked later
+        i += 1
+    return out
+
+
+def save_config(cfg: RunConfig, path: Path) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def load_config(path: Path) -> RunConfig:
+    """Read a resolved config.yaml written by save_config."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path} is missing; is this a run folder made by `slm train`?") from None
+    except (yaml.YAMLError, UnicodeDecodeError):
+        raise ConfigError(f"{path} is not valid YAML; restore it from the recipe") from None
+    return from_dict(raw, origin=str(path)).validate()

@@ -1,0 +1,1 @@
+"""Data stages: sources of text, and tokenized binary shards."""

@@ -1,0 +1,17 @@
+"""User-facing errors: the CLI prints them as one line and exits non-zero."""
+
+
+class SlmError(Exception):
+    """A problem the user can fix; the message names the file/option and the fix."""
+
+
+class ConfigError(SlmError):
+    """A recipe key, value or type is wrong."""
+
+
+class DataError(SlmError):
+    """A corpus, shard or tokenizer file is missing or malformed."""
+
+
+class CheckpointError(SlmError):
+    """A run folder or checkpoint is missing, truncated or does not match."""

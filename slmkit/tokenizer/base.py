@@ -1,0 +1,43 @@
+"""The one tokenizer interface every kind implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Optional
+
+
+class Tokenizer(ABC):
+    """encode/decode text, with a vocabulary size, an end-of-text id and a saved form."""
+
+    kind: str = ""
+
+    @property
+    @abstractmethod
+    def vocab_size(self) -> int:
+        """Number of ids the model's embedding needs."""
+
+    @property
+    @abstractmethod
+    def eot_id(self) -> int:
+        """Id placed between documents."""
+
+    @abstractmethod
+    def encode(self, text: str) -> list[int]:
+        """Text -> ids."""
+
+    @abstractmethod
+    def decode(self, ids: list[int]) -> str:
+        """Ids -> text."""
+
+    @abstractmethod
+    def save(self, path: Path | str) -> None:
+        """Write the tokenizer to a single file (atomically)."""
+
+    def encode_document(self, text: str) -> list[int]:
+        """Ids of one document followed by the end-of-text id."""
+        return self.encode(text) + [self.eot_id]
+
+    def token_bytes(self, ids: Optional[list[int]] = None) -> int:
+        """UTF-8 byte length of the decoded ids (for bits per byte)."""
+        return len(self.decode(ids or []).encode("utf-8"))
