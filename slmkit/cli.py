@@ -11,9 +11,6 @@ from .errors import SlmError
 
 EPILOG = "Any recipe key can be overridden: --section.key=value (or --section.key value), e.g. --train.max_minutes=1"
 
-# keys a resumed run may change: its budget and cadence, never its model or data
-RESUME_KEYS = ("train.max_steps", "train.max_minutes", "train.eval_interval", "train.log_interval", "train.device")
-
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slm", description="Build small language models from scratch.")
@@ -43,21 +40,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_train(args: argparse.Namespace, overrides: dict) -> None:
-    from .config import ConfigError, _apply, load_config, load_recipe
-    from .train import train
+    from .config import ConfigError, load_recipe
+    from .train import resume_config, train
 
     if args.resume:
         if args.recipe:
             raise ConfigError("--resume takes its recipe from the run folder; drop --recipe")
-        cfg = load_config(Path(args.resume) / "config.yaml")
-        for key, value in overrides.items():
-            if key not in RESUME_KEYS:
-                raise ConfigError(f"--{key} cannot change when resuming; only {', '.join(RESUME_KEYS)} can")
-            _apply(cfg, key, value)
-        train(cfg.validate(), resume=args.resume, progress_bar=not args.no_progress)
+        train(resume_config(args.resume, overrides), resume=args.resume, progress_bar=not args.no_progress)
         return
-    cfg = load_recipe(args.recipe, overrides)
-    train(cfg, out=args.out, progress_bar=not args.no_progress)
+    train(load_recipe(args.recipe, overrides), out=args.out, progress_bar=not args.no_progress)
 
 
 def _cmd_prepare(args: argparse.Namespace, overrides: dict) -> None:

@@ -218,7 +218,7 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported type {kind}")
 
 
-def _apply(cfg: RunConfig, key: str, value: Any) -> None:
+def apply_override(cfg: RunConfig, key: str, value: Any) -> None:
     """Set dotted `key` (e.g. 'train.lr') on cfg, checking that it exists and its type."""
     if key == "name":
         cfg.name = _coerce(value, str, key)
@@ -243,7 +243,7 @@ def from_dict(raw: Any, origin: str = "recipe") -> RunConfig:
     cfg = RunConfig()
     for section, body in raw.items():
         if section == "name":
-            _apply(cfg, "name", body)
+            apply_override(cfg, "name", body)
             continue
         if section not in SECTIONS:
             raise ConfigError(f"{origin}: unknown section {section!r}; valid: name, {', '.join(SECTIONS)}")
@@ -252,7 +252,7 @@ def from_dict(raw: Any, origin: str = "recipe") -> RunConfig:
         if not isinstance(body, dict):
             raise ConfigError(f"{origin}: section {section!r} should be a mapping of keys")
         for key, value in body.items():
-            _apply(cfg, f"{section}.{key}", value)
+            apply_override(cfg, f"{section}.{key}", value)
     return cfg
 
 
@@ -292,7 +292,7 @@ def load_recipe(name_or_path: Optional[str] = None, overrides: Optional[dict[str
     if not (isinstance(raw, dict) and "name" in raw):
         cfg.name = path.stem
     for key, value in (overrides or {}).items():
-        _apply(cfg, key, value)
+        apply_override(cfg, key, value)
     return cfg.validate()
 
 

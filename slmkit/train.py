@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from .checkpoint import BEST, LAST, STATE, load_state, load_weights, save_state, save_weights, write_run_files
-from .config import RunConfig, TrainConfig, load_config
+from .config import RunConfig, TrainConfig, apply_override, load_config
 from .data.shards import BatchSampler, load_prepared, prepare, shard_dir_for
 from .errors import CheckpointError, ConfigError
 from .evaluate import mean_loss, report
@@ -57,6 +57,23 @@ def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     progress = min(max(progress, 0.0), 1.0)
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
+
+
+# keys a resumed run may change: its budget and cadence, never its model or data
+RESUME_KEYS = ("train.max_steps", "train.max_minutes", "train.eval_interval", "train.log_interval", "train.device")
+
+
+def resume_config(run_dir: Path | str, overrides: Optional[dict[str, Any]] = None) -> RunConfig:
+    """The config of a run folder to resume, with budget/cadence overrides applied."""
+    run_dir = Path(run_dir)
+    if not (run_dir / STATE).is_file():
+        raise CheckpointError(f"{run_dir} has no {STATE} to resume from; start it with `slm train --out {run_dir}`")
+    cfg = load_config(run_dir / "config.yaml")
+    for key, value in (overrides or {}).items():
+        if key not in RESUME_KEYS:
+            raise ConfigError(f"--{key} cannot change when resuming; only {', '.join(RESUME_KEYS)} can")
+        apply_override(cfg, key, value)
+    return cfg.validate()
 
 
 @dataclass
@@ -124,9 +141,7 @@ def train(
     """
     if resume is not None:
         run_dir = Path(resume)
-        if not (run_dir / STATE).is_file():
-            raise CheckpointError(f"{run_dir} has no {STATE} to resume from; start it with `slm train --out {run_dir}`")
-        cfg = cfg or load_config(run_dir / "config.yaml")
+        cfg = cfg or resume_config(run_dir)
     else:
         cfg = cfg or RunConfig()
         run_dir = Path(out) if out is not None else Path("runs") / cfg.name

@@ -1,0 +1,29 @@
+# Two commands: `make demo` (install, train the default model, sample) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test install dev clean
+
+demo: $(VENV)/.installed
+	$(BIN)/slm train
+
+test: $(VENV)/.dev-installed
+	$(BIN)/python -m pytest
+
+install: $(VENV)/.installed
+
+dev: $(VENV)/.dev-installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e .
+	touch $@
+
+$(VENV)/.dev-installed: $(VENV)/.installed
+	$(BIN)/python -m pip install -e '.[dev]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) *.egg-info

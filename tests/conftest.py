@@ -1,0 +1,42 @@
+import os
+
+import pytest
+
+# Nothing in the tests may reach the network: a hub call fails at once.
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+TINY_TEXT = (
+    "In the beginning God created the heaven and the earth.\n"
+    "And the earth was without form, and void; and darkness was upon the face of the deep.\n"
+    "And God said, Let there be light: and there was light.\n"
+) * 40
+
+
+@pytest.fixture
+def tiny_corpus(tmp_path):
+    """A small text file the tests write themselves."""
+    path = tmp_path / "corpus.txt"
+    path.write_text(TINY_TEXT, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def tiny_overrides(tiny_corpus, tmp_path):
+    """Overrides that make any recipe a seconds-long run of a 2-layer, 32-wide model."""
+    return {
+        "data.source": str(tiny_corpus),
+        "data.shard_dir": str(tmp_path / "shards"),
+        "model.n_layer": 2,
+        "model.n_head": 2,
+        "model.n_embd": 32,
+        "model.block_size": 32,
+        "train.batch_size": 8,
+        "train.max_steps": 20,
+        "train.max_minutes": 0,
+        "train.warmup_steps": 5,
+        "train.eval_interval": 10,
+        "train.eval_batches": 2,
+        "train.log_interval": 5,
+        "sample.max_new_tokens": 20,
+    }
