@@ -1,9 +1,21 @@
+import hashlib
 import json
+import multiprocessing
+import re
+import shutil
 
+import numpy as np
 import pytest
+import tiktoken
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from tokenizers import ByteLevelBPETokenizer
 
-from slmkit.errors import DataError
-from slmkit.tokenizer import CharTokenizer, load_tokenizer
+from slmkit.config import RunConfig, TokenizerConfig, load_recipe
+from slmkit.data.shards import load_prepared, prepare
+from slmkit.errors import ConfigError, DataError
+from slmkit.tokenizer import CharTokenizer, GPT2Tokenizer, HFTokenizer, fit_tokenizer, load_tokenizer
+from slmkit.tokenizer import gpt2 as gpt2_module
 
 
 def test_char_round_trip_and_save_load(tmp_path):
@@ -52,23 +64,6 @@ def test_load_tokenizer_rejects_bad_files(tmp_path):
 
 
 # --- word, bpe, wordpiece (HF tokenizers) and gpt2 (tiktoken) ---------------------------------
-
-import hashlib
-import multiprocessing
-import re
-import shutil
-
-import numpy as np
-import tiktoken
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from tokenizers import ByteLevelBPETokenizer
-
-from slmkit.config import RunConfig, TokenizerConfig, load_recipe
-from slmkit.data.shards import load_prepared, prepare
-from slmkit.errors import ConfigError
-from slmkit.tokenizer import GPT2Tokenizer, HFTokenizer, fit_tokenizer
-from slmkit.tokenizer import gpt2 as gpt2_module
 
 CORPUS = [
     "In the beginning God created the heaven and the earth.\n",
