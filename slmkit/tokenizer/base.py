@@ -34,6 +34,10 @@ class Tokenizer(ABC):
     def save(self, path: Path | str) -> None:
         """Write the tokenizer to a single file (atomically)."""
 
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """Ids of each text; kinds backed by a fast library override this."""
+        return [self.encode(text) for text in texts]
+
     def encode_document(self, text: str) -> list[int]:
         """Ids of one document followed by the end-of-text id."""
         return self.encode(text) + [self.eot_id]

@@ -1,0 +1,112 @@
+"""Tokenizers trained with Hugging Face `tokenizers` (word, bpe, wordpiece), saved as one tokenizer.json.
+
+The kind is not stored separately: it is the file's model type (WordLevel -> word,
+BPE -> bpe, WordPiece -> wordpiece), so any HF tokenizer.json holding
+`<|endoftext|>` loads. Text is always ordinary text: a literal "<|endoftext|>" in a
+document is split like any other characters, never turned into the end-of-text id.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+from tokenizers import Regex
+from tokenizers import Tokenizer as HFBackend
+from tokenizers import decoders, pre_tokenizers
+
+from ..atomic import atomic_path
+from ..errors import DataError
+from .base import Tokenizer
+
+EOT = "<|endoftext|>"
+UNK = "<unk>"
+KIND_OF_MODEL = {"WordLevel": "word", "BPE": "bpe", "WordPiece": "wordpiece"}
+
+# Words, single punctuation marks and single whitespace characters are separate pieces, so
+# decoding is plain concatenation and text made of known pieces round-trips exactly.
+WORD_PATTERN = r"\w+|[^\w\s]|\s"
+
+
+def word_pre_tokenizer() -> pre_tokenizers.PreTokenizer:
+    """The pre-tokenizer of the word and wordpiece kinds (whitespace kept as pieces)."""
+    return pre_tokenizers.Split(Regex(WORD_PATTERN), behavior="isolated")
+
+
+def concat_decoder(continuing_prefix: str = "") -> decoders.Decoder:
+    """Decode by concatenating tokens (after stripping a wordpiece continuation prefix)."""
+    if not continuing_prefix:
+        return decoders.Fuse()
+    return decoders.Sequence([decoders.Replace(continuing_prefix, ""), decoders.Fuse()])
+
+
+def train_backend(backend: HFBackend, trainer, texts: Iterable[str]) -> "HFTokenizer":
+    """Train `backend` with `trainer` on `texts` and wrap it."""
+    backend.train_from_iterator(texts, trainer)
+    return HFTokenizer(backend, "trained tokenizer")
+
+
+class HFTokenizer(Tokenizer):
+    """A Hugging Face `tokenizers.Tokenizer` behind the slmkit interface."""
+
+    def __init__(self, backend: HFBackend, origin: str):
+        model_type = type(backend.model).__name__  # BPE, WordLevel, WordPiece, Unigram
+        if model_type not in KIND_OF_MODEL:
+            raise DataError(
+                f"{origin}: Hugging Face tokenizer model {model_type!r} is not supported; "
+                f"valid: {', '.join(KIND_OF_MODEL)}"
+            )
+        eot = backend.token_to_id(EOT)
+        if eot is None:
+            raise DataError(f"{origin}: tokenizer has no {EOT} token; retrain it with `slm prepare --force`")
+        backend.encode_special_tokens = True  # not saved in tokenizer.json, so set on every load
+        self.backend = backend
+        self.kind = KIND_OF_MODEL[model_type]
+        self._eot_id = eot
+
+    @classmethod
+    def from_file(cls, path: Path | str) -> "HFTokenizer":
+        """Load a Hugging Face tokenizer.json."""
+        try:
+            backend = HFBackend.from_file(str(path))
+        except Exception as e:  # the Rust side raises a bare Exception for every parse error
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise DataError(f"{path} is not a valid Hugging Face tokenizer file ({first}); re-run `slm prepare`") from None
+        return cls(backend, str(path))
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def eot_id(self) -> int:
+        return self._eot_id
+
+    def encode(self, text: str) -> list[int]:
+        return self.backend.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.backend.decode(list(ids), skip_special_tokens=False)
+
+    def save(self, path: Path | str) -> None:
+        """Write tokenizer.json; a bpe tokenizer also writes vocab.json and merges.txt beside it (seed 000)."""
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            self.backend.save(str(tmp))
+        if self.kind == "bpe":
+            self._save_vocab_and_merges(path.parent)
+
+    def _save_vocab_and_merges(self, folder: Path) -> None:
+        # The library writes both files; write them into a temp folder, then rename each into place.
+        staging = Path(tempfile.mkdtemp(prefix=".vocab-merges.", dir=folder))
+        try:
+            for written in self.backend.model.save(str(staging)):
+                os.replace(written, folder / Path(written).name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
