@@ -45,7 +45,7 @@ def test_normalization_options():
 
 
 def test_bad_sources(tmp_path):
-    with pytest.raises(DataError, match="not 'kjv' nor an existing"):
+    with pytest.raises(DataError, match="nor an existing file, folder or glob"):
         load_splits(DataConfig(source=str(tmp_path / "missing.txt")))
     (tmp_path / "empty.txt").write_text("")
     with pytest.raises(DataError, match="has no text"):
