@@ -279,6 +279,39 @@ def load_prepared(shard_dir: Path | str) -> tuple[Tokenizer, dict[str, Shard], d
     return tokenizer, shards, manifest
 
 
+def describe(path: Path | str) -> str:
+    """A table of a shard file's or shard folder's tokens, documents, dtype, vocabulary size and bytes."""
+    path = Path(path)
+    if path.is_dir():
+        files = [path / f"{split}.bin" for split in SPLITS]
+        manifest = read_manifest(path)
+        if manifest is None:
+            raise DataError(f"{path} is not a complete shard folder (no manifest.json); run `slm prepare`")
+    elif path.exists() or path.suffix == ".bin":
+        files, manifest = [path], read_manifest(path.parent)
+    else:
+        raise DataError(f"{path} does not exist; give a shard file (.bin) or a shard folder")
+    rows = [("split", "tokens", "documents", "dtype", "vocab", "file bytes", "text bytes")]
+    total = [0, 0, 0, 0]
+    for file in files:
+        shard = Shard(file)
+        split = (manifest or {}).get("splits", {}).get(file.stem, {})
+        counts = [len(shard), split.get("documents"), file.stat().st_size, split.get("bytes")]
+        rows.append((file.stem, *(_count(c) for c in counts[:2]), shard.dtype.name, str(shard.vocab_size),
+                     *(_count(c) for c in counts[2:])))
+        total = [t + (c or 0) for t, c in zip(total, counts)]
+    if len(files) > 1:
+        rows.append(("total", _count(total[0]), _count(total[1]), "", "", _count(total[2]), _count(total[3])))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+             for row in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _count(value: Optional[int]) -> str:
+    return "?" if value is None else f"{value:,}"
+
+
 class BatchSampler:
     """Random (x, y) windows of `block_size` tokens from a shard; its position is its RNG state."""
 

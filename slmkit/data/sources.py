@@ -6,7 +6,8 @@ pieces, normalized; the pieces of one document concatenate to it.
 
 The split is by document: the last `val_fraction` of the documents are the val split (as
 nanoGPT splits its text). A source that is a single document (one text file) is split by
-characters the same way. A Hugging Face dataset uses its own validation split when it has one.
+characters the same way. A Hugging Face dataset uses its own validation split when it has
+one, else every k-th document (k = 1 / val_fraction) is val.
 """
 
 from __future__ import annotations
@@ -152,18 +153,19 @@ def read_pieces(path: Path, errors: str = "strict") -> Iterator[str]:
             chunk, rest = data[:cut], data[cut:]
             if not chunk:  # no good boundary yet: read more
                 continue
-            if errors == "strict" and b"\x00" in chunk:
-                at = offset + chunk.index(b"\x00")
-                raise DataError(
-                    f"{path} looks binary (NUL byte at offset {at}); remove it from data.source, or set --data.errors=replace"
-                )
             try:
-                yield chunk.decode("utf-8", errors=errors)
+                text = chunk.decode("utf-8", errors=errors)
             except UnicodeDecodeError as e:
                 raise DataError(
                     f"{path} is not UTF-8 text (bad byte at offset {offset + e.start}); "
                     "convert it, or set --data.errors=replace"
                 ) from None
+            if errors == "strict" and "\x00" in text:  # valid UTF-8, but text files have no NUL
+                at = offset + chunk.index(b"\x00")
+                raise DataError(
+                    f"{path} looks binary (NUL byte at offset {at}); remove it from data.source, or set --data.errors=replace"
+                )
+            yield text
             offset += len(chunk)
 
 
@@ -269,15 +271,6 @@ def load_hf(repo: str, config: Optional[str], streaming: bool) -> Any:
             f"cannot load Hugging Face dataset {repo!r}{f' ({config})' if config else ''}: {first}; "
             "check the name and the network (or HF_DATASETS_OFFLINE)"
         ) from None
-
-
-def _num_rows(rows: Any, split: str) -> Optional[int]:
-    try:
-        return len(rows)
-    except TypeError:  # a streamed split: its size is known only if the dataset card says it
-        splits = getattr(getattr(rows, "info", None), "splits", None) or {}
-        info = splits.get(split) if hasattr(splits, "get") else None
-        return getattr(info, "num_examples", None) or None
 
 
 def _wikitext_articles(lines: Iterable[str]) -> Iterator[str]:
@@ -450,21 +443,16 @@ class Corpus:
         if "train" not in splits:
             raise DataError(f"Hugging Face dataset {repo!r} has no train split (it has {', '.join(splits)})")
         val_name = next((name for name in HF_VAL_SPLITS if name in splits), None)
-        if val_name is not None:
-            rows: Iterable[Any] = splits["train" if split == "train" else val_name]
-        else:
-            rows = self._hf_fraction(splits["train"], split)
+        rows = splits["train" if split == "train" or val_name is None else val_name]
         texts = self._hf_texts(rows, repo)
-        yield from _wikitext_articles(texts) if "wikitext" in repo.lower() else texts
-
-    def _hf_fraction(self, rows: Any, split: str) -> Iterator[Any]:
-        """A dataset without a val split: its last val_fraction rows (or every k-th, if its size is unknown)."""
-        n = _num_rows(rows, "train")
-        if n is not None:
-            cut = min(max(1, int(n * (1 - self.cfg.val_fraction))), n - 1)
-            return (row for i, row in enumerate(rows) if (i < cut) == (split == "train"))
+        docs = _wikitext_articles(texts) if "wikitext" in repo.lower() else texts
+        if val_name is not None:
+            yield from docs
+            return
+        # No val split of its own: every k-th document is val (k = 1 / val_fraction), which
+        # needs no count of a streamed dataset.
         every = max(2, round(1 / self.cfg.val_fraction))
-        return (row for i, row in enumerate(rows) if (i % every == every - 1) == (split == "val"))
+        yield from (doc for i, doc in enumerate(docs) if (i % every == every - 1) == (split == "val"))
 
     def _hf_texts(self, rows: Iterable[Any], repo: str) -> Iterator[str]:
         field = self.cfg.text_field
