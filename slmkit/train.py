@@ -117,7 +117,7 @@ class _Logger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                raise ConfigError("train.tensorboard=true needs the tensorboard package: pip install tensorboard") from None
+                raise ConfigError("train.tensorboard=true needs the tensorboard package: pip install tensorboard (or slmkit[tensorboard])") from None
             self.tb = SummaryWriter(str(run_dir / "tensorboard"))
         self.log = open(run_dir / "train.log", "a", encoding="utf-8")
         new = not (run_dir / "metrics.csv").exists()
@@ -462,6 +462,14 @@ def train(
     if bar is not None:
         bar.close()
         log.bar = None
+
+    if world > 1:  # DDP keeps replicas identical; check it once, cheaply
+        checksum = torch.stack([p.detach().double().sum() for p in params]).sum().reshape(1)
+        sums = [torch.zeros_like(checksum) for _ in range(world)]
+        dist.all_gather(sums, checksum)
+        if any(not s.equal(checksum) for s in sums):
+            raise TrainingError(f"the {world} processes ended with different weights; report this as a bug")
+        log.info(f"all {world} ranks hold identical weights (checksum {checksum.item():.6f})")
 
     final, text = {}, ""
     if rank == 0:  # final report: best weights on the whole val split
