@@ -22,6 +22,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", default=None, metavar="DIR", help="continue the run in DIR from its last checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still print)")
 
+    p = sub.add_parser(
+        "finetune", help="continue training a run's best model on new text, into a new run folder", epilog=EPILOG
+    )
+    p.add_argument("--from", dest="from_dir", required=True, metavar="DIR", help="the trained run folder to start from")
+    p.add_argument("--out", default=None, help="run folder (default: runs/<recipe>-finetune)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still print)")
+
     p = sub.add_parser("prepare", help="corpus -> tokenizer -> train/val shards", epilog=EPILOG)
     p.add_argument("--recipe", default=None, help="recipe name in recipes/ or a YAML path (default: kjv-char)")
     p.add_argument("--force", action="store_true", help="rebuild the shards even if they are complete")
@@ -54,6 +61,12 @@ def _cmd_train(args: argparse.Namespace, overrides: dict) -> None:
         train(resume_config(args.resume, overrides), resume=args.resume, progress_bar=not args.no_progress)
         return
     train(load_recipe(args.recipe, overrides), out=args.out, progress_bar=not args.no_progress)
+
+
+def _cmd_finetune(args: argparse.Namespace, overrides: dict) -> None:
+    from .train import finetune
+
+    finetune(args.from_dir, overrides, out=args.out, progress_bar=not args.no_progress)
 
 
 def _cmd_prepare(args: argparse.Namespace, overrides: dict) -> None:
@@ -121,9 +134,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.command is None:
             parser.print_help()
             return 2
-        if args.command in ("train", "prepare"):
+        if args.command in ("train", "prepare", "finetune"):
             overrides = parse_overrides(rest)
-            (_cmd_train if args.command == "train" else _cmd_prepare)(args, overrides)
+            {"train": _cmd_train, "prepare": _cmd_prepare, "finetune": _cmd_finetune}[args.command](args, overrides)
         else:
             if rest:
                 parser.error(f"unrecognized arguments: {' '.join(rest)}")

@@ -122,29 +122,67 @@ class TrainConfig:
     max_steps: int = 0  # 0 = no step limit (the time budget governs)
     max_minutes: float = 5.0  # 0 = no time limit
     eval_interval: int = 250  # steps between evaluations on fixed val batches
-    eval_batches: int = 20  # fixed val batches per evaluation
+    eval_batches: int = 20  # fixed val batches per evaluation; 0 = the whole val split
     log_interval: int = 10  # steps between progress-bar and log updates
     seed: int = 1337
     device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | mps
     threads: int = 0  # CPU threads for torch; 0 = torch's default
+    optimizer: str = "adamw"  # adamw | adam | muon (Muon for hidden matrices, AdamW for the rest)
+    muon_lr: float = 0.02  # learning rate of the Muon group
+    muon_momentum: float = 0.95
+    schedule: str = "cosine"  # constant | cosine | exponential | plateau (all after linear warmup)
+    gamma: float = 0.95  # exponential: lr *= gamma per epoch
+    plateau_factor: float = 0.5  # plateau: lr *= factor ...
+    plateau_patience: int = 2  # ... after this many evaluations without improvement
+    early_stop_patience: int = 0  # stop after this many evaluations without improvement; 0 = off
+    early_stop_min_delta: float = 0.0  # an improvement must beat the best val loss by more than this
+    max_epochs: int = 0  # 0 = no epoch limit; an epoch = train tokens / tokens per step
+    grad_accum_steps: int = 1  # micro-batches per optimizer step
+    precision: str = "auto"  # auto (fp32 on cpu/mps, bf16 on cuda if supported else fp16) | fp32 | bf16 | fp16
+    compile: bool = False  # torch.compile the model
+    eval_full: bool = False  # evaluate on the whole val split instead of eval_batches fixed batches
+    sample_interval: int = 0  # steps between samples (sample.prompt, sample.temperature); 0 = off
+    tensorboard: bool = False  # also log to <run>/tensorboard (needs the tensorboard package)
+    keep_last_k: int = 0  # also keep the last k checkpoints in <run>/checkpoints; 0 = only last
+    stop_at_val_loss: float = 0.0  # stop once a full-val-split evaluation reaches this loss; 0 = off
+    seq_len: int = 0  # training window in tokens; 0 = model.block_size
+    max_nonfinite_steps: int = 5  # stop after this many NaN/inf steps in a row (each is skipped)
 
     def validate(self) -> None:
-        for key in ("batch_size", "eval_interval", "eval_batches", "log_interval"):
+        for key in ("batch_size", "eval_interval", "log_interval", "grad_accum_steps", "max_nonfinite_steps"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"train.{key}={getattr(self, key)} must be a positive integer")
-        for key in ("max_steps", "warmup_steps", "threads"):
+        for key in (
+            "max_steps", "warmup_steps", "threads", "eval_batches", "plateau_patience", "early_stop_patience",
+            "max_epochs", "sample_interval", "keep_last_k", "seq_len",
+        ):  # fmt: skip
             if getattr(self, key) < 0:
                 raise ConfigError(f"train.{key}={getattr(self, key)} must be >= 0")
-        for key in ("lr", "min_lr", "weight_decay", "grad_clip", "max_minutes"):
+        for key in ("lr", "min_lr", "weight_decay", "grad_clip", "max_minutes", "muon_lr", "early_stop_min_delta",
+                    "stop_at_val_loss"):  # fmt: skip
             value = getattr(self, key)
             if value < 0 or not math.isfinite(value):
                 raise ConfigError(f"train.{key}={value} must be a finite number >= 0")
         if self.lr == 0:
             raise ConfigError("train.lr=0 would not train; give a positive learning rate such as 1e-3")
-        if self.max_steps == 0 and self.max_minutes == 0:
-            raise ConfigError("train.max_steps and train.max_minutes are both 0; set one of them")
+        if self.max_steps == 0 and self.max_minutes == 0 and self.max_epochs == 0:
+            raise ConfigError("train.max_steps, train.max_epochs and train.max_minutes are all 0; set one of them")
+        for key, valid in (
+            ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("precision", ("auto", "fp32", "bf16", "fp16")),
+        ):  # fmt: skip
+            if getattr(self, key) not in valid:
+                raise ConfigError(f"train.{key}={getattr(self, key)!r} is not known; valid: {', '.join(valid)}")
+        for key in ("gamma", "plateau_factor"):
+            if not 0.0 < getattr(self, key) <= 1.0:
+                raise ConfigError(f"train.{key}={getattr(self, key)} must be in (0, 1], e.g. 0.95")
+        if not 0.0 <= self.muon_momentum < 1.0:
+            raise ConfigError(f"train.muon_momentum={self.muon_momentum} must be in [0, 1), e.g. 0.95")
         if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
             raise ConfigError(f"train.device={self.device!r}; valid: auto, cpu, cuda, cuda:N, mps")
+
+
+OPTIMIZERS = ("adamw", "adam", "muon")
+SCHEDULES = ("constant", "cosine", "exponential", "plateau")
 
 
 @dataclass
@@ -180,6 +218,11 @@ class RunConfig:
     def validate(self) -> "RunConfig":
         for section in SECTIONS:
             getattr(self, section).validate()
+        if self.train.seq_len > self.model.block_size:
+            raise ConfigError(
+                f"train.seq_len={self.train.seq_len} exceeds model.block_size={self.model.block_size}; "
+                "lower it or use 0 (= block_size)"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:
