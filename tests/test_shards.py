@@ -144,21 +144,21 @@ def test_big_single_file_streams_in_pieces(tmp_path, monkeypatch):
 def test_an_interrupted_prepare_leaves_nothing(tmp_path, monkeypatch):
     folder = corpus_folder(tmp_path)
     cfg = gpt2_config(folder, tmp_path / "shards", 1)
-    original = shards.write_split
+    original = sources.Corpus.pieces
 
-    def interrupted(path, *args):
-        if path.name == "val.bin":
+    def interrupted(self, split):
+        if split == "val":
             raise KeyboardInterrupt
-        return original(path, *args)
+        return original(self, split)
 
-    monkeypatch.setattr(shards, "write_split", interrupted)
+    monkeypatch.setattr(sources.Corpus, "pieces", interrupted)
     with pytest.raises(KeyboardInterrupt):
         prepare(cfg, log=lambda *_: None)
     assert list(tmp_path.iterdir()) == [folder]  # no shard folder, no staging folder
     # a run killed outright leaves its hidden staging folder: the next run removes it
     (tmp_path / ".shards.abc123.tmp").mkdir()
     (tmp_path / ".shards.abc123.tmp" / "train.bin").write_bytes(b"partial")
-    monkeypatch.setattr(shards, "write_split", original)
+    monkeypatch.setattr(sources.Corpus, "pieces", original)
     out = prepare(cfg, log=lambda *_: None)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "shards"]
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "tokenizer.json", "train.bin", "val.bin"]
