@@ -43,6 +43,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--last", action="store_true", help="use the last weights instead of the best")
 
     sub.add_parser("recipes", help="list the shipped recipes")
+
+    p = sub.add_parser("data", help="inspect prepared data")
+    data = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    q = data.add_parser("info", help="tokens, documents, dtype, vocabulary size and bytes of shards")
+    q.add_argument("path", metavar="PATH", help="a shard file (.bin) or a shard folder")
     return parser
 
 
@@ -101,6 +106,12 @@ def _cmd_sample(args: argparse.Namespace) -> None:
     sys.stdout.write("\n")
 
 
+def _cmd_data(args: argparse.Namespace) -> None:
+    from .data.shards import describe
+
+    print(describe(args.path))
+
+
 def _cmd_recipes() -> None:
     from .config import list_recipes, load_recipe
 
@@ -133,6 +144,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                 _cmd_sample(args)
             elif args.command == "recipes":
                 _cmd_recipes()
+            elif args.command == "data":
+                _cmd_data(args)
     except SlmError as e:
         print(f"slm: error: {e}", file=sys.stderr)
         return 1
