@@ -64,7 +64,7 @@ def _cmd_train(args: argparse.Namespace, overrides: dict) -> None:
 
 
 def _cmd_finetune(args: argparse.Namespace, overrides: dict) -> None:
-    from .train import finetune
+    from .finetune import finetune
 
     finetune(args.from_dir, overrides, out=args.out, progress_bar=not args.no_progress)
 

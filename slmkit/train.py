@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
-import json
 import math
 import os
 import random
@@ -19,17 +17,14 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from .atomic import atomic_write_text
 from .checkpoint import BEST, LAST, STATE, load_state, load_weights, save_state, save_weights, write_run_files
 from .config import RunConfig, apply_override, load_config
-from .data.shards import BatchSampler, dtype_for, load_prepared, prepare, read_manifest, shard_dir_for, write_shard
-from .data.sources import load_splits
+from .data.shards import BatchSampler, load_prepared, prepare, shard_dir_for
 from .errors import CheckpointError, ConfigError, TrainingError
 from .evaluate import mean_loss, report
 from .generate import generate
 from .model import GPT
 from .optim import early_stop_update, lr_multiplier, make_optimizers, plateau_update
-from .tokenizer import Tokenizer, load_tokenizer
 
 METRICS_FIELDS = [
     "step", "epoch", "tokens", "lr", "train_loss", "val_loss", "perplexity", "tokens_per_second", "elapsed", "event",
@@ -65,18 +60,6 @@ RESUME_KEYS = (
     "train.max_steps", "train.max_minutes", "train.max_epochs", "train.eval_interval", "train.log_interval",
     "train.sample_interval", "train.keep_last_k", "train.tensorboard", "train.device", "train.threads",
 )  # fmt: skip
-
-# what `slm finetune` changes in the source run's recipe before the user's overrides (lr: a tenth of the original)
-FINETUNE_DEFAULTS = {
-    "train.warmup_steps": 20,
-    "train.max_steps": 300,
-    "train.max_minutes": 0,
-    "train.max_epochs": 0,
-    "train.schedule": "cosine",
-    "train.eval_interval": 50,
-    "train.early_stop_patience": 3,
-}
-
 
 def resume_config(run_dir: Path | str, overrides: Optional[dict[str, Any]] = None) -> RunConfig:
     """The config of a run folder to resume, with budget/cadence overrides applied."""
@@ -203,7 +186,7 @@ def _set_rank_state(state: dict[str, Any], sampler: BatchSampler) -> None:
 
 def _checkpoint(run_dir: Path, model: GPT, state: dict[str, Any], keep_last_k: int) -> None:
     """last.safetensors + state.pt: everything needed to continue exactly; and the last k copies."""
-    step = state["progress"]["step"]
+    step = state["step"]
     save_weights(model, run_dir / LAST, metadata={"step": str(step)})
     save_state(state, run_dir / STATE)
     if keep_last_k:
@@ -272,6 +255,8 @@ def train(
     if resume is not None:
         load_weights(model, run_dir / LAST)
         state = load_state(run_dir / STATE)
+        if "optimizers" not in state:
+            raise CheckpointError(f"{run_dir / STATE} was written by an older slmkit; start a new run")
         if len(state["ranks"]) != world:
             raise CheckpointError(f"{run_dir} was trained by {len(state['ranks'])} processes; resume it with as many")
         for optimizer, saved in zip(optimizers, state["optimizers"], strict=True):
@@ -282,7 +267,7 @@ def train(
         if scaler.is_enabled() and state["scaler"]:
             scaler.load_state_dict(state["scaler"])
         _set_rank_state(state["ranks"][rank], sampler)
-        progress.update(state["progress"])
+        progress.update({k: state[k] for k in progress})
     elif rank == 0:
         write_run_files(run_dir, cfg, tokenizer)
 
@@ -440,7 +425,7 @@ def train(
                         "optimizers": [o.state_dict() for o in optimizers],
                         "scaler": scaler.state_dict(),
                         "ranks": ranks,
-                        "progress": progress,
+                        **progress,
                     }
                     _checkpoint(run_dir, model, state, tc.keep_last_k)
         log.row(
@@ -501,62 +486,3 @@ def train(
         stopped=progress["stopped"] or "budget",
         reached=progress["reached"],
     )
-
-
-def _prepare_with_tokenizer(cfg: RunConfig, tokenizer: Tokenizer) -> Path:
-    """Shards of cfg.data tokenized by an existing tokenizer (fine-tuning), in cfg.data.shard_dir."""
-    # TODO(lead): fold into shards.prepare(cfg, tokenizer=...) once the data branch's streaming prepare is merged
-    out = Path(cfg.data.shard_dir)
-    if read_manifest(out) is not None:
-        return out
-    splits = load_splits(cfg.data)
-    out.mkdir(parents=True, exist_ok=True)
-    manifest: dict[str, Any] = {
-        "format_version": 1,
-        "source": cfg.data.source,
-        "tokenizer": cfg.tokenizer.kind,
-        "vocab_size": tokenizer.vocab_size,
-        "dtype": dtype_for(tokenizer.vocab_size).name,
-        "splits": {},
-    }
-    for split, docs in splits.items():
-        ids = [i for doc in docs for i in tokenizer.encode_document(doc)]
-        write_shard(out / f"{split}.bin", np.array(ids, dtype=np.int64), tokenizer.vocab_size)
-        manifest["splits"][split] = {
-            "tokens": len(ids),
-            "documents": len(docs),
-            "bytes": sum(len(d.encode("utf-8")) for d in docs),
-        }
-    tokenizer.save(out / "tokenizer.json")
-    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2))
-    return out
-
-
-def finetune(
-    from_dir: Path | str,
-    overrides: Optional[dict[str, Any]] = None,
-    out: Optional[Path | str] = None,
-    progress_bar: bool = True,
-) -> TrainResult:
-    """Fine-tune the best weights of run `from_dir`, with its tokenizer, on new text into a new run folder.
-
-    The source run's recipe with FINETUNE_DEFAULTS (and lr, min_lr a tenth of the original) applied, then
-    `overrides` (data.*, train.*, sample.*, model.dropout; the model's shape and the tokenizer stay).
-    """
-    from_dir = Path(from_dir)
-    cfg = load_config(from_dir / "config.yaml")
-    tokenizer = load_tokenizer(from_dir / "tokenizer.json")
-    defaults = {**FINETUNE_DEFAULTS, "train.lr": cfg.train.lr / 10, "train.min_lr": cfg.train.min_lr / 10}
-    for key, value in defaults.items():
-        apply_override(cfg, key, value)
-    cfg.name, cfg.data.shard_dir = f"{cfg.name}-finetune", ""
-    for key, value in (overrides or {}).items():
-        if key.startswith("tokenizer.") or (key.startswith("model.") and key != "model.dropout"):
-            raise ConfigError(f"--{key} cannot change when fine-tuning: the model and tokenizer come from {from_dir}")
-        apply_override(cfg, key, value)
-    cfg.validate()
-    if not cfg.data.shard_dir:  # not shards/<...>: those hold a tokenizer fitted on the new text
-        digest = hashlib.sha256((from_dir / "tokenizer.json").read_bytes()).hexdigest()[:8]
-        cfg.data.shard_dir = str(shard_dir_for(cfg)) + f"-tok{digest}"
-    _prepare_with_tokenizer(cfg, tokenizer)
-    return train(cfg, out=out or Path("runs") / cfg.name, progress_bar=progress_bar, init_weights=from_dir / BEST)

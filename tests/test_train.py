@@ -8,6 +8,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from slmkit.checkpoint import load_state
 from slmkit.config import ModelConfig, TrainConfig, load_recipe
 from slmkit.errors import ConfigError, TrainingError
 from slmkit.model import GPT
@@ -248,3 +249,11 @@ def test_plateau_halves_the_lr_when_the_val_loss_stalls(tmp_path, tiny_overrides
     assert [(r["step"], float(r["lr"]), r["event"]) for r in rows] == [
         ("5", 1e-12, ""), ("10", 1e-12, "lr_reduced"), ("15", 5e-13, "lr_reduced"),
     ]  # fmt: skip
+
+
+def test_fp16_uses_a_grad_scaler_whose_state_is_checkpointed(tmp_path, tiny_overrides):
+    overrides = dict(tiny_overrides, **{"train.precision": "fp16", "train.max_steps": 4, "train.eval_interval": 4})
+    result = train(load_recipe("kjv-char", overrides), out=tmp_path / "run", progress_bar=False)
+    assert math.isfinite(result.best_val_loss)
+    scaler = load_state(tmp_path / "run" / "state.pt")["scaler"]
+    assert scaler["scale"] == 65536.0 and scaler["_growth_tracker"] == 4  # four steps without overflow
