@@ -104,8 +104,9 @@ def sample_ids(
     steps = next_logits(model, ids, max_new_tokens, use_cache)
     seen = None
     if repetition_penalty != 1.0:
-        seen = torch.zeros(model.config.vocab_size, dtype=torch.bool, device=model.lm_head.weight.device)
-        seen[torch.tensor(ids)] = True
+        device = model.lm_head.weight.device
+        seen = torch.zeros(model.config.vocab_size, dtype=torch.bool, device=device)  # ids in the context
+        seen[torch.tensor(ids, device=device)] = True
     token = None
     for _ in range(max_new_tokens):
         logits = (next(steps) if token is None else steps.send(token)).float()  # (vocab,)

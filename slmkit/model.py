@@ -176,8 +176,10 @@ class GPT(nn.Module):
             self.lm_head.weight = self.transformer.wte.weight  # tied input/output embeddings
         # Fixed tables are buffers computed here, never saved (persistent=False): not parameters.
         if config.pos_embedding == "sinusoidal":
-            self.register_buffer("pos_table", sinusoidal_table(config.block_size, config.n_embd), persistent=False)
-            self.embedding_scale = math.sqrt(config.n_embd)  # the paper scales embeddings by sqrt(d_model)
+            # The paper adds the table to embeddings scaled by sqrt(d_model); dividing the table instead
+            # keeps that ratio and makes it a drop-in for wpe (what the HF export writes).
+            table = sinusoidal_table(config.block_size, config.n_embd) / math.sqrt(config.n_embd)
+            self.register_buffer("pos_table", table, persistent=False)
         if config.pos_embedding == "rotary":
             hs = config.n_embd // config.n_head
             inv_freq = 1.0 / (10000.0 ** (torch.arange(0, hs, 2, dtype=torch.float32) / hs))
@@ -239,7 +241,7 @@ class GPT(nn.Module):
         if kind == "learned":
             x = x + self.transformer.wpe(torch.arange(start, start + T, device=idx.device))
         elif kind == "sinusoidal":
-            x = x * self.embedding_scale + self.pos_table[start : start + T]
+            x = x + self.pos_table[start : start + T]
         elif kind == "rotary":
             rope = (self.rope_cos[start : start + T], self.rope_sin[start : start + T])
         x = self.transformer.drop(x)

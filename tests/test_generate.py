@@ -155,3 +155,13 @@ def test_bad_sampling_arguments_fail_at_the_call():
     with pytest.raises(ConfigError, match="repetition_penalty"):
         stream(model, tok, "a", repetition_penalty=0.0)
     assert math.isclose(len(generate(model, tok, "", 5, temperature=0)), 5)
+
+
+def test_multibyte_characters_come_out_whole_with_byte_level_bpe():
+    from slmkit.config import TokenizerConfig
+    from slmkit.tokenizer import fit_tokenizer
+
+    tok = fit_tokenizer(TokenizerConfig(kind="bpe", vocab_size=270), ["hello world"] * 20)  # bytes + a few merges
+    ids = tok.encode("hi 🦊 日本")
+    assert len(ids) == 14  # every byte of the emoji and the two CJK characters is its own token
+    assert list(decode_pieces(tok, ids, tok.encode("hello"))) == ["h", "i", " ", "🦊", " ", "日", "本"]

@@ -153,8 +153,8 @@ def test_position_options_and_their_parameters():
     assert "transformer.wpe.weight" not in names and not any("rope" in n for n in names)
     sinusoidal = GPT(tiny_config(pos_embedding="sinusoidal"))
     assert "pos_table" not in sinusoidal.state_dict()  # fixed, recomputed at load
-    table = sinusoidal.pos_table
-    assert table[0, 0] == 0.0 and table[0, 1] == 1.0  # sin(0), cos(0)
+    table = sinusoidal.pos_table * 32**0.5  # stored divided by sqrt(n_embd)
+    assert table[0, 0] == 0.0 and torch.isclose(table[0, 1], torch.tensor(1.0))  # sin(0), cos(0)
     assert torch.isclose(table[3, 2], torch.sin(torch.tensor(3.0) / 10000 ** (2 / 32)))
     assert torch.isclose(table[3, 3], torch.cos(torch.tensor(3.0) / 10000 ** (2 / 32)))
     # rotary keeps lengths and is a rotation by position: q.k depends only on the distance
