@@ -64,7 +64,8 @@ def next_logits(model: GPT, ids: list[int], max_new_tokens: int, use_cache: bool
     """
     if not ids:
         raise ValueError("generation needs at least one context id (e.g. the tokenizer's eot_id)")
-    model.eval()
+    was_training = model.training
+    model.eval()  # no dropout; the caller's mode comes back when the generator is closed
     device = model.lm_head.weight.device
     block_size = model.config.block_size
     keep = max(1, block_size // 2)  # tokens kept when the window slides (see the module docstring)
@@ -74,18 +75,21 @@ def next_logits(model: GPT, ids: list[int], max_new_tokens: int, use_cache: bool
     start = max(0, n - block_size)  # the window is seq[start:n]
     cache = model.new_cache() if use_cache else None
     fed = start  # with the cache, seq[start:fed] is cached
-    while True:
-        if cache is None:
-            logits, _ = model(seq[None, start:n])
-        else:
-            logits, _ = model(seq[None, fed:n], cache=cache)
-            fed = n
-        seq[n] = yield logits[0, -1]
-        n += 1
-        if n - start > block_size:  # the window is full: slide
-            start = fed = n - keep
-            if cache is not None:
-                cache.reset()
+    try:
+        while True:
+            if cache is None:
+                logits, _ = model(seq[None, start:n])
+            else:
+                logits, _ = model(seq[None, fed:n], cache=cache)
+                fed = n
+            seq[n] = yield logits[0, -1]
+            n += 1
+            if n - start > block_size:  # the window is full: slide
+                start = fed = n - keep
+                if cache is not None:
+                    cache.reset()
+    finally:
+        model.train(was_training)
 
 
 @torch.no_grad()
@@ -108,18 +112,21 @@ def sample_ids(
         seen = torch.zeros(model.config.vocab_size, dtype=torch.bool, device=device)  # ids in the context
         seen[torch.tensor(ids, device=device)] = True
     token = None
-    for _ in range(max_new_tokens):
-        logits = (next(steps) if token is None else steps.send(token)).float()  # (vocab,)
-        if temperature == 0:
+    try:
+        for _ in range(max_new_tokens):
+            logits = (next(steps) if token is None else steps.send(token)).float()  # (vocab,)
+            if temperature == 0:
+                if seen is not None:
+                    logits = process_logits(logits, repetition_penalty=repetition_penalty, seen=seen)
+                token = int(logits.argmax())
+            else:
+                probs = F.softmax(process_logits(logits, temperature, top_k, top_p, repetition_penalty, seen), dim=-1)
+                token = int(torch.multinomial(probs.cpu(), 1, generator=generator))
             if seen is not None:
-                logits = process_logits(logits, repetition_penalty=repetition_penalty, seen=seen)
-            token = int(logits.argmax())
-        else:
-            probs = F.softmax(process_logits(logits, temperature, top_k, top_p, repetition_penalty, seen), dim=-1)
-            token = int(torch.multinomial(probs.cpu(), 1, generator=generator))
-        if seen is not None:
-            seen[token] = True
-        yield token
+                seen[token] = True
+            yield token
+    finally:
+        steps.close()  # puts the model back in its mode, even when the caller stops early
 
 
 def decode_pieces(tokenizer: Tokenizer, ids: Iterable[int], context: Optional[list[int]] = None) -> Iterator[str]:

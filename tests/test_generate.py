@@ -165,3 +165,14 @@ def test_multibyte_characters_come_out_whole_with_byte_level_bpe():
     ids = tok.encode("hi 🦊 日本")
     assert len(ids) == 14  # every byte of the emoji and the two CJK characters is its own token
     assert list(decode_pieces(tok, ids, tok.encode("hello"))) == ["h", "i", " ", "🦊", " ", "日", "本"]
+
+
+def test_generation_puts_the_model_back_in_training_mode():
+    model = tiny_model(dropout=0.1).train()
+    tokens = sample_ids(model, [1, 2], 10, temperature=0)
+    next(tokens)
+    assert not model.training  # no dropout while sampling
+    tokens.close()  # stopped early (a stop string, a closed connection)
+    assert model.training
+    list(sample_ids(model, [1], 3))
+    assert model.training
