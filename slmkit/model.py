@@ -21,6 +21,7 @@ from torch.nn import functional as F
 from .config import ModelConfig
 
 GPTConfig = ModelConfig  # the model's config is the recipe's `model` section
+RMS_EPS = 1e-6  # RMSNorm's epsilon (Llama's), fixed so it does not depend on the dtype
 
 
 class KVCache:
@@ -43,7 +44,7 @@ class KVCache:
 
 def _norm(config: GPTConfig) -> nn.Module:
     if config.norm == "rmsnorm":
-        return nn.RMSNorm(config.n_embd)  # weight only: RMSNorm has no bias
+        return nn.RMSNorm(config.n_embd, eps=RMS_EPS)  # weight only: RMSNorm has no bias
     return nn.LayerNorm(config.n_embd, bias=config.bias)
 
 
@@ -80,7 +81,7 @@ class CausalSelfAttention(nn.Module):
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)
         if self.qk_norm:
-            q, k = F.rms_norm(q, (hs,)), F.rms_norm(k, (hs,))
+            q, k = F.rms_norm(q, (hs,), eps=RMS_EPS), F.rms_norm(k, (hs,), eps=RMS_EPS)  # no weight
         if rope is not None:
             q, k = _rotate(q, *rope), _rotate(k, *rope)
         mask, causal = None, True
