@@ -6,7 +6,9 @@ kept (re-read in one batched forward pass), then it grows one token per step aga
 token at a time would be wrong with a cache for learned or sinusoidal positions (every kept token
 changes position, so every cached key and value changes) and, with any positions, the kept tokens'
 hidden states depend on the dropped ones; re-reading half a window every block_size // 2 tokens
-costs about one batched token per new token and keeps each step exact. The uncached path
+costs about one batched token per new token and keeps each step exact. The price: past the block
+size a token sees between block_size // 2 and block_size tokens, where cropping at every step
+(nanoGPT, seed 002) sees block_size but needs a whole-window forward per token. The uncached path
 (use_cache=False) uses the same window and recomputes it at every step, so both give the same
 tokens; it exists for tests and the benchmark.
 """
