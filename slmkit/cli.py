@@ -41,6 +41,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=None, help="0 = off")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--last", action="store_true", help="use the last weights instead of the best")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass; 1 = off")
+    p.add_argument("--repetition-penalty", type=float, default=None, help="> 1 discourages repeats; 1 = off")
+    p.add_argument("--stop", action="append", default=None, metavar="TEXT", help="end before this text (repeatable)")
+    p.add_argument("--num-samples", type=int, default=1, help="samples per prompt (sample i uses seed + i)")
+    p.add_argument("--interactive", action="store_true", help="read prompts from stdin, one per line, until EOF, an empty line or 'exit'")
+    p.add_argument("--no-cache", action="store_true", help="recompute the whole context each step (slow; for comparison)")
 
     sub.add_parser("recipes", help="list the shipped recipes")
 
@@ -79,7 +85,7 @@ def _cmd_prepare(args: argparse.Namespace, overrides: dict) -> None:
 
 def _cmd_sample(args: argparse.Namespace) -> None:
     from .checkpoint import LAST, BEST, load_run
-    from .config import SampleConfig
+    from .config import ConfigError, SampleConfig
     from .generate import stream
 
     run = load_run(args.run, weights=LAST if args.last else BEST)
@@ -90,20 +96,40 @@ def _cmd_sample(args: argparse.Namespace) -> None:
         temperature=sc.temperature if args.temperature is None else args.temperature,
         top_k=sc.top_k if args.top_k is None else args.top_k,
         seed=sc.seed if args.seed is None else args.seed,
+        top_p=sc.top_p if args.top_p is None else args.top_p,
+        repetition_penalty=sc.repetition_penalty if args.repetition_penalty is None else args.repetition_penalty,
     )
     chosen.validate()
-    prompt = chosen.prompt
-    unknown = getattr(run.tokenizer, "unknown_chars", lambda _: [])(prompt)
-    if unknown:
-        print(f"slm: note: dropping characters the tokenizer has never seen: {''.join(unknown)!r}", file=sys.stderr)
-        prompt = "".join(c for c in prompt if c not in unknown)
-    sys.stdout.write(prompt)
-    for piece in stream(
-        run.model, run.tokenizer, prompt, chosen.max_new_tokens, chosen.temperature, chosen.top_k, chosen.seed
-    ):
-        sys.stdout.write(piece)
-        sys.stdout.flush()
-    sys.stdout.write("\n")
+    if args.num_samples < 1:
+        raise ConfigError(f"--num-samples={args.num_samples} must be >= 1")
+    for prompt in _prompts_from_stdin() if args.interactive else [chosen.prompt]:
+        unknown = getattr(run.tokenizer, "unknown_chars", lambda _: [])(prompt)
+        if unknown:
+            print(f"slm: note: dropping characters the tokenizer has never seen: {''.join(unknown)!r}", file=sys.stderr)
+            prompt = "".join(c for c in prompt if c not in unknown)
+        for i in range(args.num_samples):
+            if args.num_samples > 1:
+                sys.stdout.write(f"--- sample {i + 1}/{args.num_samples}\n")
+            sys.stdout.write(prompt)
+            for piece in stream(
+                run.model, run.tokenizer, prompt, chosen.max_new_tokens, chosen.temperature, chosen.top_k,
+                chosen.top_p, chosen.repetition_penalty, args.stop, chosen.seed + i, use_cache=not args.no_cache,
+            ):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+
+
+def _prompts_from_stdin():
+    """Prompts typed (or piped) one per line, until EOF, an empty line or 'exit'."""
+    while True:
+        if sys.stdin.isatty():
+            print("> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line or line.strip() in ("", "exit"):
+            return
+        yield line.rstrip("\r\n")
 
 
 def _cmd_data(args: argparse.Namespace) -> None:

@@ -80,6 +80,11 @@ TOKENIZER_KINDS = ("char", "word", "bpe", "wordpiece", "gpt2")
 MIN_VOCAB_SIZE = {"word": 3, "wordpiece": 3, "bpe": 257}
 
 
+POS_EMBEDDINGS = ("learned", "sinusoidal", "rotary", "none")
+NORMS = ("layernorm", "rmsnorm")
+MLPS = ("gelu", "relu2", "swiglu")
+
+
 @dataclass
 class ModelConfig:
     """Shape of the GPT (see slmkit.model.GPT)."""
@@ -91,6 +96,13 @@ class ModelConfig:
     dropout: float = 0.0
     bias: bool = True  # bias in Linear layers and LayerNorms, as GPT-2
     vocab_size: int = 0  # 0 = taken from the tokenizer
+    pos_embedding: str = "learned"  # learned (GPT-2 wpe) | sinusoidal (fixed) | rotary (RoPE on q, k) | none
+    d_ff: int = 0  # feed-forward hidden width; 0 = 4 * n_embd
+    norm: str = "layernorm"  # layernorm | rmsnorm
+    mlp: str = "gelu"  # gelu (tanh approximation, GPT-2) | relu2 (ReLU squared) | swiglu (gate * up, then down)
+    qk_norm: bool = False  # RMS-normalize q and k per head (no weight) before attention
+    zero_init_proj: bool = False  # attention and MLP output projections start at zero (modded-nanogpt)
+    tie_embeddings: bool = True  # lm_head shares the token embedding matrix (GPT-2)
 
     def validate(self) -> None:
         for key in ("n_layer", "n_head", "n_embd", "block_size"):
@@ -105,6 +117,16 @@ class ModelConfig:
             raise ConfigError(f"model.dropout={self.dropout} must be in [0, 1)")
         if self.vocab_size < 0:
             raise ConfigError(f"model.vocab_size={self.vocab_size} must be >= 0")
+        for key, valid in (("pos_embedding", POS_EMBEDDINGS), ("norm", NORMS), ("mlp", MLPS)):
+            if getattr(self, key) not in valid:
+                raise ConfigError(f"model.{key}={getattr(self, key)!r} is not known; valid: {', '.join(valid)}")
+        if self.d_ff < 0:
+            raise ConfigError(f"model.d_ff={self.d_ff} must be >= 0 (0 = 4 * n_embd)")
+        if self.pos_embedding == "rotary" and (self.n_embd // self.n_head) % 2:
+            raise ConfigError(
+                f"model.pos_embedding=rotary needs an even head size, got n_embd/n_head={self.n_embd // self.n_head}; "
+                "change model.n_embd or model.n_head"
+            )
 
 
 @dataclass
@@ -194,6 +216,8 @@ class SampleConfig:
     temperature: float = 0.8
     top_k: int = 0  # 0 = no top-k filtering
     seed: int = 1337
+    top_p: float = 1.0  # nucleus sampling: the smallest set of tokens holding this much probability; 1 = off
+    repetition_penalty: float = 1.0  # > 1 makes tokens already in the context less likely (CTRL); 1 = off
 
     def validate(self) -> None:
         if self.max_new_tokens < 0:
@@ -202,6 +226,10 @@ class SampleConfig:
             raise ConfigError(f"sample.temperature={self.temperature} must be >= 0 (0 = greedy)")
         if self.top_k < 0:
             raise ConfigError(f"sample.top_k={self.top_k} must be >= 0 (0 = off)")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"sample.top_p={self.top_p} must be in (0, 1] (1 = off)")
+        if not self.repetition_penalty > 0.0:
+            raise ConfigError(f"sample.repetition_penalty={self.repetition_penalty} must be > 0 (1 = off)")
 
 
 @dataclass
