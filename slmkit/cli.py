@@ -34,6 +34,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=None, help="0 = off")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--last", action="store_true", help="use the last weights instead of the best")
+    p.add_argument("--int8", action="store_true", help="use the int8 model written by `slm quantize` (CPU)")
+
+    p = sub.add_parser("eval", help="loss, perplexity and bits per byte of a run over a split or a text file")
+    p.add_argument("--run", required=True, metavar="DIR", help="run folder written by `slm train`")
+    p.add_argument("--data.source", dest="source", default=None, metavar="PATH",
+                   help="a text file, folder or glob to evaluate (default: the run's own shards)")
+    p.add_argument("--split", default="val", help="split of the run's shards: val (default) or test")
+    p.add_argument("--int8", action="store_true", help="evaluate the int8 model written by `slm quantize`")
+
+    p = sub.add_parser("plot", help="loss and LR curves of one or more runs to a PNG")
+    p.add_argument("runs", nargs="+", metavar="DIR", help="run folders holding metrics.csv")
+    p.add_argument("--out", default="loss.png", help="PNG to write (default: loss.png)")
+
+    p = sub.add_parser("quantize", help="write an int8 copy of a run's model (RUN/model-int8.safetensors)")
+    p.add_argument("--run", required=True, metavar="DIR", help="run folder written by `slm train`")
 
     sub.add_parser("recipes", help="list the shipped recipes")
     return parser
@@ -64,7 +79,7 @@ def _cmd_sample(args: argparse.Namespace) -> None:
     from .config import SampleConfig
     from .generate import stream
 
-    run = load_run(args.run, weights=LAST if args.last else BEST)
+    run = load_run(args.run, weights=LAST if args.last else BEST, int8=args.int8)
     sc = run.config.sample
     chosen = SampleConfig(
         prompt=sc.prompt if args.prompt is None else args.prompt,
@@ -86,6 +101,28 @@ def _cmd_sample(args: argparse.Namespace) -> None:
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
+
+
+def _cmd_eval(args: argparse.Namespace) -> None:
+    from .evaluate import evaluate_run
+
+    print(evaluate_run(args.run, source=args.source, split=args.split, int8=args.int8).summary())
+
+
+def _cmd_plot(args: argparse.Namespace) -> None:
+    from .plot import plot_runs
+
+    print(plot_runs(args.runs, args.out))
+
+
+def _cmd_quantize(args: argparse.Namespace) -> None:
+    from .quantize import quantize_run
+
+    result = quantize_run(args.run)
+    print(
+        f"{result.path}: {result.bytes_int8 / 1e6:.2f} MB int8 vs {result.bytes_fp32 / 1e6:.2f} MB fp32 "
+        f"({result.bytes_fp32 / result.bytes_int8:.2f}x smaller); use it with --int8"
+    )
 
 
 def _cmd_recipes() -> None:
@@ -120,6 +157,12 @@ def main(argv: Optional[list[str]] = None) -> int:
                 _cmd_sample(args)
             elif args.command == "recipes":
                 _cmd_recipes()
+            elif args.command == "eval":
+                _cmd_eval(args)
+            elif args.command == "plot":
+                _cmd_plot(args)
+            elif args.command == "quantize":
+                _cmd_quantize(args)
     except SlmError as e:
         print(f"slm: error: {e}", file=sys.stderr)
         return 1
