@@ -50,6 +50,15 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("quantize", help="write an int8 copy of a run's model (RUN/model-int8.safetensors)")
     p.add_argument("--run", required=True, metavar="DIR", help="run folder written by `slm train`")
 
+    p = sub.add_parser("export", help="write a run as a Hugging Face transformers folder (GPT-2)")
+    p.add_argument("--run", required=True, metavar="DIR", help="run folder written by `slm train`")
+    p.add_argument("--format", default="hf", choices=["hf"], help="hf: AutoModelForCausalLM-loadable GPT-2 folder")
+    p.add_argument("--out", required=True, metavar="OUT", help="folder to write")
+
+    p = sub.add_parser("import-hf", help="turn a local Hugging Face GPT-2 folder into a run folder")
+    p.add_argument("folder", metavar="DIR", help="folder with config.json, model.safetensors and tokenizer files")
+    p.add_argument("--out", required=True, metavar="RUN", help="run folder to write")
+
     sub.add_parser("recipes", help="list the shipped recipes")
     return parser
 
@@ -125,6 +134,21 @@ def _cmd_quantize(args: argparse.Namespace) -> None:
     )
 
 
+def _cmd_export(args: argparse.Namespace) -> None:
+    from .export import export_hf
+
+    result = export_hf(args.run, args.out)
+    print(result.out)
+    if result.note:
+        print(f"slm: note: {result.note}", file=sys.stderr)
+
+
+def _cmd_import_hf(args: argparse.Namespace) -> None:
+    from .export import import_hf
+
+    print(import_hf(args.folder, args.out))
+
+
 def _cmd_recipes() -> None:
     from .config import list_recipes, load_recipe
 
@@ -163,6 +187,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                 _cmd_plot(args)
             elif args.command == "quantize":
                 _cmd_quantize(args)
+            elif args.command == "export":
+                _cmd_export(args)
+            elif args.command == "import-hf":
+                _cmd_import_hf(args)
     except SlmError as e:
         print(f"slm: error: {e}", file=sys.stderr)
         return 1

@@ -15,3 +15,7 @@ class DataError(SlmError):
 
 class CheckpointError(SlmError):
     """A run folder or checkpoint is missing, truncated or does not match."""
+
+
+class ExportError(SlmError):
+    """A model or folder cannot be converted to or from another format (e.g. Hugging Face GPT-2)."""
