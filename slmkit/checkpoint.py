@@ -6,6 +6,7 @@
       model.safetensors   weights of the best evaluation
       last.safetensors    weights at the last checkpoint
       state.pt            optimizer, step, RNG states, sampler position (torch.load weights_only)
+      model-int8.safetensors  int8 model written by `slm quantize` (loaded with int8=True)
       metrics.csv  train.log
 """
 
@@ -25,6 +26,7 @@ from .atomic import atomic_path
 from .config import RunConfig, load_config, save_config
 from .errors import CheckpointError, SlmError
 from .model import GPT
+from .quantize import INT8, load_int8
 from .tokenizer import Tokenizer, load_tokenizer
 
 BEST = "model.safetensors"
@@ -78,7 +80,7 @@ def load_state(path: Path) -> dict[str, Any]:
 class Run:
     """What a run folder holds: the model (best weights), its tokenizer and its config."""
 
-    model: GPT
+    model: GPT  # with int8=True, a GPT whose Linear layers are dynamic int8 ones
     tokenizer: Tokenizer
     config: RunConfig
     path: Path
@@ -91,8 +93,11 @@ def write_run_files(run_dir: Path, cfg: RunConfig, tokenizer: Tokenizer) -> None
     tokenizer.save(run_dir / "tokenizer.json")
 
 
-def load_run(run_dir: Path | str, weights: str = BEST, device: str = "cpu") -> Run:
-    """Load a run folder: model with its best (or `weights=LAST`) weights, tokenizer, config."""
+def load_run(run_dir: Path | str, weights: str = BEST, device: str = "cpu", int8: bool = False) -> Run:
+    """Load a run folder: model with its best (or `weights=LAST`) weights, tokenizer, config.
+
+    With `int8`, the model is the CPU int8 one from model-int8.safetensors (`slm quantize`).
+    """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"run folder {run_dir} does not exist; train one with `slm train --out {run_dir}`")
@@ -106,6 +111,10 @@ def load_run(run_dir: Path | str, weights: str = BEST, device: str = "cpu") -> R
             f"{run_dir}/tokenizer.json has {tokenizer.vocab_size} tokens but the model has {cfg.model.vocab_size}; "
             "the tokenizer belongs to another run"
         )
+    if int8:
+        if device != "cpu":
+            raise CheckpointError(f"the int8 model of {run_dir} runs on the CPU only; drop --int8 or use the CPU")
+        return Run(model=load_int8(cfg.model, run_dir / INT8), tokenizer=tokenizer, config=cfg, path=run_dir)
     model = GPT(cfg.model)
     load_weights(model, run_dir / weights)
     model.eval()

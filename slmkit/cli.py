@@ -47,6 +47,30 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=1, help="samples per prompt (sample i uses seed + i)")
     p.add_argument("--interactive", action="store_true", help="read prompts from stdin, one per line, until EOF, an empty line or 'exit'")
     p.add_argument("--no-cache", action="store_true", help="recompute the whole context each step (slow; for comparison)")
+    p.add_argument("--int8", action="store_true", help="use the int8 model written by `slm quantize` (CPU)")
+
+    p = sub.add_parser("eval", help="loss, perplexity and bits per byte of a run over a split or a text file")
+    p.add_argument("--run", required=True, metavar="DIR", help="run folder written by `slm train`")
+    p.add_argument("--data.source", dest="source", default=None, metavar="PATH",
+                   help="a text file, folder or glob to evaluate (default: the run's own shards)")
+    p.add_argument("--split", default="val", help="split of the run's shards: val (default) or test")
+    p.add_argument("--int8", action="store_true", help="evaluate the int8 model written by `slm quantize`")
+
+    p = sub.add_parser("plot", help="loss and LR curves of one or more runs to a PNG")
+    p.add_argument("runs", nargs="+", metavar="DIR", help="run folders holding metrics.csv")
+    p.add_argument("--out", default="loss.png", help="PNG to write (default: loss.png)")
+
+    p = sub.add_parser("quantize", help="write an int8 copy of a run's model (RUN/model-int8.safetensors)")
+    p.add_argument("--run", required=True, metavar="DIR", help="run folder written by `slm train`")
+
+    p = sub.add_parser("export", help="write a run as a Hugging Face transformers folder (GPT-2)")
+    p.add_argument("--run", required=True, metavar="DIR", help="run folder written by `slm train`")
+    p.add_argument("--format", default="hf", choices=["hf"], help="hf: AutoModelForCausalLM-loadable GPT-2 folder")
+    p.add_argument("--out", required=True, metavar="OUT", help="folder to write")
+
+    p = sub.add_parser("import-hf", help="turn a local Hugging Face GPT-2 folder into a run folder")
+    p.add_argument("folder", metavar="DIR", help="folder with config.json, model.safetensors and tokenizer files")
+    p.add_argument("--out", required=True, metavar="RUN", help="run folder to write")
 
     sub.add_parser("recipes", help="list the shipped recipes")
 
@@ -88,7 +112,7 @@ def _cmd_sample(args: argparse.Namespace) -> None:
     from .config import ConfigError, SampleConfig
     from .generate import stream
 
-    run = load_run(args.run, weights=LAST if args.last else BEST)
+    run = load_run(args.run, weights=LAST if args.last else BEST, int8=args.int8)
     sc = run.config.sample
     chosen = SampleConfig(
         prompt=sc.prompt if args.prompt is None else args.prompt,
@@ -138,6 +162,43 @@ def _cmd_data(args: argparse.Namespace) -> None:
     print(describe(args.path))
 
 
+def _cmd_eval(args: argparse.Namespace) -> None:
+    from .evaluate import evaluate_run
+
+    print(evaluate_run(args.run, source=args.source, split=args.split, int8=args.int8).summary())
+
+
+def _cmd_plot(args: argparse.Namespace) -> None:
+    from .plot import plot_runs
+
+    print(plot_runs(args.runs, args.out))
+
+
+def _cmd_quantize(args: argparse.Namespace) -> None:
+    from .quantize import quantize_run
+
+    result = quantize_run(args.run)
+    print(
+        f"{result.path}: {result.bytes_int8 / 1e6:.2f} MB int8 vs {result.bytes_fp32 / 1e6:.2f} MB fp32 "
+        f"({result.bytes_fp32 / result.bytes_int8:.2f}x smaller); use it with --int8"
+    )
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    from .export import export_hf
+
+    result = export_hf(args.run, args.out)
+    print(result.out)
+    if result.note:
+        print(f"slm: note: {result.note}", file=sys.stderr)
+
+
+def _cmd_import_hf(args: argparse.Namespace) -> None:
+    from .export import import_hf
+
+    print(import_hf(args.folder, args.out))
+
+
 def _cmd_recipes() -> None:
     from .config import list_recipes, load_recipe
 
@@ -172,6 +233,16 @@ def main(argv: Optional[list[str]] = None) -> int:
                 _cmd_recipes()
             elif args.command == "data":
                 _cmd_data(args)
+            elif args.command == "eval":
+                _cmd_eval(args)
+            elif args.command == "plot":
+                _cmd_plot(args)
+            elif args.command == "quantize":
+                _cmd_quantize(args)
+            elif args.command == "export":
+                _cmd_export(args)
+            elif args.command == "import-hf":
+                _cmd_import_hf(args)
     except SlmError as e:
         print(f"slm: error: {e}", file=sys.stderr)
         return 1

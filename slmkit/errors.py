@@ -19,3 +19,7 @@ class CheckpointError(SlmError):
 
 class TrainingError(SlmError):
     """Training cannot go on (e.g. the loss stayed NaN/inf); the last good checkpoint is kept."""
+
+
+class ExportError(SlmError):
+    """A model or folder cannot be converted to or from another format (e.g. Hugging Face GPT-2)."""

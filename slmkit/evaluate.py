@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
 
+from .checkpoint import load_run
+from .config import RunConfig
+from .data.shards import Shard, prepare, read_manifest, shard_dir_for
+from .data.sources import normalize, raw_documents
+from .errors import DataError
 from .model import GPT
+from .tokenizer import Tokenizer
 
 
 @torch.no_grad()
@@ -50,3 +60,76 @@ def report(loss: float, tokens: int, text_bytes: int) -> dict[str, float]:
         "bits_per_token": bits_per_token,
         "bits_per_byte": bits_per_token * tokens / max(text_bytes, 1),
     }
+
+
+@dataclass
+class EvalResult:
+    """What `slm eval` prints: where the tokens came from and the report over them."""
+
+    source: str  # a split name ("val") or the evaluated file/folder
+    tokens: int  # tokens predicted
+    text_bytes: int  # UTF-8 bytes of the evaluated text
+    metrics: dict[str, float]  # loss, perplexity, bits_per_token, bits_per_byte
+
+    def summary(self) -> str:
+        m = self.metrics
+        return (
+            f"{self.source}: {self.tokens:,} tokens, {self.text_bytes:,} bytes: loss {m['loss']:.4f} nats/token, "
+            f"perplexity {m['perplexity']:.3f}, {m['bits_per_token']:.4f} bits/token, "
+            f"{m['bits_per_byte']:.4f} bits/byte"
+        )
+
+
+def split_tokens(cfg: RunConfig, split: str) -> tuple[np.ndarray, int]:
+    """Tokens and text bytes of a split of the run's own shards (prepared first if missing)."""
+    shard_dir = shard_dir_for(cfg)
+    manifest = read_manifest(shard_dir)
+    if manifest is None:
+        prepare(cfg)
+        manifest = read_manifest(shard_dir) or {}
+    splits = manifest.get("splits", {})
+    if split not in splits or not (Path(shard_dir) / f"{split}.bin").is_file():
+        raise DataError(
+            f"data source {cfg.data.source!r} has no {split!r} split (it has: {', '.join(splits)}); "
+            "pick --split val, or evaluate a file with --data.source PATH"
+        )
+    tokens = Shard(Path(shard_dir) / f"{split}.bin").tokens
+    return tokens, int(splits[split]["bytes"])
+
+
+def text_tokens(cfg: RunConfig, tokenizer: Tokenizer, source: str) -> tuple[np.ndarray, int]:
+    """A text file, folder or glob normalized as the run's data and tokenized with its tokenizer.
+
+    Documents are joined with the end-of-text id, with one in front so the first token is predicted too.
+    """
+    data = dataclasses.replace(cfg.data, source=source)
+    docs = [d for d in (normalize(doc, data) for doc in raw_documents(data)) if d]
+    if not docs:
+        raise DataError(f"--data.source {source} has no text to evaluate")
+    ids = [tokenizer.eot_id]
+    for i, doc in enumerate(docs):
+        if i:
+            ids.append(tokenizer.eot_id)
+        ids.extend(tokenizer.encode(doc))
+    return np.asarray(ids, dtype=np.int64), sum(len(d.encode("utf-8")) for d in docs)
+
+
+def evaluate_run(
+    run_dir: Path | str,
+    source: Optional[str] = None,
+    split: str = "val",
+    int8: bool = False,
+    batch_size: int = 32,
+) -> EvalResult:
+    """Loss, perplexity and bits per byte of a run's best model over a whole split or a text source."""
+    run = load_run(run_dir, int8=int8)
+    if source is not None:
+        tokens, text_bytes = text_tokens(run.config, run.tokenizer, source)
+        name = source
+    else:
+        tokens, text_bytes = split_tokens(run.config, split)
+        name = f"{split} split"
+    if len(tokens) < 2:
+        raise DataError(f"{name} has fewer than 2 tokens; there is nothing to evaluate")
+    loss = mean_loss(run.model, tokens, batch_size=batch_size)
+    return EvalResult(name, len(tokens) - 1, text_bytes, report(loss, len(tokens) - 1, text_bytes))

@@ -1,0 +1,149 @@
+"""int8 weights for faster CPU inference: PyTorch's dynamic quantization of every nn.Linear.
+
+`torch.ao.quantization.quantize_dynamic` swaps each Linear for a DynamicQuantizedLinear:
+int8 weights (one scale per output row, symmetric), activations quantized on the fly,
+fbgemm int8 matmuls. Embeddings and LayerNorms stay fp32.
+
+Saved form, never pickled: `model-int8.safetensors` in the run folder holds, for each
+quantized layer `NAME`, `NAME.weight` (int8), `NAME.weight_scale` (fp32, one per row) and
+`NAME.bias` (fp32), plus every fp32 tensor that is not a Linear weight. The tied lm_head is
+not stored: it is quantized at load time from the stored `transformer.wte.weight`, which
+gives the same int8 values.
+"""
+
+from __future__ import annotations
+
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .atomic import atomic_path
+from .config import ModelConfig
+from .errors import CheckpointError
+from .model import GPT
+
+INT8 = "model-int8.safetensors"
+SCHEME = "dynamic-int8-per-channel"
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    # torch.ao.quantization warns that it will move to torchao; it is still PyTorch's CPU int8 path
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        yield
+
+
+def quantize_model(model: GPT) -> nn.Module:
+    """A copy of `model` with every nn.Linear (lm_head included) as a dynamic int8 Linear."""
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    torch.backends.quantized.engine = "fbgemm" if "fbgemm" in torch.backends.quantized.supported_engines else "qnnpack"
+    with _quiet():
+        return quantize_dynamic(model.cpu().eval(), {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
+
+
+def _quantized_linears(qmodel: nn.Module) -> dict[str, nn.Module]:
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    return {name: m for name, m in qmodel.named_modules() if isinstance(m, DynamicLinear)}
+
+
+def int8_state(model: GPT) -> dict[str, torch.Tensor]:
+    """The tensors of model-int8.safetensors for a float `model` (see the module docstring)."""
+    qmodel = quantize_model(model)
+    linears = _quantized_linears(qmodel)
+    out: dict[str, torch.Tensor] = {}
+    for name, param in model.state_dict().items():
+        if name.rpartition(".")[0] not in linears:  # embeddings, norms
+            out[name] = param.detach().contiguous()
+    for name, layer in linears.items():
+        if name == "lm_head" and _tied(model):
+            continue  # rebuilt from transformer.wte.weight at load
+        with _quiet():
+            weight = layer.weight()  # per-channel quantized (out, in)
+            bias = layer.bias()
+        out[f"{name}.weight"] = weight.int_repr().contiguous()
+        out[f"{name}.weight_scale"] = weight.q_per_channel_scales().float().contiguous()
+        if bias is not None:
+            out[f"{name}.bias"] = bias.detach().contiguous()
+    return out
+
+
+def _tied(model: GPT) -> bool:
+    return model.lm_head.weight is model.transformer.wte.weight
+
+
+def save_int8(model: GPT, path: Path) -> None:
+    """Quantize `model` and write its int8 safetensors file atomically."""
+    tensors = int8_state(model)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt", "quantization": SCHEME, "torch": torch.__version__})
+
+
+def load_int8(config: ModelConfig, path: Path) -> nn.Module:
+    """Rebuild the dynamic int8 model of `config` from a file written by save_int8."""
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist; write it with `slm quantize --run {path.parent}`")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            scheme = (f.metadata() or {}).get("quantization")
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({e}); re-run `slm quantize`") from None
+    if scheme != SCHEME:
+        raise CheckpointError(f"{path} is not an int8 model of this slmkit (scheme {scheme!r}); re-run `slm quantize`")
+    model = GPT(config)
+    floats = {k: v for k, v in tensors.items() if v.dtype != torch.int8 and not k.endswith(".weight_scale")}
+    linear_weights = {k for k, v in tensors.items() if v.dtype == torch.int8}
+    missing, unexpected = model.load_state_dict(floats, strict=False)
+    missing = [k for k in missing if k not in linear_weights and not (k == "lm_head.weight" and _tied(model))]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path} does not fit the model in config.yaml (missing {sorted(missing)[:3]}, "
+            f"unexpected {sorted(unexpected)[:3]}); re-run `slm quantize`"
+        )
+    qmodel = quantize_model(model)  # the lm_head is quantized here from the loaded embedding
+    for name, layer in _quantized_linears(qmodel).items():
+        if f"{name}.weight" not in tensors:
+            if name == "lm_head" and _tied(model):
+                continue
+            raise CheckpointError(f"{path} lacks {name}.weight; re-run `slm quantize`")
+        ints, scale = tensors[f"{name}.weight"], tensors[f"{name}.weight_scale"].double()
+        if ints.shape != (layer.out_features, layer.in_features):
+            raise CheckpointError(f"{path}: {name}.weight has shape {tuple(ints.shape)}, config.yaml needs "
+                                  f"{(layer.out_features, layer.in_features)}; re-run `slm quantize`")
+        with _quiet():
+            # re-quantizing the dequantized values gives back exactly the stored integers
+            weight = torch.quantize_per_channel(
+                ints.float() * scale.float()[:, None], scale, torch.zeros_like(scale, dtype=torch.long), 0, torch.qint8
+            )
+            layer.set_weight_bias(weight, tensors.get(f"{name}.bias"))
+    return qmodel.eval()
+
+
+@dataclass
+class QuantizeResult:
+    """Where the int8 file went and how big it is next to the fp32 one."""
+
+    path: Path
+    bytes_int8: int
+    bytes_fp32: int
+
+
+def quantize_run(run_dir: Path | str) -> QuantizeResult:
+    """Write RUN/model-int8.safetensors from the run's best weights; `--int8` loads it."""
+    from .checkpoint import BEST, load_run
+
+    run = load_run(run_dir)
+    path = Path(run_dir) / INT8
+    save_int8(run.model, path)
+    return QuantizeResult(path, path.stat().st_size, (Path(run_dir) / BEST).stat().st_size)

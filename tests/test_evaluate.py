@@ -1,0 +1,71 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from slmkit.checkpoint import load_run
+from slmkit.config import ModelConfig
+from slmkit.errors import DataError
+from slmkit.evaluate import evaluate_run, mean_loss, report, text_tokens
+from slmkit.model import GPT
+
+
+def by_hand(model: GPT, tokens: list[int]) -> float:
+    """Mean next-token cross-entropy with an explicit log-softmax, one window of block_size at a time."""
+    T = model.config.block_size
+    nll = []
+    with torch.no_grad():
+        for s in range(0, len(tokens) - 1, T):
+            window = tokens[s : s + T + 1]
+            logits, _ = model(torch.tensor([window[:-1]]))
+            logits = logits[0].double()
+            log_probs = logits - torch.logsumexp(logits, dim=-1, keepdim=True)
+            nll += [-log_probs[i, window[i + 1]].item() for i in range(len(window) - 1)]
+    return sum(nll) / len(nll)
+
+
+def test_mean_loss_matches_hand_computed_cross_entropy():
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=8, vocab_size=11)).eval()
+    tokens = list(torch.randint(0, 11, (30,)).tolist())  # 29 targets: 3 full windows and a short one
+    expected = by_hand(model, tokens)
+    assert mean_loss(model, np.array(tokens), batch_size=2) == pytest.approx(expected, abs=1e-5)
+    r = report(expected, 29, 58)
+    assert r["perplexity"] == pytest.approx(math.exp(expected))
+    assert r["bits_per_byte"] == pytest.approx(expected / math.log(2) * 29 / 58)
+
+
+def test_evaluate_run_on_a_text_file(tiny_run, tmp_path):
+    text = "And God said, Let there be light.\n"
+    path = tmp_path / "eval.txt"
+    path.write_text(text, encoding="utf-8")
+    run = load_run(tiny_run)
+    result = evaluate_run(tiny_run, source=str(path))
+    ids = [run.tokenizer.eot_id] + run.tokenizer.encode(text)  # eot in front: every character is predicted
+    loss = by_hand(run.model, ids)
+    assert result.tokens == len(text) and result.text_bytes == len(text.encode())
+    assert result.metrics["loss"] == pytest.approx(loss, abs=1e-5)
+    assert result.metrics["bits_per_byte"] == pytest.approx(loss / math.log(2) * len(text) / len(text), abs=1e-5)
+
+
+def test_evaluate_run_on_val_split_matches_training_report(tiny_run):
+    result = evaluate_run(tiny_run)
+    assert result.source == "val split" and result.tokens > 100
+    assert result.metrics["perplexity"] == pytest.approx(math.exp(result.metrics["loss"]))
+
+
+def test_test_split_missing_is_a_clear_error(tiny_run):
+    with pytest.raises(DataError, match="no 'test' split"):
+        evaluate_run(tiny_run, split="test")
+
+
+def test_documents_are_joined_with_eot(tiny_run, tmp_path):
+    (tmp_path / "a.txt").write_text("And", encoding="utf-8")
+    (tmp_path / "b.txt").write_text("God", encoding="utf-8")
+    run = load_run(tiny_run)
+    tokens, n_bytes = text_tokens(run.config, run.tokenizer, str(tmp_path))
+    eot = run.tokenizer.eot_id
+    assert tokens.tolist() == [eot, *run.tokenizer.encode("And"), eot, *run.tokenizer.encode("God")]
+    assert n_bytes == 6

@@ -1,0 +1,57 @@
+import pytest
+import torch
+from safetensors import safe_open
+
+from slmkit.checkpoint import load_run
+from slmkit.errors import CheckpointError
+from slmkit.evaluate import evaluate_run
+from slmkit.generate import generate
+from slmkit.quantize import INT8, SCHEME, load_int8, quantize_model, quantize_run
+
+
+@pytest.fixture(scope="module")
+def quantized_run(tiny_run, tmp_path_factory):
+    import shutil
+
+    run_dir = tmp_path_factory.mktemp("q") / "run"
+    shutil.copytree(tiny_run, run_dir)
+    quantize_run(run_dir)
+    return run_dir
+
+
+def test_int8_file_is_plain_int8_tensors(quantized_run):
+    with safe_open(str(quantized_run / INT8), framework="pt") as f:
+        assert f.metadata()["quantization"] == SCHEME
+        keys = set(f.keys())
+        assert f.get_tensor("transformer.h.0.attn.c_attn.weight").dtype == torch.int8
+        assert f.get_tensor("transformer.wte.weight").dtype == torch.float32
+    assert "lm_head.weight" not in keys  # tied: rebuilt from wte at load
+
+
+def test_loaded_int8_model_equals_the_freshly_quantized_one(quantized_run):
+    fp = load_run(quantized_run)
+    fresh = quantize_model(load_run(quantized_run).model)
+    loaded = load_run(quantized_run, int8=True).model
+    x = torch.randint(0, fp.config.model.vocab_size, (2, 16))
+    with torch.no_grad():
+        a, b, ref = fresh(x)[0], loaded(x)[0], fp.model(x)[0]
+    assert torch.equal(a, b)
+    assert not torch.equal(a, ref) and torch.allclose(a, ref, atol=0.1)  # int8 is close, not equal
+
+
+def test_int8_eval_and_sample(quantized_run):
+    fp, q = evaluate_run(quantized_run), evaluate_run(quantized_run, int8=True)
+    assert q.metrics["loss"] == pytest.approx(fp.metrics["loss"], rel=0.02)
+    run = load_run(quantized_run, int8=True)
+    assert len(generate(run.model, run.tokenizer, "And", max_new_tokens=10, temperature=0)) == 10
+
+
+def test_missing_or_foreign_int8_file(quantized_run, tiny_run, tmp_path):
+    with pytest.raises(CheckpointError, match="slm quantize"):
+        load_run(tiny_run, int8=True)
+    cfg = load_run(quantized_run).config.model
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(1)}, str(tmp_path / INT8))
+    with pytest.raises(CheckpointError, match="not an int8 model"):
+        load_int8(cfg, tmp_path / INT8)
