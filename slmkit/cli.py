@@ -35,6 +35,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--last", action="store_true", help="use the last weights instead of the best")
 
+    p = sub.add_parser(
+        "serve", help="HTTP API (OpenAI-style /v1/completions) and a web page to try a run",
+        epilog="Limits can be overridden: --serve.max_tokens_limit=N, --serve.max_prompt_chars=N",
+    )
+    p.add_argument("--run", required=True, metavar="DIR", help="run folder written by `slm train`")
+    p.add_argument("--host", default=None, help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=None, help="port (default: 8000)")
+
     sub.add_parser("recipes", help="list the shipped recipes")
     return parser
 
@@ -88,6 +96,12 @@ def _cmd_sample(args: argparse.Namespace) -> None:
     sys.stdout.write("\n")
 
 
+def _cmd_serve(args: argparse.Namespace, overrides: dict) -> None:
+    from .serve import serve
+
+    serve(args.run, host=args.host, port=args.port, overrides=overrides)
+
+
 def _cmd_recipes() -> None:
     from .config import list_recipes, load_recipe
 
@@ -113,6 +127,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.command in ("train", "prepare"):
             overrides = parse_overrides(rest)
             (_cmd_train if args.command == "train" else _cmd_prepare)(args, overrides)
+        elif args.command == "serve":
+            _cmd_serve(args, parse_overrides(rest))
         else:
             if rest:
                 parser.error(f"unrecognized arguments: {' '.join(rest)}")
