@@ -53,7 +53,7 @@ class CompletionRequest(BaseModel):
     top_k: int = Field(0, ge=0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     stop: Union[str, list[str], None] = None
-    seed: Optional[int] = None
+    seed: Optional[int] = Field(None, ge=0, le=2**63 - 1)
     stream: bool = False
     n: int = Field(1, ge=1, le=1)
 
@@ -193,6 +193,17 @@ class Server:
         return "stop" if job.stop and usage["completion_tokens"] < job.max_tokens else "length"
 
 
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 once it passes `limit` bytes (before it is all in memory)."""
+    parts, size = [], 0
+    async for part in request.stream():
+        size += len(part)
+        if size > limit:
+            raise RequestError(413, f"request body is over {limit} bytes; prompts are limited by serve.max_prompt_chars")
+        parts.append(part)
+    return b"".join(parts)
+
+
 def parse_request(body: bytes) -> CompletionRequest:
     """The JSON body as a CompletionRequest (whatever the Content-Type); RequestError 400/422 otherwise."""
     try:
@@ -241,7 +252,7 @@ def create_app(run: Run, cfg: Optional[ServeConfig] = None) -> FastAPI:
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
-        req = parse_request(await request.body())
+        req = parse_request(await read_body(request, 6 * cfg.max_prompt_chars + 65536))
         job = server.job(req)
         base = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
                 "model": server.model_id}

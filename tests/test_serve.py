@@ -183,7 +183,9 @@ def test_streaming_sends_pieces_then_done(client, run):
         ({"n": 2}, 422, "n:"),
         ({"stop": ["a", "b", "c", "d", "e"]}, 422, "stop"),
         ({"stop": ""}, 422, "stop"),
+        ({"seed": -1}, 422, "seed"),
         ({"model": "gpt-4"}, 404, "serves 'run'"),
+        ({"prompt": "a" * 100_000}, 413, "serve.max_prompt_chars"),
     ],
 )
 def test_bad_requests_get_a_clear_error(client, body, status, words):
