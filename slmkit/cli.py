@@ -44,6 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=None, help="port (default: 8000)")
 
     sub.add_parser("recipes", help="list the shipped recipes")
+
+    p = sub.add_parser("data", help="inspect prepared data")
+    data = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    q = data.add_parser("info", help="tokens, documents, dtype, vocabulary size and bytes of shards")
+    q.add_argument("path", metavar="PATH", help="a shard file (.bin) or a shard folder")
     return parser
 
 
@@ -102,6 +107,12 @@ def _cmd_serve(args: argparse.Namespace, overrides: dict) -> None:
     serve(args.run, host=args.host, port=args.port, overrides=overrides)
 
 
+def _cmd_data(args: argparse.Namespace) -> None:
+    from .data.shards import describe
+
+    print(describe(args.path))
+
+
 def _cmd_recipes() -> None:
     from .config import list_recipes, load_recipe
 
@@ -136,6 +147,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                 _cmd_sample(args)
             elif args.command == "recipes":
                 _cmd_recipes()
+            elif args.command == "data":
+                _cmd_data(args)
     except SlmError as e:
         print(f"slm: error: {e}", file=sys.stderr)
         return 1

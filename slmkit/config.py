@@ -28,14 +28,15 @@ DEFAULT_RECIPE = "kjv-char"
 class DataConfig:
     """Where the text comes from and how it is split and normalized."""
 
-    source: str = "kjv"  # kjv | a file, folder or glob
+    source: str = "kjv"  # kjv | tinyshakespeare | hf:<dataset>[:<config>] | a file, folder or glob
     val_fraction: float = 0.1  # the last fraction of documents is the val split
-    text_field: str = "text"  # field holding the text in .jsonl records
+    text_field: str = "text"  # field holding the text in .jsonl/.parquet records and HF datasets
     lowercase: bool = False
     collapse_whitespace: bool = False
     drop_empty_lines: bool = False
     errors: str = "strict"  # strict | replace: what to do with bytes that are not UTF-8
     shard_dir: str = ""  # where shards go; empty = shards/<source>-<tokenizer>-<hash>
+    num_workers: int = 0  # tokenizer processes writing shards; 0 = one per CPU core
 
     def validate(self) -> None:
         if not 0.0 < self.val_fraction < 1.0:
@@ -44,6 +45,8 @@ class DataConfig:
             raise ConfigError(f"data.errors={self.errors!r} must be 'strict' or 'replace'")
         if not self.source:
             raise ConfigError("data.source is empty: give 'kjv', a file, a folder or a glob")
+        if self.num_workers < 0:
+            raise ConfigError(f"data.num_workers={self.num_workers} must be >= 0 (0 = one per CPU core)")
 
 
 @dataclass

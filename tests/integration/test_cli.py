@@ -85,7 +85,7 @@ def test_resume_is_bitwise_identical(tmp_path, tiny_overrides, monkeypatch):
         (["train", "--train.lrr=1"], "unknown key 'train.lrr'"),
         (["train", "--model.n_embd=30", "--model.n_head=4"], "not divisible"),
         (["train", "--recipe", "nope"], "unknown recipe 'nope'"),
-        (["train", "--data.source=/no/such/file.txt"], "is not 'kjv' nor an existing file"),
+        (["train", "--data.source=/no/such/file.txt"], "nor an existing file, folder or glob"),
         (["sample", "--run", "/no/such/run"], "run folder /no/such/run does not exist"),
         (["train", "--resume", "/no/such/run"], "has no state.pt"),
     ],
