@@ -19,6 +19,7 @@ import json
 import threading
 import time
 import uuid
+from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterator, Optional, Union
@@ -31,7 +32,7 @@ from .generate import stream
 try:
     import uvicorn
     from fastapi import FastAPI, Request
-    from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+    from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
     from pydantic import BaseModel, ConfigDict, Field, ValidationError
 except ImportError:
     raise SlmError("`slm serve` needs FastAPI and uvicorn: pip install 'slmkit[serve]'") from None
@@ -257,7 +258,13 @@ def create_app(run: Run, cfg: Optional[ServeConfig] = None) -> FastAPI:
         base = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
                 "model": server.model_id}
         if not req.stream:
-            text = "".join([piece async for piece in server.pieces(job)])
+            parts = []
+            async with aclosing(server.pieces(job)) as pieces:
+                async for piece in pieces:
+                    parts.append(piece)
+                    if await request.is_disconnected():  # nobody will read the answer: stop generating
+                        return Response(status_code=499)
+            text = "".join(parts)
             usage = server.usage(job, text)
             choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": server.finish_reason(job, usage)}
             return {**base, "choices": [choice], "usage": usage}

@@ -277,6 +277,14 @@ def test_client_disconnect_stops_generation(live, app, slow_stream):
     assert lock.acquire(timeout=10)  # the generation let go of the model
     lock.release()
     assert 2 <= len(slow_stream) < 20  # well short of 64 pieces at 20 ms each
+
+    slow_stream.clear()  # the same for a plain (not streamed) request whose client gives up
+    with httpx.Client(base_url=live.url, timeout=0.3) as client:
+        with pytest.raises(httpx.ReadTimeout):
+            client.post("/v1/completions", json={**body, "stream": False})
+    assert lock.acquire(timeout=10)
+    lock.release()
+    assert 1 <= len(slow_stream) < 40
     with httpx.Client(base_url=live.url, timeout=30) as client:  # and the server goes on serving
         assert client.post("/v1/completions", json={"max_tokens": 3}).status_code == 200
 
