@@ -15,3 +15,7 @@ class DataError(SlmError):
 
 class CheckpointError(SlmError):
     """A run folder or checkpoint is missing, truncated or does not match."""
+
+
+class ServeError(SlmError):
+    """`slm serve` cannot start: a missing extra, an address in use."""

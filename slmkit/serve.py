@@ -16,6 +16,7 @@ import asyncio
 import importlib.resources
 import inspect
 import json
+import socket
 import threading
 import time
 import uuid
@@ -26,7 +27,7 @@ from typing import Any, AsyncIterator, Iterator, Optional, Union
 
 from .checkpoint import Run, load_run
 from .config import ConfigError, ServeConfig, apply_override
-from .errors import SlmError
+from .errors import ServeError, SlmError
 from .generate import stream
 
 try:
@@ -35,7 +36,7 @@ try:
     from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
     from pydantic import BaseModel, ConfigDict, Field, ValidationError
 except ImportError:
-    raise SlmError("`slm serve` needs FastAPI and uvicorn: pip install 'slmkit[serve]'") from None
+    raise ServeError("`slm serve` needs FastAPI and uvicorn: pip install 'slmkit[serve]'") from None
 
 # Keyword arguments this build's generate.stream accepts (top_p/stop arrive with the KV-cache generator).
 STREAM_PARAMS = frozenset(inspect.signature(stream).parameters)
@@ -308,8 +309,16 @@ def serve(
     if port is not None:
         cfg.port = port
     app = create_app(run, cfg)
+    family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
+    try:
+        sock = socket.create_server((cfg.host, cfg.port), family=family)
+    except OSError as e:
+        raise ServeError(
+            f"cannot listen on {cfg.host} port {cfg.port} ({e.strerror or e}); pick another --port (or --host)"
+        ) from None
     if cfg.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"slm: warning: listening on {cfg.host}: anyone who can reach it can use this API (no authentication)")
     shown = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
-    print(f"serving {run.path} as {app.state.server.model_id!r} on http://{shown}:{cfg.port}/  (Ctrl+C to stop)")
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
+    port = sock.getsockname()[1]  # the real one when --port 0 asked for any free port
+    print(f"serving {run.path} as {app.state.server.model_id!r} on http://{shown}:{port}/  (Ctrl+C to stop)", flush=True)
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
