@@ -1,6 +1,6 @@
 """`slm serve`: an OpenAI-compatible completions API (streamed as server-sent events) and a page to try a run.
 
-    POST /v1/completions   prompt, max_tokens, temperature, top_k, top_p, stop, seed, stream
+    POST /v1/completions   prompt, max_tokens, temperature, top_k, top_p, repetition_penalty, stop, seed, stream
     GET  /v1/models        the one model this process serves
     GET  /health           liveness
     GET  /                 a single self-contained HTML page (no external assets)
@@ -44,7 +44,7 @@ MAX_STOP_STRINGS = 4  # as OpenAI's API
 
 
 class CompletionRequest(BaseModel):
-    """The body of POST /v1/completions (OpenAI's fields, plus top_k)."""
+    """The body of POST /v1/completions (OpenAI's fields, plus top_k and repetition_penalty)."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -54,6 +54,7 @@ class CompletionRequest(BaseModel):
     temperature: float = Field(1.0, ge=0.0, allow_inf_nan=False)
     top_k: int = Field(0, ge=0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
+    repetition_penalty: float = Field(1.0, gt=0.0, allow_inf_nan=False)  # not OpenAI's: > 1 discourages repeats
     stop: Union[str, list[str], None] = None
     seed: Optional[int] = Field(None, ge=0, le=2**63 - 1)
     stream: bool = False
@@ -127,7 +128,8 @@ class Server:
         kwargs: dict[str, Any] = dict(
             max_new_tokens=req.max_tokens, temperature=req.temperature, top_k=req.top_k, seed=req.seed
         )
-        for key, value, off in (("top_p", req.top_p, 1.0), ("stop", stop or None, None)):
+        extras = (("top_p", req.top_p, 1.0), ("repetition_penalty", req.repetition_penalty, 1.0), ("stop", stop or None, None))
+        for key, value, off in extras:
             if value != off:
                 if key not in STREAM_PARAMS:
                     raise RequestError(422, f"{key}: this slmkit's generator does not support it yet", key)

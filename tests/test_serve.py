@@ -181,6 +181,7 @@ def test_streaming_sends_pieces_then_done(client, run):
         ({"top_k": -1}, 422, "top_k"),
         ({"top_p": 0}, 422, "top_p"),
         ({"top_p": 1.5}, 422, "top_p"),
+        ({"repetition_penalty": 0}, 422, "repetition_penalty"),
         ({"n": 2}, 422, "n:"),
         ({"stop": ["a", "b", "c", "d", "e"]}, 422, "stop"),
         ({"stop": ""}, 422, "stop"),
@@ -204,6 +205,10 @@ def test_top_p_and_stop(client, run):
     body = {"prompt": "And God", "max_tokens": 30, "temperature": 0.9, "top_p": 0.5, "seed": 5}
     out = client.post("/v1/completions", json=body).json()["choices"][0]
     assert out["text"] == direct(run, "And God", 30, temperature=0.9, top_p=0.5, seed=5)
+    body = {"prompt": "And", "max_tokens": 30, "temperature": 1.0, "seed": 2, "repetition_penalty": 3.0}
+    out = client.post("/v1/completions", json=body).json()["choices"][0]
+    assert out["text"] == direct(run, "And", 30, temperature=1.0, seed=2, repetition_penalty=3.0)
+    assert out["text"] != direct(run, "And", 30, temperature=1.0, seed=2)  # the penalty was applied
 
     greedy = direct(run, "And", 30, temperature=0.0)
     stop = greedy[10:12]
