@@ -72,6 +72,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("folder", metavar="DIR", help="folder with config.json, model.safetensors and tokenizer files")
     p.add_argument("--out", required=True, metavar="RUN", help="run folder to write")
 
+    p = sub.add_parser(
+        "serve", help="HTTP API (OpenAI-style /v1/completions) and a web page to try a run",
+        epilog="Limits can be overridden: --serve.max_tokens_limit=N, --serve.max_prompt_chars=N",
+    )
+    p.add_argument("--run", required=True, metavar="DIR", help="run folder written by `slm train`")
+    p.add_argument("--host", default=None, help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=None, help="port (default: 8000)")
+
     sub.add_parser("recipes", help="list the shipped recipes")
 
     p = sub.add_parser("data", help="inspect prepared data")
@@ -156,6 +164,12 @@ def _prompts_from_stdin():
         yield line.rstrip("\r\n")
 
 
+def _cmd_serve(args: argparse.Namespace, overrides: dict) -> None:
+    from .serve import serve
+
+    serve(args.run, host=args.host, port=args.port, overrides=overrides)
+
+
 def _cmd_data(args: argparse.Namespace) -> None:
     from .data.shards import describe
 
@@ -224,6 +238,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.command in ("train", "prepare", "finetune"):
             overrides = parse_overrides(rest)
             {"train": _cmd_train, "prepare": _cmd_prepare, "finetune": _cmd_finetune}[args.command](args, overrides)
+        elif args.command == "serve":
+            _cmd_serve(args, parse_overrides(rest))
         else:
             if rest:
                 parser.error(f"unrecognized arguments: {' '.join(rest)}")

@@ -233,6 +233,25 @@ class SampleConfig:
 
 
 @dataclass
+class ServeConfig:
+    """`slm serve`: where the HTTP API listens and the limits it enforces on each request."""
+
+    host: str = "127.0.0.1"  # loopback only; another address exposes an API without authentication
+    port: int = 8000
+    max_tokens_limit: int = 1024  # largest max_tokens a request may ask for
+    max_prompt_chars: int = 8192  # longest prompt accepted, in characters
+
+    def validate(self) -> None:
+        if not self.host:
+            raise ConfigError("serve.host is empty; use 127.0.0.1 (this machine only) or an address to listen on")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"serve.port={self.port} must be between 0 and 65535 (e.g. 8000)")
+        for key in ("max_tokens_limit", "max_prompt_chars"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"serve.{key}={getattr(self, key)} must be a positive integer")
+
+
+@dataclass
 class RunConfig:
     """A whole recipe: every stage's section."""
 
@@ -242,6 +261,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
     def validate(self) -> "RunConfig":
         for section in SECTIONS:
@@ -257,7 +277,7 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
-SECTIONS = ("data", "tokenizer", "model", "train", "sample")
+SECTIONS = ("data", "tokenizer", "model", "train", "sample", "serve")
 
 
 def _coerce(value: Any, kind: Any, key: str) -> Any:

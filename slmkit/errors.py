@@ -23,3 +23,7 @@ class TrainingError(SlmError):
 
 class ExportError(SlmError):
     """A model or folder cannot be converted to or from another format (e.g. Hugging Face GPT-2)."""
+
+
+class ServeError(SlmError):
+    """`slm serve` cannot start: a missing extra, an address in use."""
