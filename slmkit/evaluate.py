@@ -14,7 +14,7 @@ import torch
 from .checkpoint import load_run
 from .config import RunConfig
 from .data.shards import Shard, prepare, read_manifest, shard_dir_for
-from .data.sources import normalize, raw_documents
+from .data.sources import Corpus
 from .errors import DataError
 from .model import GPT
 from .tokenizer import Tokenizer
@@ -103,7 +103,7 @@ def text_tokens(cfg: RunConfig, tokenizer: Tokenizer, source: str) -> tuple[np.n
     Documents are joined with the end-of-text id, with one in front so the first token is predicted too.
     """
     data = dataclasses.replace(cfg.data, source=source)
-    docs = [d for d in (normalize(doc, data) for doc in raw_documents(data)) if d]
+    docs = list(Corpus(data).all_documents())
     if not docs:
         raise DataError(f"--data.source {source} has no text to evaluate")
     ids = [tokenizer.eot_id]

@@ -221,7 +221,7 @@ class GPT(nn.Module):
 
     def new_cache(self, batch_size: int = 1) -> KVCache:
         """An empty KV cache for this model (block_size tokens, on the model's device and dtype)."""
-        w = self.lm_head.weight
+        w = self.transformer.wte.weight  # not lm_head: it may be a quantized Linear
         return KVCache(self.config, batch_size, device=w.device, dtype=w.dtype)
 
     def forward(

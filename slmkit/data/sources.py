@@ -393,6 +393,14 @@ class Corpus:
                 yield "".join(parts)
                 parts = []
 
+    def all_documents(self) -> Iterator[str]:
+        """Every normalized, non-empty document of the source, unsplit and in order (for evaluation)."""
+        if self.source.startswith("hf:"):
+            docs: Iterator[str] = (d for split in ("train", "val") for d in self.documents(split))
+        else:
+            docs = ("".join(text for text, _ in normalized_pieces(doc, self.cfg)) for doc in self._raw_documents())
+        yield from (d for d in docs if d)
+
     def texts(self) -> Iterator[str]:
         """The text of every piece of both splits (what a tokenizer is fitted on), in one pass."""
         if self.source.startswith("hf:"):
