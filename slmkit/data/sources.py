@@ -164,7 +164,8 @@ def read_pieces(path: Path, errors: str = "strict") -> Iterator[str]:
             if errors == "strict" and "\x00" in text:  # valid UTF-8, but text files have no NUL
                 at = offset + chunk.index(b"\x00")
                 raise DataError(
-                    f"{path} looks binary (NUL byte at offset {at}); remove it from data.source, or set --data.errors=replace"
+                    f"{path} looks binary (NUL byte at offset {at}); "
+                    "remove it from data.source, or set --data.errors=replace"
                 )
             yield text
             offset += len(chunk)
@@ -476,7 +477,8 @@ class Corpus:
         for row in rows:
             if field not in row:
                 raise DataError(
-                    f"Hugging Face dataset {repo!r} has no field {field!r} (fields: {', '.join(row)}); set --data.text_field"
+                    f"Hugging Face dataset {repo!r} has no field {field!r} (fields: {', '.join(row)}); "
+                    "set --data.text_field"
                 )
             if isinstance(row[field], str):
                 yield row[field]
