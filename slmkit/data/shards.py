@@ -252,7 +252,9 @@ def prepare(cfg: RunConfig, force: bool = False, log=print, progress: Optional[b
             _init_worker(str(staging / "tokenizer.json"))
         try:
             disable = None if progress is None else not progress  # None: a bar only on a terminal
-            with tqdm(unit="B", unit_scale=True, unit_divisor=1000, disable=disable, desc="tokenizing") as bar:
+            with tqdm(
+                total=corpus.size_hint(), unit="B", unit_scale=True, unit_divisor=1000, disable=disable, desc="tokenizing"
+            ) as bar:
                 manifest["splits"] = write_splits(staging, corpus, tokenizer.vocab_size, pool, workers, bar)
         finally:
             if pool is not None:

@@ -394,6 +394,10 @@ class Corpus:
                 yield "".join(parts)
                 parts = []
 
+    def size_hint(self) -> Optional[int]:
+        """Bytes of the local files (for a progress bar's total), or None when unknown."""
+        return sum(p.stat().st_size for p in self._files) if self._files is not None else None
+
     def texts(self) -> Iterator[str]:
         """The text of every piece of both splits (what a tokenizer is fitted on), in one pass."""
         if self.source.startswith("hf:"):
