@@ -15,3 +15,7 @@ class DataError(SlmError):
 
 class CheckpointError(SlmError):
     """A run folder or checkpoint is missing, truncated or does not match."""
+
+
+class TrainingError(SlmError):
+    """Training cannot go on (e.g. the loss stayed NaN/inf); the last good checkpoint is kept."""

@@ -38,9 +38,9 @@ def test_prepare_train_sample(tmp_path, tiny_overrides):
         assert (run / name).is_file(), name
     assert "full val split: loss" in result.stdout and "bits/byte" in result.stdout
     rows = (run / "metrics.csv").read_text().splitlines()
-    assert rows[0].startswith("step,tokens,lr,train_loss,val_loss")
+    assert rows[0].startswith("step,epoch,tokens,lr,train_loss,val_loss,perplexity")
     assert len(rows) == 1 + 20 // 5
-    first, last = float(rows[1].split(",")[3]), float(rows[-1].split(",")[3])
+    first, last = float(rows[1].split(",")[4]), float(rows[-1].split(",")[4])
     assert last < first  # the loss went down
 
     a = slm("sample", "--run", str(run), "--prompt", "And God", "--max-new-tokens", "40", "--seed", "7", cwd=tmp_path)
