@@ -98,7 +98,8 @@ def corpus_folder(tmp_path, n=12):
     folder = tmp_path / "corpus"
     folder.mkdir()
     for i in range(n):
-        (folder / f"{i:02d}.txt").write_text(f"Document {i}: " + "and the earth was without form. " * (i + 1), encoding="utf-8")
+        text = f"Document {i}: " + "and the earth was without form. " * (i + 1)
+        (folder / f"{i:02d}.txt").write_text(text, encoding="utf-8")
     return folder
 
 
@@ -196,3 +197,11 @@ def test_describe_a_shard_folder_and_file(tmp_path):
     assert describe(out / "val.bin").splitlines()[1].split()[:3] == ["val", f"{val['tokens']:,}", "2"]
     with pytest.raises(DataError, match="does not exist"):
         describe(tmp_path / "nothing")
+
+
+def test_a_bad_file_found_while_encoding_leaves_nothing(tmp_path):
+    folder = corpus_folder(tmp_path)
+    (folder / "99.txt").write_bytes(b"fine text, then \xff")  # the last document: read only while encoding val
+    with pytest.raises(DataError, match=r"99.txt is not UTF-8 text \(bad byte at offset 16\)"):
+        prepare(gpt2_config(folder, tmp_path / "new" / "shards", 2), log=lambda *_: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus"]

@@ -74,7 +74,8 @@ def test_bad_sources(tmp_path):
 # ---------------------------------------------------------------- streaming pieces
 
 PARAGRAPHS = "".join(
-    f"Chapter {i}.\n\n  Indented line of ünïcode — 日本語 {i}.\nAnd   the earth\twas without form.\n\n\n" for i in range(400)
+    f"Chapter {i}.\n\n  Indented line of ünïcode — 日本語 {i}.\nAnd   the earth\twas without form.\n\n\n"
+    for i in range(400)
 )
 
 
@@ -179,7 +180,8 @@ def test_hf_dataset_without_validation_split_and_wikitext_articles(tmp_path, mon
 
 
 def test_hf_errors_are_one_line(monkeypatch):
-    with pytest.raises(DataError, match=r"cannot load Hugging Face dataset 'Salesforce/wikitext' \(wikitext-2-raw-v1\)"):
+    hub_error = r"cannot load Hugging Face dataset 'Salesforce/wikitext' \(wikitext-2-raw-v1\)"
+    with pytest.raises(DataError, match=hub_error):
         load_splits(DataConfig(source="hf:wikitext-2-raw-v1"))
     monkeypatch.setitem(sys.modules, "datasets", None)  # as if not installed
     with pytest.raises(DataError, match=r"pip install 'slmkit\[hf\]'"):
@@ -189,8 +191,9 @@ def test_hf_errors_are_one_line(monkeypatch):
 # ---------------------------------------------------------------- tinyshakespeare over HTTP
 
 REPO = Path(__file__).resolve().parents[1]
+# ../shared beside the clone (or beside a worktree's parent); a user's clone has none
 SHARED_TINYSHAKESPEARE = next(
-    (p for p in (REPO.parent / "shared", REPO.parent.parent / "shared") if (p / "data" / "tinyshakespeare.txt").is_file()),
+    (p for p in (REPO.parent / "shared", REPO.parent.parent / "shared") if (p / "data/tinyshakespeare.txt").is_file()),
     None,
 )
 

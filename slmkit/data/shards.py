@@ -8,6 +8,7 @@ last: a folder without it is incomplete and is rebuilt.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import multiprocessing
@@ -187,7 +188,9 @@ def write_splits(folder: Path, corpus: Corpus, vocab_size: int, pool: Any, worke
             files[split].write(HEADER.pack(MAGIC, VERSION, dtype.itemsize, vocab_size, 0))
         for split, (ids, documents, nbytes) in _encoded(_batches(corpus), pool, workers):
             if ids.size and int(ids.max()) >= vocab_size:
-                raise DataError(f"{split}.bin: token ids outside [0, {vocab_size}); the tokenizer and vocab size disagree")
+                raise DataError(
+                    f"{split}.bin: token ids outside [0, {vocab_size}); the tokenizer and vocab size disagree"
+                )
             files[split].write(ids.tobytes())
             for key, value in zip(("tokens", "documents", "bytes"), (ids.size, documents, nbytes)):
                 stats[split][key] += value
@@ -227,6 +230,7 @@ def prepare(cfg: RunConfig, force: bool = False, log=print, progress: Optional[b
         raise DataError(f"data.source {cfg.data.source!r} has no text; point it at a non-empty corpus")
     tokenizer = fit_tokenizer(cfg.tokenizer, corpus.texts())
     workers = cfg.data.num_workers or os.cpu_count() or 1
+    new_parent = not out.parent.exists()
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(out)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
@@ -247,8 +251,9 @@ def prepare(cfg: RunConfig, force: bool = False, log=print, progress: Optional[b
         if pool is None:
             _init_worker(str(staging / "tokenizer.json"))
         try:
+            disable = None if progress is None else not progress  # None: a bar only on a terminal
             with tqdm(
-                unit="B", unit_scale=True, unit_divisor=1000, disable=None if progress is None else not progress, desc="tokenizing"
+                total=corpus.size_hint(), unit="B", unit_scale=True, unit_divisor=1000, disable=disable, desc="tokenizing"
             ) as bar:
                 manifest["splits"] = write_splits(staging, corpus, tokenizer.vocab_size, pool, workers, bar)
         finally:
@@ -264,6 +269,9 @@ def prepare(cfg: RunConfig, force: bool = False, log=print, progress: Optional[b
             os.replace(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if new_parent and not out.exists():
+            with contextlib.suppress(OSError):
+                out.parent.rmdir()  # the folder this failed run made, if it is still empty
     s = manifest["splits"]
     megabytes = (s["train"]["bytes"] + s["val"]["bytes"]) / 1e6
     seconds = time.time() - t0

@@ -164,7 +164,8 @@ def read_pieces(path: Path, errors: str = "strict") -> Iterator[str]:
             if errors == "strict" and "\x00" in text:  # valid UTF-8, but text files have no NUL
                 at = offset + chunk.index(b"\x00")
                 raise DataError(
-                    f"{path} looks binary (NUL byte at offset {at}); remove it from data.source, or set --data.errors=replace"
+                    f"{path} looks binary (NUL byte at offset {at}); "
+                    "remove it from data.source, or set --data.errors=replace"
                 )
             yield text
             offset += len(chunk)
@@ -401,6 +402,10 @@ class Corpus:
             docs = ("".join(text for text, _ in normalized_pieces(doc, self.cfg)) for doc in self._raw_documents())
         yield from (d for d in docs if d)
 
+    def size_hint(self) -> Optional[int]:
+        """Bytes of the local files (for a progress bar's total), or None when unknown."""
+        return sum(p.stat().st_size for p in self._files) if self._files is not None else None
+
     def texts(self) -> Iterator[str]:
         """The text of every piece of both splits (what a tokenizer is fitted on), in one pass."""
         if self.source.startswith("hf:"):
@@ -484,7 +489,8 @@ class Corpus:
         for row in rows:
             if field not in row:
                 raise DataError(
-                    f"Hugging Face dataset {repo!r} has no field {field!r} (fields: {', '.join(row)}); set --data.text_field"
+                    f"Hugging Face dataset {repo!r} has no field {field!r} (fields: {', '.join(row)}); "
+                    "set --data.text_field"
                 )
             if isinstance(row[field], str):
                 yield row[field]
