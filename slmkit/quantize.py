@@ -1,14 +1,15 @@
 """int8 weights for faster CPU inference: PyTorch's dynamic quantization of every nn.Linear.
 
-`torch.ao.quantization.quantize_dynamic` swaps each Linear for a DynamicQuantizedLinear:
+`torch.ao.quantization.quantize_dynamic` swaps each Linear of the blocks for a DynamicQuantizedLinear:
 int8 weights (one scale per output row, symmetric), activations quantized on the fly,
-fbgemm int8 matmuls. Embeddings and LayerNorms stay fp32.
+fbgemm int8 matmuls. Embeddings, norms and the lm_head stay fp32: the lm_head is tied to the
+token embedding (one stored copy), and code that asks `model.lm_head.weight` for the device and
+dtype (generation, the KV cache) keeps working.
 
 Saved form, never pickled: `model-int8.safetensors` in the run folder holds, for each
 quantized layer `NAME`, `NAME.weight` (int8), `NAME.weight_scale` (fp32, one per row) and
-`NAME.bias` (fp32), plus every fp32 tensor that is not a Linear weight. The tied lm_head is
-not stored: it is quantized at load time from the stored `transformer.wte.weight`, which
-gives the same int8 values.
+`NAME.bias` (fp32), plus every fp32 tensor that is not a quantized weight (a tied lm_head is
+stored once, as `transformer.wte.weight`).
 """
 
 from __future__ import annotations
@@ -43,12 +44,17 @@ def _quiet() -> Iterator[None]:
 
 
 def quantize_model(model: GPT) -> nn.Module:
-    """A copy of `model` with every nn.Linear (lm_head included) as a dynamic int8 Linear."""
+    """A copy of `model` with every nn.Linear of its blocks as a dynamic int8 Linear (lm_head stays fp32)."""
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
     torch.backends.quantized.engine = "fbgemm" if "fbgemm" in torch.backends.quantized.supported_engines else "qnnpack"
+    spec = {
+        name: per_channel_dynamic_qconfig
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Linear) and name != "lm_head"
+    }
     with _quiet():
-        return quantize_dynamic(model.cpu().eval(), {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
+        return quantize_dynamic(model.cpu().eval(), spec, dtype=torch.qint8)
 
 
 def _quantized_linears(qmodel: nn.Module) -> dict[str, nn.Module]:
@@ -63,11 +69,9 @@ def int8_state(model: GPT) -> dict[str, torch.Tensor]:
     linears = _quantized_linears(qmodel)
     out: dict[str, torch.Tensor] = {}
     for name, param in model.state_dict().items():
-        if name.rpartition(".")[0] not in linears:  # embeddings, norms
-            out[name] = param.detach().contiguous()
+        if name.rpartition(".")[0] not in linears and not (name == "lm_head.weight" and _tied(model)):
+            out[name] = param.detach().contiguous()  # embeddings, norms, lm_head (stored once when tied)
     for name, layer in linears.items():
-        if name == "lm_head" and _tied(model):
-            continue  # rebuilt from transformer.wte.weight at load
         with _quiet():
             weight = layer.weight()  # per-channel quantized (out, in)
             bias = layer.bias()
@@ -111,11 +115,9 @@ def load_int8(config: ModelConfig, path: Path) -> nn.Module:
             f"{path} does not fit the model in config.yaml (missing {sorted(missing)[:3]}, "
             f"unexpected {sorted(unexpected)[:3]}); re-run `slm quantize`"
         )
-    qmodel = quantize_model(model)  # the lm_head is quantized here from the loaded embedding
+    qmodel = quantize_model(model)
     for name, layer in _quantized_linears(qmodel).items():
         if f"{name}.weight" not in tensors:
-            if name == "lm_head" and _tied(model):
-                continue
             raise CheckpointError(f"{path} lacks {name}.weight; re-run `slm quantize`")
         ints, scale = tensors[f"{name}.weight"], tensors[f"{name}.weight_scale"].double()
         if ints.shape != (layer.out_features, layer.in_features):

@@ -25,7 +25,13 @@ def test_int8_file_is_plain_int8_tensors(quantized_run):
         keys = set(f.keys())
         assert f.get_tensor("transformer.h.0.attn.c_attn.weight").dtype == torch.int8
         assert f.get_tensor("transformer.wte.weight").dtype == torch.float32
-    assert "lm_head.weight" not in keys  # tied: rebuilt from wte at load
+    assert "lm_head.weight" not in keys  # tied: stored once, as transformer.wte.weight
+
+
+def test_lm_head_stays_fp32_and_tied(quantized_run):
+    model = load_run(quantized_run, int8=True).model
+    assert type(model.lm_head) is torch.nn.Linear and model.lm_head.weight is model.transformer.wte.weight
+    assert type(model.transformer.h[0].mlp.c_fc).__module__.startswith("torch.ao.nn.quantized.dynamic")
 
 
 def test_loaded_int8_model_equals_the_freshly_quantized_one(quantized_run):
