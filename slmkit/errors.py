@@ -17,5 +17,9 @@ class CheckpointError(SlmError):
     """A run folder or checkpoint is missing, truncated or does not match."""
 
 
+class TrainingError(SlmError):
+    """Training cannot go on (e.g. the loss stayed NaN/inf); the last good checkpoint is kept."""
+
+
 class ServeError(SlmError):
     """`slm serve` cannot start: a missing extra, an address in use."""

@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from collections import deque
+from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Optional
@@ -118,7 +119,8 @@ def read_manifest(shard_dir: Path | str) -> Optional[dict[str, Any]]:
 
 # ---------------------------------------------------------------- the parallel streaming writer
 
-BATCH_CHARS = 1 << 22  # text per task sent to a worker (~4 MB): big enough to amortize, small for memory
+BATCH_CHARS = 1 << 22  # text per task (~4 MB in ~1 MB pieces, which tiktoken encodes on threads)
+IN_FLIGHT = 2  # tasks per worker queued or running
 _worker_tokenizer: Optional[Tokenizer] = None
 
 
@@ -142,53 +144,59 @@ def _encode_pieces(batch: list[Piece]) -> tuple[np.ndarray, int, int]:
     return np.array(ids, dtype=dtype_for(tokenizer.vocab_size)), documents, nbytes
 
 
-def _batches(pieces: Iterator[Piece]) -> Iterator[list[Piece]]:
-    batch: list[Piece] = []
-    size = 0
-    for piece in pieces:
-        batch.append(piece)
-        size += len(piece[0])
-        if size >= BATCH_CHARS:
-            yield batch
-            batch, size = [], 0
-    if batch:
-        yield batch
+def _batches(corpus: Corpus) -> Iterator[tuple[str, list[Piece]]]:
+    """(split, pieces) batches of about BATCH_CHARS, train then val, as one stream (no idle worker between splits)."""
+    for split in SPLITS:
+        batch: list[Piece] = []
+        size = 0
+        for piece in corpus.pieces(split):
+            batch.append(piece)
+            size += len(piece[0])
+            if size >= BATCH_CHARS:
+                yield split, batch
+                batch, size = [], 0
+        if batch:
+            yield split, batch
 
 
-def _encoded(batches: Iterator[list[Piece]], pool: Any, workers: int) -> Iterator[tuple[np.ndarray, int, int]]:
-    """Encode batches in order; at most 2 per worker in flight, so memory stays flat (Pool.imap would read ahead)."""
+def _encoded(batches: Iterator[tuple[str, list[Piece]]], pool: Any, workers: int) -> Iterator[tuple[str, Any]]:
+    """(split, encoded batch) in order; at most IN_FLIGHT per worker, so memory stays flat (Pool.imap reads ahead)."""
     if pool is None:
-        yield from map(_encode_pieces, batches)
+        yield from ((split, _encode_pieces(batch)) for split, batch in batches)
         return
     pending: deque = deque()
-    for batch in batches:
-        pending.append(pool.apply_async(_encode_pieces, (batch,)))
-        if len(pending) >= 2 * workers:
-            yield pending.popleft().get()
+    for split, batch in batches:
+        pending.append((split, pool.apply_async(_encode_pieces, (batch,))))
+        if len(pending) >= IN_FLIGHT * workers:
+            split, result = pending.popleft()
+            yield split, result.get()
     while pending:
-        yield pending.popleft().get()
+        split, result = pending.popleft()
+        yield split, result.get()
 
 
-def write_split(
-    path: Path, pieces: Iterator[Piece], vocab_size: int, pool: Any, workers: int, bar: Any
-) -> dict[str, int]:
-    """Stream the encoded pieces into the shard `path` (header patched with the count at the end, atomically)."""
+def write_splits(folder: Path, corpus: Corpus, vocab_size: int, pool: Any, workers: int, bar: Any) -> dict[str, Any]:
+    """Stream the encoded corpus into `folder`/{train,val}.bin, each header patched with its count at the end."""
     dtype = dtype_for(vocab_size)
-    tokens = documents = nbytes = 0
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(HEADER.pack(MAGIC, VERSION, dtype.itemsize, vocab_size, 0))
-            for ids, docs, size in _encoded(_batches(pieces), pool, workers):
-                if ids.size and int(ids.max()) >= vocab_size:
-                    raise DataError(f"{path}: token ids outside [0, {vocab_size}); the tokenizer and vocab size disagree")
-                f.write(ids.tobytes())
-                tokens += ids.size
-                documents += docs
-                nbytes += size
-                bar.update(size)
+    stats = {split: {"tokens": 0, "documents": 0, "bytes": 0} for split in SPLITS}
+    with ExitStack() as stack:
+        files = {}
+        for split in SPLITS:
+            tmp = stack.enter_context(atomic_path(folder / f"{split}.bin"))
+            files[split] = stack.enter_context(open(tmp, "wb"))
+            files[split].write(HEADER.pack(MAGIC, VERSION, dtype.itemsize, vocab_size, 0))
+        for split, (ids, documents, nbytes) in _encoded(_batches(corpus), pool, workers):
+            if ids.size and int(ids.max()) >= vocab_size:
+                raise DataError(f"{split}.bin: token ids outside [0, {vocab_size}); the tokenizer and vocab size disagree")
+            files[split].write(ids.tobytes())
+            for key, value in zip(("tokens", "documents", "bytes"), (ids.size, documents, nbytes)):
+                stats[split][key] += value
+            bar.update(nbytes)
+        for split, f in files.items():
             f.seek(0)
-            f.write(HEADER.pack(MAGIC, VERSION, dtype.itemsize, vocab_size, tokens))
-    return {"tokens": tokens, "documents": documents, "bytes": nbytes}
+            f.write(HEADER.pack(MAGIC, VERSION, dtype.itemsize, vocab_size, stats[split]["tokens"]))
+            f.close()  # before atomic_path fsyncs and renames it
+    return stats
 
 
 def _pool(workers: int, tokenizer_path: Path) -> Any:
@@ -242,10 +250,7 @@ def prepare(cfg: RunConfig, force: bool = False, log=print, progress: Optional[b
             with tqdm(
                 unit="B", unit_scale=True, unit_divisor=1000, disable=None if progress is None else not progress, desc="tokenizing"
             ) as bar:
-                for split in SPLITS:
-                    manifest["splits"][split] = write_split(
-                        staging / f"{split}.bin", corpus.pieces(split), tokenizer.vocab_size, pool, workers, bar
-                    )
+                manifest["splits"] = write_splits(staging, corpus, tokenizer.vocab_size, pool, workers, bar)
         finally:
             if pool is not None:
                 pool.terminate()
