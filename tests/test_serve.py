@@ -238,11 +238,11 @@ def test_openai_client(live, run):
 def test_fifty_concurrent_requests_each_get_their_own_answer(live, run):
     """Concurrency correctness: every request's text equals the one generated alone with its seed."""
     seeds = list(range(50))
-    expected = {s: direct(run, "And", 16, temperature=1.0, seed=s) for s in seeds}
+    expected = {s: direct(run, "And", 10, temperature=1.0, seed=s) for s in seeds}
     assert len(set(expected.values())) > 40  # the seeds really give different texts
 
     def ask(client, seed):
-        body = {"prompt": "And", "max_tokens": 16, "temperature": 1.0, "seed": seed, "stream": seed % 2 == 0}
+        body = {"prompt": "And", "max_tokens": 10, "temperature": 1.0, "seed": seed, "stream": seed % 2 == 0}
         if body["stream"]:
             with client.stream("POST", "/v1/completions", json=body) as reply:
                 assert reply.status_code == 200
