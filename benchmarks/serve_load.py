@@ -1,6 +1,6 @@
 """Load test of `slm serve`: N concurrent completion requests on 127.0.0.1; errors and p50/p95 latency.
 
-    python benchmarks/serve_load.py --run runs/kjv-char [--requests 50] [--max-tokens 64] [--url URL]
+    python -P benchmarks/serve_load.py --run runs/kjv-char [--requests 50] [--max-tokens 64] [--url URL]
 
 Without --url it serves the run itself (uvicorn in a thread on a free loopback port). Half the
 requests stream (server-sent events), half do not; every one has its own seed. Generation is

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib.resources
-import inspect
 import json
 import socket
 import threading
@@ -38,8 +37,6 @@ try:
 except ImportError:
     raise ServeError("`slm serve` needs FastAPI and uvicorn: pip install 'slmkit[serve]'") from None
 
-# Keyword arguments this build's generate.stream accepts (top_p/stop arrive with the KV-cache generator).
-STREAM_PARAMS = frozenset(inspect.signature(stream).parameters)
 MAX_STOP_STRINGS = 4  # as OpenAI's API
 
 
@@ -125,15 +122,10 @@ class Server:
                 self.run.tokenizer.encode(prompt)
             except SlmError as e:
                 raise RequestError(422, f"prompt: {e}", "prompt") from None
-        kwargs: dict[str, Any] = dict(
-            max_new_tokens=req.max_tokens, temperature=req.temperature, top_k=req.top_k, seed=req.seed
+        kwargs = dict(
+            max_new_tokens=req.max_tokens, temperature=req.temperature, top_k=req.top_k, top_p=req.top_p,
+            repetition_penalty=req.repetition_penalty, stop=stop or None, seed=req.seed,
         )
-        extras = (("top_p", req.top_p, 1.0), ("repetition_penalty", req.repetition_penalty, 1.0), ("stop", stop or None, None))
-        for key, value, off in extras:
-            if value != off:
-                if key not in STREAM_PARAMS:
-                    raise RequestError(422, f"{key}: this slmkit's generator does not support it yet", key)
-                kwargs[key] = value
         return Job(prompt=prompt, kwargs=kwargs, stop=stop, max_tokens=req.max_tokens)
 
     def _generate(self, job: Job, cancelled: threading.Event) -> Iterator[str]:

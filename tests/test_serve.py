@@ -1,7 +1,6 @@
 """`slm serve`: the API (plain and streamed), its limits and errors, the openai client, 50 concurrent
 requests, a client that hangs up, the web page in headless Chromium, and the CLI. Loopback only."""
 
-import inspect
 import json
 import os
 import signal
@@ -30,8 +29,6 @@ from slmkit.train import train  # noqa: E402
 
 from conftest import TINY_TEXT  # noqa: E402
 
-HAS_TOP_P = "top_p" in inspect.signature(stream).parameters
-needs_top_p = pytest.mark.skipif(not HAS_TOP_P, reason="generate.stream has no top_p/stop yet (branch model)")
 LIMITS = ServeConfig(max_tokens_limit=64, max_prompt_chars=100)
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
@@ -200,8 +197,7 @@ def test_bad_requests_get_a_clear_error(client, body, status, words):
     assert words in error["message"] and "\n" not in error["message"]
 
 
-@needs_top_p
-def test_top_p_and_stop(client, run):
+def test_top_p_repetition_penalty_and_stop(client, run):
     body = {"prompt": "And God", "max_tokens": 30, "temperature": 0.9, "top_p": 0.5, "seed": 5}
     out = client.post("/v1/completions", json=body).json()["choices"][0]
     assert out["text"] == direct(run, "And God", 30, temperature=0.9, top_p=0.5, seed=5)
@@ -226,14 +222,6 @@ def test_top_p_and_stop(client, run):
         assert text == cut and finish == "stop"
 
 
-def test_unsupported_generator_options_are_refused(client, monkeypatch):
-    """Until generate.stream has top_p/stop, asking for them is a 422 naming the field, never ignored."""
-    monkeypatch.setattr(slmkit.serve, "STREAM_PARAMS", frozenset({"prompt", "max_new_tokens", "temperature"}))
-    reply = client.post("/v1/completions", json={"top_p": 0.5})
-    assert reply.status_code == 422 and reply.json()["error"]["param"] == "top_p"
-    assert client.post("/v1/completions", json={"stop": "x"}).json()["error"]["param"] == "stop"
-
-
 def test_openai_client(live, run):
     openai = pytest.importorskip("openai")
     client = openai.OpenAI(base_url=f"{live.url}/v1", api_key="unused", max_retries=0)
@@ -250,11 +238,11 @@ def test_openai_client(live, run):
 def test_fifty_concurrent_requests_each_get_their_own_answer(live, run):
     """Concurrency correctness: every request's text equals the one generated alone with its seed."""
     seeds = list(range(50))
-    expected = {s: direct(run, "And", 16, temperature=1.0, seed=s) for s in seeds}
+    expected = {s: direct(run, "And", 10, temperature=1.0, seed=s) for s in seeds}
     assert len(set(expected.values())) > 40  # the seeds really give different texts
 
     def ask(client, seed):
-        body = {"prompt": "And", "max_tokens": 16, "temperature": 1.0, "seed": seed, "stream": seed % 2 == 0}
+        body = {"prompt": "And", "max_tokens": 10, "temperature": 1.0, "seed": seed, "stream": seed % 2 == 0}
         if body["stream"]:
             with client.stream("POST", "/v1/completions", json=body) as reply:
                 assert reply.status_code == 200
