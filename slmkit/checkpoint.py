@@ -21,7 +21,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
-from .atomic import atomic_path
+from .atomic import atomic_path, write_failure
 from .config import RunConfig, load_config, save_config
 from .errors import CheckpointError, SlmError
 from .model import GPT
@@ -35,7 +35,10 @@ STATE = "state.pt"
 def save_weights(model: GPT, path: Path, metadata: Optional[dict[str, str]] = None) -> None:
     """Model weights to safetensors (tied weights stored once), atomically."""
     with atomic_path(path) as tmp:
-        save_model(model, str(tmp), metadata=metadata)
+        try:
+            save_model(model, str(tmp), metadata=metadata)
+        except SafetensorError as e:  # its I/O errors (e.g. disk full) arrive as SafetensorError
+            raise write_failure(path, e) from None
 
 
 def load_weights(model: GPT, path: Path) -> None:
@@ -56,16 +59,30 @@ def load_weights(model: GPT, path: Path) -> None:
         )
 
 
+def load_state_weights(model: GPT, weights: dict[str, torch.Tensor], path: Path) -> None:
+    """Fill `model` from the weights saved inside a state.pt; errors name the file when they do not fit."""
+    try:
+        model.load_state_dict(weights)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path} does not fit the model in config.yaml ({first})") from None
+
+
 def save_state(state: dict[str, Any], path: Path) -> None:
     """Training state (tensors and plain Python values only), atomically."""
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        try:
+            torch.save(state, tmp)
+        except RuntimeError as e:  # torch reports a failed write (e.g. disk full) as RuntimeError
+            raise write_failure(path, e) from None
 
 
 def load_state(path: Path) -> dict[str, Any]:
     """Training state, loaded with weights_only=True so no arbitrary object is ever unpickled."""
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist; there is nothing to resume in {path.parent}")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip; anything else is damaged (or a raw pickle)
+        raise CheckpointError(f"{path} is unreadable or truncated (not a torch.save zip); resume from another run")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from .errors import SlmError
+from .errors import ConfigError, SlmError
 
 EPILOG = "Any recipe key can be overridden: --section.key=value (or --section.key value), e.g. --train.max_minutes=1"
 
@@ -115,7 +115,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             (_cmd_train if args.command == "train" else _cmd_prepare)(args, overrides)
         else:
             if rest:
-                parser.error(f"unrecognized arguments: {' '.join(rest)}")
+                raise ConfigError(f"unrecognized arguments: {' '.join(rest)}; see `slm {args.command} --help`")
             if args.command == "sample":
                 _cmd_sample(args)
             elif args.command == "recipes":

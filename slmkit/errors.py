@@ -15,3 +15,7 @@ class DataError(SlmError):
 
 class CheckpointError(SlmError):
     """A run folder or checkpoint is missing, truncated or does not match."""
+
+
+class WriteError(SlmError):
+    """A file could not be written (disk full, no permission); the previous version is intact."""

@@ -14,7 +14,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .checkpoint import BEST, LAST, STATE, load_state, load_weights, save_state, save_weights, write_run_files
+from .checkpoint import (
+    BEST,
+    LAST,
+    STATE,
+    load_state,
+    load_state_weights,
+    load_weights,
+    save_state,
+    save_weights,
+    write_run_files,
+)
 from .config import RunConfig, TrainConfig, apply_override, load_config
 from .data.shards import BatchSampler, load_prepared, prepare, shard_dir_for
 from .errors import CheckpointError, ConfigError
@@ -116,10 +126,15 @@ class _Logger:
 
 
 def _checkpoint(run_dir: Path, model: GPT, optimizer, sampler: BatchSampler, progress: dict[str, Any]) -> None:
-    """last.safetensors + state.pt: everything needed to continue exactly."""
+    """last.safetensors + state.pt: everything needed to continue exactly.
+
+    state.pt holds its own copy of the weights: a kill between the two writes must not pair
+    the optimizer of one step with the weights of the next.
+    """
     save_weights(model, run_dir / LAST, metadata={"step": str(progress["step"])})
     save_state(
         {
+            "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "sampler": sampler.state(),
@@ -164,8 +179,11 @@ def train(
 
     progress: dict[str, Any] = {"step": 0, "tokens": 0, "elapsed": 0.0, "best_val_loss": float("inf")}
     if resume is not None:
-        load_weights(model, run_dir / LAST)
         state = load_state(run_dir / STATE)
+        if "model" in state:  # the weights of the same step as the optimizer state
+            load_state_weights(model, state["model"], run_dir / STATE)
+        else:
+            load_weights(model, run_dir / LAST)
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         sampler.set_state(state["sampler"])

@@ -40,3 +40,32 @@ def tiny_overrides(tiny_corpus, tmp_path):
         "train.log_interval": 5,
         "sample.max_new_tokens": 20,
     }
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """A finished 4-step run folder (shared: copy it before changing it)."""
+    from slmkit.config import load_recipe
+    from slmkit.train import train
+
+    root = tmp_path_factory.mktemp("trained")
+    corpus = root / "corpus.txt"
+    corpus.write_text(TINY_TEXT, encoding="utf-8")
+    overrides = {
+        "data.source": str(corpus),
+        "data.shard_dir": str(root / "shards"),
+        "model.n_layer": 2,
+        "model.n_head": 2,
+        "model.n_embd": 32,
+        "model.block_size": 32,
+        "train.batch_size": 4,
+        "train.max_steps": 4,
+        "train.max_minutes": 0,
+        "train.warmup_steps": 1,
+        "train.eval_interval": 2,
+        "train.eval_batches": 1,
+        "train.log_interval": 2,
+        "sample.max_new_tokens": 5,
+    }
+    train(load_recipe("kjv-char", overrides), out=root / "run", progress_bar=False)
+    return root / "run"
