@@ -107,6 +107,8 @@ def train_trial(work: Path, corpus: Path, rng: random.Random) -> tuple[bool, str
     )
     if resumed.returncode != 0:
         return False, f"resume failed: {resumed.stderr.strip().splitlines()[-1:]}"
+    if any(run.glob(".*.tmp")):
+        return False, "resume left the killed run's temp files in the run folder"
     after = int(load_state(run / STATE)["step"])
     if after != step + 3:
         return False, f"resume ended at step {after}, expected {step + 3}"

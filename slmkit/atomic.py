@@ -72,6 +72,14 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def remove_temp_files(folder: Path | str) -> list[Path]:
+    """Delete the temp files a killed atomic_path left in `folder` (call only where no other writer runs)."""
+    stale = sorted(Path(folder).glob(".*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def atomic_write_text(path: Path | str, text: str) -> None:
     """Write `text` to `path` atomically (UTF-8)."""
     with atomic_path(path) as tmp:

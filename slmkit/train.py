@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .atomic import remove_temp_files
 from .checkpoint import (
     BEST,
     LAST,
@@ -180,6 +181,7 @@ def train(
     progress: dict[str, Any] = {"step": 0, "tokens": 0, "elapsed": 0.0, "best_val_loss": float("inf")}
     if resume is not None:
         state = load_state(run_dir / STATE)
+        remove_temp_files(run_dir)  # half-written checkpoint files of the run that was killed
         if "model" in state:  # the weights of the same step as the optimizer state
             load_state_weights(model, state["model"], run_dir / STATE)
         else:

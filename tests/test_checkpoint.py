@@ -152,5 +152,8 @@ def test_disk_full_during_training_stops_cleanly_and_resume_still_works(tmp_path
     assert {k: v for k, v in after.items() if k in CHECKPOINT_FILES} == before
     assert not [name for name in after if name.endswith(".tmp")]
 
+    stale = run / ".state.pt.x1y2z3.tmp"  # what a kill in the middle of a save leaves
+    stale.write_bytes(b"half a checkpoint")
     assert main(["train", "--no-progress", "--resume", str(run), "--train.max_steps=6"]) == 0
     assert load_state(run / STATE)["step"] == 6
+    assert not stale.exists()
