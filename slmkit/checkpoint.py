@@ -50,8 +50,9 @@ def load_weights(model: GPT, path: Path) -> None:
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{path} is not a readable safetensors file ({e}); it may be truncated") from None
     except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise CheckpointError(f"{path} does not fit the model in config.yaml ({first})") from None
+        raise CheckpointError(
+            f"{path} does not fit the model in config.yaml ({_first_reason(e)}); it belongs to another run"
+        ) from None
     if missing or unexpected:
         raise CheckpointError(
             f"{path} does not fit the model in config.yaml (missing {sorted(missing)[:3]}, "
@@ -64,8 +65,16 @@ def load_state_weights(model: GPT, weights: dict[str, torch.Tensor], path: Path)
     try:
         model.load_state_dict(weights)
     except (RuntimeError, TypeError, AttributeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path} does not fit the model in config.yaml ({first})") from None
+        raise CheckpointError(
+            f"{path} does not fit the model in config.yaml ({_first_reason(e)}); it belongs to another run"
+        ) from None
+
+
+def _first_reason(e: Exception) -> str:
+    """The first specific line of a load_state_dict error (its first line is only a heading)."""
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    specific = [line for line in lines if not line.startswith("Error(s) in loading")]
+    return (specific or lines or [type(e).__name__])[0].rstrip(".")
 
 
 def save_state(state: dict[str, Any], path: Path) -> None:
