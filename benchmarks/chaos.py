@@ -122,7 +122,13 @@ def prepare_trial(work: Path, corpus: Path, rng: random.Random) -> tuple[bool, s
         big.write_text(corpus.read_text(encoding="utf-8") * 8, encoding="utf-8")
     args = ["prepare", "--force", f"--data.source={big}", f"--data.shard_dir={shard_dir}"]
     proc = slm(args, cwd=work)
-    time.sleep(rng.uniform(2.0, 10.0))
+    if rng.random() < 0.5:
+        time.sleep(rng.uniform(2.0, 10.0))  # mostly while the corpus is read and tokenized
+    else:  # while a shard is being written: kill within 0.3 s of its temp file appearing
+        started = time.perf_counter()
+        while proc.poll() is None and not any(shard_dir.glob(".*.tmp")) and time.perf_counter() - started < 300:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.3))
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     manifest = read_manifest(shard_dir)
