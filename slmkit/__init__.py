@@ -8,6 +8,7 @@
 from .checkpoint import Run, load_run
 from .config import RunConfig, load_recipe
 from .errors import SlmError
+from .finetune import finetune
 from .generate import generate, stream
 from .model import GPT, GPTConfig
 from .tokenizer import Tokenizer, load_tokenizer
@@ -20,6 +21,7 @@ __all__ = [
     "RunConfig",
     "SlmError",
     "Tokenizer",
+    "finetune",
     "generate",
     "load_recipe",
     "load_run",

@@ -22,6 +22,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", default=None, metavar="DIR", help="continue the run in DIR from its last checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still print)")
 
+    p = sub.add_parser(
+        "finetune", help="continue training a run's best model on new text, into a new run folder", epilog=EPILOG
+    )
+    p.add_argument("--from", dest="from_dir", required=True, metavar="DIR", help="the trained run folder to start from")
+    p.add_argument("--out", default=None, help="run folder (default: runs/<recipe>-finetune)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still print)")
+
     p = sub.add_parser("prepare", help="corpus -> tokenizer -> train/val shards", epilog=EPILOG)
     p.add_argument("--recipe", default=None, help="recipe name in recipes/ or a YAML path (default: kjv-char)")
     p.add_argument("--force", action="store_true", help="rebuild the shards even if they are complete")
@@ -34,8 +41,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=None, help="0 = off")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--last", action="store_true", help="use the last weights instead of the best")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass; 1 = off")
+    p.add_argument("--repetition-penalty", type=float, default=None, help="> 1 discourages repeats; 1 = off")
+    p.add_argument("--stop", action="append", default=None, metavar="TEXT", help="end before this text (repeatable)")
+    p.add_argument("--num-samples", type=int, default=1, help="samples per prompt (sample i uses seed + i)")
+    p.add_argument("--interactive", action="store_true", help="read prompts from stdin, one per line, until EOF, an empty line or 'exit'")
+    p.add_argument("--no-cache", action="store_true", help="recompute the whole context each step (slow; for comparison)")
 
     sub.add_parser("recipes", help="list the shipped recipes")
+
+    p = sub.add_parser("data", help="inspect prepared data")
+    data = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    q = data.add_parser("info", help="tokens, documents, dtype, vocabulary size and bytes of shards")
+    q.add_argument("path", metavar="PATH", help="a shard file (.bin) or a shard folder")
     return parser
 
 
@@ -51,6 +69,12 @@ def _cmd_train(args: argparse.Namespace, overrides: dict) -> None:
     train(load_recipe(args.recipe, overrides), out=args.out, progress_bar=not args.no_progress)
 
 
+def _cmd_finetune(args: argparse.Namespace, overrides: dict) -> None:
+    from .finetune import finetune
+
+    finetune(args.from_dir, overrides, out=args.out, progress_bar=not args.no_progress)
+
+
 def _cmd_prepare(args: argparse.Namespace, overrides: dict) -> None:
     from .config import load_recipe
     from .data.shards import prepare
@@ -61,7 +85,7 @@ def _cmd_prepare(args: argparse.Namespace, overrides: dict) -> None:
 
 def _cmd_sample(args: argparse.Namespace) -> None:
     from .checkpoint import LAST, BEST, load_run
-    from .config import SampleConfig
+    from .config import ConfigError, SampleConfig
     from .generate import stream
 
     run = load_run(args.run, weights=LAST if args.last else BEST)
@@ -72,20 +96,46 @@ def _cmd_sample(args: argparse.Namespace) -> None:
         temperature=sc.temperature if args.temperature is None else args.temperature,
         top_k=sc.top_k if args.top_k is None else args.top_k,
         seed=sc.seed if args.seed is None else args.seed,
+        top_p=sc.top_p if args.top_p is None else args.top_p,
+        repetition_penalty=sc.repetition_penalty if args.repetition_penalty is None else args.repetition_penalty,
     )
     chosen.validate()
-    prompt = chosen.prompt
-    unknown = getattr(run.tokenizer, "unknown_chars", lambda _: [])(prompt)
-    if unknown:
-        print(f"slm: note: dropping characters the tokenizer has never seen: {''.join(unknown)!r}", file=sys.stderr)
-        prompt = "".join(c for c in prompt if c not in unknown)
-    sys.stdout.write(prompt)
-    for piece in stream(
-        run.model, run.tokenizer, prompt, chosen.max_new_tokens, chosen.temperature, chosen.top_k, chosen.seed
-    ):
-        sys.stdout.write(piece)
-        sys.stdout.flush()
-    sys.stdout.write("\n")
+    if args.num_samples < 1:
+        raise ConfigError(f"--num-samples={args.num_samples} must be >= 1")
+    for prompt in _prompts_from_stdin() if args.interactive else [chosen.prompt]:
+        unknown = getattr(run.tokenizer, "unknown_chars", lambda _: [])(prompt)
+        if unknown:
+            print(f"slm: note: dropping characters the tokenizer has never seen: {''.join(unknown)!r}", file=sys.stderr)
+            prompt = "".join(c for c in prompt if c not in unknown)
+        for i in range(args.num_samples):
+            if args.num_samples > 1:
+                sys.stdout.write(f"--- sample {i + 1}/{args.num_samples}\n")
+            sys.stdout.write(prompt)
+            for piece in stream(
+                run.model, run.tokenizer, prompt, chosen.max_new_tokens, chosen.temperature, chosen.top_k,
+                chosen.top_p, chosen.repetition_penalty, args.stop, chosen.seed + i, use_cache=not args.no_cache,
+            ):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+
+
+def _prompts_from_stdin():
+    """Prompts typed (or piped) one per line, until EOF, an empty line or 'exit'."""
+    while True:
+        if sys.stdin.isatty():
+            print("> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line or line.strip() in ("", "exit"):
+            return
+        yield line.rstrip("\r\n")
+
+
+def _cmd_data(args: argparse.Namespace) -> None:
+    from .data.shards import describe
+
+    print(describe(args.path))
 
 
 def _cmd_recipes() -> None:
@@ -110,9 +160,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.command is None:
             parser.print_help()
             return 2
-        if args.command in ("train", "prepare"):
+        if args.command in ("train", "prepare", "finetune"):
             overrides = parse_overrides(rest)
-            (_cmd_train if args.command == "train" else _cmd_prepare)(args, overrides)
+            {"train": _cmd_train, "prepare": _cmd_prepare, "finetune": _cmd_finetune}[args.command](args, overrides)
         else:
             if rest:
                 raise ConfigError(f"unrecognized arguments: {' '.join(rest)}; see `slm {args.command} --help`")
@@ -120,6 +170,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                 _cmd_sample(args)
             elif args.command == "recipes":
                 _cmd_recipes()
+            elif args.command == "data":
+                _cmd_data(args)
     except SlmError as e:
         print(f"slm: error: {e}", file=sys.stderr)
         return 1

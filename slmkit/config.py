@@ -29,14 +29,15 @@ MAX_RECIPE_BYTES = 1_000_000  # a recipe is a page of YAML
 class DataConfig:
     """Where the text comes from and how it is split and normalized."""
 
-    source: str = "kjv"  # kjv | a file, folder or glob
+    source: str = "kjv"  # kjv | tinyshakespeare | hf:<dataset>[:<config>] | a file, folder or glob
     val_fraction: float = 0.1  # the last fraction of documents is the val split
-    text_field: str = "text"  # field holding the text in .jsonl records
+    text_field: str = "text"  # field holding the text in .jsonl/.parquet records and HF datasets
     lowercase: bool = False
     collapse_whitespace: bool = False
     drop_empty_lines: bool = False
     errors: str = "strict"  # strict | replace: what to do with bytes that are not UTF-8
     shard_dir: str = ""  # where shards go; empty = shards/<source>-<tokenizer>-<hash>
+    num_workers: int = 0  # tokenizer processes writing shards; 0 = one per CPU core
 
     def validate(self) -> None:
         if not 0.0 < self.val_fraction < 1.0:
@@ -45,6 +46,8 @@ class DataConfig:
             raise ConfigError(f"data.errors={self.errors!r} must be 'strict' or 'replace'")
         if not self.source:
             raise ConfigError("data.source is empty: give 'kjv', a file, a folder or a glob")
+        if self.num_workers < 0:
+            raise ConfigError(f"data.num_workers={self.num_workers} must be >= 0 (0 = one per CPU core)")
 
 
 @dataclass
@@ -78,6 +81,11 @@ TOKENIZER_KINDS = ("char", "word", "bpe", "wordpiece", "gpt2")
 MIN_VOCAB_SIZE = {"word": 3, "wordpiece": 3, "bpe": 257}
 
 
+POS_EMBEDDINGS = ("learned", "sinusoidal", "rotary", "none")
+NORMS = ("layernorm", "rmsnorm")
+MLPS = ("gelu", "relu2", "swiglu")
+
+
 @dataclass
 class ModelConfig:
     """Shape of the GPT (see slmkit.model.GPT)."""
@@ -89,6 +97,13 @@ class ModelConfig:
     dropout: float = 0.0
     bias: bool = True  # bias in Linear layers and LayerNorms, as GPT-2
     vocab_size: int = 0  # 0 = taken from the tokenizer
+    pos_embedding: str = "learned"  # learned (GPT-2 wpe) | sinusoidal (fixed) | rotary (RoPE on q, k) | none
+    d_ff: int = 0  # feed-forward hidden width; 0 = 4 * n_embd
+    norm: str = "layernorm"  # layernorm | rmsnorm
+    mlp: str = "gelu"  # gelu (tanh approximation, GPT-2) | relu2 (ReLU squared) | swiglu (gate * up, then down)
+    qk_norm: bool = False  # RMS-normalize q and k per head (no weight) before attention
+    zero_init_proj: bool = False  # attention and MLP output projections start at zero (modded-nanogpt)
+    tie_embeddings: bool = True  # lm_head shares the token embedding matrix (GPT-2)
 
     def validate(self) -> None:
         for key in ("n_layer", "n_head", "n_embd", "block_size"):
@@ -103,6 +118,16 @@ class ModelConfig:
             raise ConfigError(f"model.dropout={self.dropout} must be in [0, 1)")
         if self.vocab_size < 0:
             raise ConfigError(f"model.vocab_size={self.vocab_size} must be >= 0")
+        for key, valid in (("pos_embedding", POS_EMBEDDINGS), ("norm", NORMS), ("mlp", MLPS)):
+            if getattr(self, key) not in valid:
+                raise ConfigError(f"model.{key}={getattr(self, key)!r} is not known; valid: {', '.join(valid)}")
+        if self.d_ff < 0:
+            raise ConfigError(f"model.d_ff={self.d_ff} must be >= 0 (0 = 4 * n_embd)")
+        if self.pos_embedding == "rotary" and (self.n_embd // self.n_head) % 2:
+            raise ConfigError(
+                f"model.pos_embedding=rotary needs an even head size, got n_embd/n_head={self.n_embd // self.n_head}; "
+                "change model.n_embd or model.n_head"
+            )
 
 
 @dataclass
@@ -120,29 +145,67 @@ class TrainConfig:
     max_steps: int = 0  # 0 = no step limit (the time budget governs)
     max_minutes: float = 5.0  # 0 = no time limit
     eval_interval: int = 250  # steps between evaluations on fixed val batches
-    eval_batches: int = 20  # fixed val batches per evaluation
+    eval_batches: int = 20  # fixed val batches per evaluation; 0 = the whole val split
     log_interval: int = 10  # steps between progress-bar and log updates
     seed: int = 1337
     device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | mps
     threads: int = 0  # CPU threads for torch; 0 = torch's default
+    optimizer: str = "adamw"  # adamw | adam | muon (Muon for hidden matrices, AdamW for the rest)
+    muon_lr: float = 0.02  # learning rate of the Muon group
+    muon_momentum: float = 0.95
+    schedule: str = "cosine"  # constant | cosine | exponential | plateau (all after linear warmup)
+    gamma: float = 0.95  # exponential: lr *= gamma per epoch
+    plateau_factor: float = 0.5  # plateau: lr *= factor ...
+    plateau_patience: int = 2  # ... after this many evaluations without improvement
+    early_stop_patience: int = 0  # stop after this many evaluations without improvement; 0 = off
+    early_stop_min_delta: float = 0.0  # an improvement must beat the best val loss by more than this
+    max_epochs: int = 0  # 0 = no epoch limit; an epoch = train tokens / tokens per step
+    grad_accum_steps: int = 1  # micro-batches per optimizer step
+    precision: str = "auto"  # auto (fp32 on cpu/mps, bf16 on cuda if supported else fp16) | fp32 | bf16 | fp16
+    compile: bool = False  # torch.compile the model
+    eval_full: bool = False  # evaluate on the whole val split instead of eval_batches fixed batches
+    sample_interval: int = 0  # steps between samples (sample.prompt, sample.temperature); 0 = off
+    tensorboard: bool = False  # also log to <run>/tensorboard (needs the tensorboard package)
+    keep_last_k: int = 0  # also keep the last k checkpoints in <run>/checkpoints; 0 = only last
+    stop_at_val_loss: float = 0.0  # stop once a full-val-split evaluation reaches this loss; 0 = off
+    seq_len: int = 0  # training window in tokens; 0 = model.block_size
+    max_nonfinite_steps: int = 5  # stop after this many NaN/inf steps in a row (each is skipped)
 
     def validate(self) -> None:
-        for key in ("batch_size", "eval_interval", "eval_batches", "log_interval"):
+        for key in ("batch_size", "eval_interval", "log_interval", "grad_accum_steps", "max_nonfinite_steps"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"train.{key}={getattr(self, key)} must be a positive integer")
-        for key in ("max_steps", "warmup_steps", "threads"):
+        for key in (
+            "max_steps", "warmup_steps", "threads", "eval_batches", "plateau_patience", "early_stop_patience",
+            "max_epochs", "sample_interval", "keep_last_k", "seq_len",
+        ):  # fmt: skip
             if getattr(self, key) < 0:
                 raise ConfigError(f"train.{key}={getattr(self, key)} must be >= 0")
-        for key in ("lr", "min_lr", "weight_decay", "grad_clip", "max_minutes"):
+        for key in ("lr", "min_lr", "weight_decay", "grad_clip", "max_minutes", "muon_lr", "early_stop_min_delta",
+                    "stop_at_val_loss"):  # fmt: skip
             value = getattr(self, key)
             if value < 0 or not math.isfinite(value):
                 raise ConfigError(f"train.{key}={value} must be a finite number >= 0")
         if self.lr == 0:
             raise ConfigError("train.lr=0 would not train; give a positive learning rate such as 1e-3")
-        if self.max_steps == 0 and self.max_minutes == 0:
-            raise ConfigError("train.max_steps and train.max_minutes are both 0; set one of them")
+        if self.max_steps == 0 and self.max_minutes == 0 and self.max_epochs == 0:
+            raise ConfigError("train.max_steps, train.max_epochs and train.max_minutes are all 0; set one of them")
+        for key, valid in (
+            ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("precision", ("auto", "fp32", "bf16", "fp16")),
+        ):  # fmt: skip
+            if getattr(self, key) not in valid:
+                raise ConfigError(f"train.{key}={getattr(self, key)!r} is not known; valid: {', '.join(valid)}")
+        for key in ("gamma", "plateau_factor"):
+            if not 0.0 < getattr(self, key) <= 1.0:
+                raise ConfigError(f"train.{key}={getattr(self, key)} must be in (0, 1], e.g. 0.95")
+        if not 0.0 <= self.muon_momentum < 1.0:
+            raise ConfigError(f"train.muon_momentum={self.muon_momentum} must be in [0, 1), e.g. 0.95")
         if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
             raise ConfigError(f"train.device={self.device!r}; valid: auto, cpu, cuda, cuda:N, mps")
+
+
+OPTIMIZERS = ("adamw", "adam", "muon")
+SCHEDULES = ("constant", "cosine", "exponential", "plateau")
 
 
 @dataclass
@@ -154,6 +217,8 @@ class SampleConfig:
     temperature: float = 0.8
     top_k: int = 0  # 0 = no top-k filtering
     seed: int = 1337
+    top_p: float = 1.0  # nucleus sampling: the smallest set of tokens holding this much probability; 1 = off
+    repetition_penalty: float = 1.0  # > 1 makes tokens already in the context less likely (CTRL); 1 = off
 
     def validate(self) -> None:
         if self.max_new_tokens < 0:
@@ -162,6 +227,10 @@ class SampleConfig:
             raise ConfigError(f"sample.temperature={self.temperature} must be >= 0 (0 = greedy)")
         if self.top_k < 0:
             raise ConfigError(f"sample.top_k={self.top_k} must be >= 0 (0 = off)")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"sample.top_p={self.top_p} must be in (0, 1] (1 = off)")
+        if not self.repetition_penalty > 0.0:
+            raise ConfigError(f"sample.repetition_penalty={self.repetition_penalty} must be > 0 (1 = off)")
 
 
 @dataclass
@@ -178,6 +247,11 @@ class RunConfig:
     def validate(self) -> "RunConfig":
         for section in SECTIONS:
             getattr(self, section).validate()
+        if self.train.seq_len > self.model.block_size:
+            raise ConfigError(
+                f"train.seq_len={self.train.seq_len} exceeds model.block_size={self.model.block_size}; "
+                "lower it or use 0 (= block_size)"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:

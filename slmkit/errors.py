@@ -17,5 +17,9 @@ class CheckpointError(SlmError):
     """A run folder or checkpoint is missing, truncated or does not match."""
 
 
+class TrainingError(SlmError):
+    """Training cannot go on (e.g. the loss stayed NaN/inf); the last good checkpoint is kept."""
+
+
 class WriteError(SlmError):
     """A file could not be written (disk full, no permission); the previous version is intact."""

@@ -1,8 +1,12 @@
-"""A GPT in one file: pre-LayerNorm blocks, causal SDPA attention, GELU MLP, tied embeddings.
+"""A GPT in one file: pre-norm blocks, causal SDPA attention, an MLP, tied embeddings, a KV cache.
+
+The defaults are GPT-2's (learned positions, LayerNorm, tanh-GELU MLP 4x wide, biases, tied
+embeddings); `model.pos_embedding`, `norm`, `mlp`, `d_ff`, `qk_norm`, `zero_init_proj` and
+`tie_embeddings` choose the alternatives (see ModelConfig).
 
 Parameter names follow Hugging Face GPT-2 (`transformer.wte`, `transformer.h.0.attn.c_attn`,
 `transformer.ln_f`, `lm_head`) so weights convert without a table (only HF's Conv1D
-layers store their weights transposed).
+layers store their weights transposed). SwiGLU adds `mlp.c_gate` (c_fc is the up projection).
 """
 
 from __future__ import annotations
@@ -17,6 +21,37 @@ from torch.nn import functional as F
 from .config import ModelConfig
 
 GPTConfig = ModelConfig  # the model's config is the recipe's `model` section
+RMS_EPS = 1e-6  # RMSNorm's epsilon (Llama's), fixed so it does not depend on the dtype
+
+
+class KVCache:
+    """Keys and values of the tokens seen so far, per layer, preallocated to block_size.
+
+    `length` tokens are cached; the next forward's tokens sit at positions length, length+1, ...
+    """
+
+    def __init__(self, config: GPTConfig, batch_size: int = 1, device=None, dtype=torch.float32):
+        hs = config.n_embd // config.n_head
+        shape = (config.n_layer, batch_size, config.n_head, config.block_size, hs)  # (L, B, nh, T, hs)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0
+
+    def reset(self) -> None:
+        """Forget every cached token (the buffers are reused)."""
+        self.length = 0
+
+
+def _norm(config: GPTConfig) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(config.n_embd, eps=RMS_EPS)  # weight only: RMSNorm has no bias
+    return nn.LayerNorm(config.n_embd, bias=config.bias)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE on (B, nh, T, hs) with cos/sin (T, hs/2): rotate the pairs (x[i], x[i + hs/2])."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
 class CausalSelfAttention(nn.Module):
@@ -29,48 +64,94 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
+        self.qk_norm = config.qk_norm
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+        cache: Optional[KVCache] = None,
+        layer: int = 0,
+    ) -> torch.Tensor:
         B, T, C = x.shape
+        hs = C // self.n_head
         q, k, v = self.c_attn(x).split(C, dim=2)
         # (B, T, C) -> (B, nh, T, hs)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        q = q.view(B, T, self.n_head, hs).transpose(1, 2)
+        k = k.view(B, T, self.n_head, hs).transpose(1, 2)
+        v = v.view(B, T, self.n_head, hs).transpose(1, 2)
+        if self.qk_norm:
+            q, k = F.rms_norm(q, (hs,), eps=RMS_EPS), F.rms_norm(k, (hs,), eps=RMS_EPS)  # no weight
+        if rope is not None:
+            q, k = _rotate(q, *rope), _rotate(k, *rope)
+        mask, causal = None, True
+        if cache is not None:
+            start = cache.length
+            cache.k[layer, :, :, start : start + T] = k
+            cache.v[layer, :, :, start : start + T] = v
+            k = cache.k[layer, :, :, : start + T]  # (B, nh, start + T, hs)
+            v = cache.v[layer, :, :, : start + T]
+            if start > 0:
+                # One new query attends every cached key (it is the last): no mask. Several new
+                # queries after cached ones: query i sees keys up to start + i.
+                causal = False
+                if T > 1:
+                    mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
         y = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=causal
         )  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
 
 class MLP(nn.Module):
-    """Position-wise feed-forward: Linear -> GELU -> Linear, 4x wide."""
+    """Position-wise feed-forward, d_ff wide: GELU (GPT-2), ReLU² or SwiGLU."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's GELU
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        d_ff = config.d_ff or 4 * config.n_embd
+        self.kind = config.mlp
+        self.c_fc = nn.Linear(config.n_embd, d_ff, bias=config.bias)  # the up projection
+        if self.kind == "swiglu":
+            self.c_gate = nn.Linear(config.n_embd, d_ff, bias=config.bias)
+        elif self.kind == "gelu":
+            self.gelu = nn.GELU(approximate="tanh")  # GPT-2's GELU
+        self.c_proj = nn.Linear(d_ff, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        if self.kind == "gelu":
+            h = self.gelu(self.c_fc(x))
+        elif self.kind == "relu2":
+            h = F.relu(self.c_fc(x)).square()
+        else:
+            h = F.silu(self.c_gate(x)) * self.c_fc(x)
+        return self.dropout(self.c_proj(h))
 
 
 class Block(nn.Module):
-    """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = _norm(config)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = _norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x: torch.Tensor, rope=None, cache: Optional[KVCache] = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), rope, cache, layer)
         return x + self.mlp(self.ln_2(x))
+
+
+def sinusoidal_table(length: int, dim: int) -> torch.Tensor:
+    """(length, dim) fixed positions of "Attention is all you need": sin on even, cos on odd dims."""
+    pos = torch.arange(length, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    table = torch.zeros(length, dim)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq[: dim // 2])
+    return table
 
 
 class GPT(nn.Module):
@@ -80,23 +161,40 @@ class GPT(nn.Module):
         super().__init__()
         if config.vocab_size <= 0:
             raise ValueError("GPTConfig.vocab_size must be set (from the tokenizer) before building the model")
+        config.validate()
         self.config = config
-        self.transformer = nn.ModuleDict(
-            dict(
-                wte=nn.Embedding(config.vocab_size, config.n_embd),
-                wpe=nn.Embedding(config.block_size, config.n_embd),
-                drop=nn.Dropout(config.dropout),
-                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-                ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
-            )
+        modules = dict(wte=nn.Embedding(config.vocab_size, config.n_embd))
+        if config.pos_embedding == "learned":
+            modules["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+        modules.update(
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=_norm(config),
         )
+        self.transformer = nn.ModuleDict(modules)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.lm_head.weight = self.transformer.wte.weight  # tied input/output embeddings
+        if config.tie_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight  # tied input/output embeddings
+        # Fixed tables are buffers computed here, never saved (persistent=False): not parameters.
+        if config.pos_embedding == "sinusoidal":
+            # The paper adds the table to embeddings scaled by sqrt(d_model); dividing the table instead
+            # keeps that ratio and makes it a drop-in for wpe (what the HF export writes).
+            table = sinusoidal_table(config.block_size, config.n_embd) / math.sqrt(config.n_embd)
+            self.register_buffer("pos_table", table, persistent=False)
+        if config.pos_embedding == "rotary":
+            hs = config.n_embd // config.n_head
+            inv_freq = 1.0 / (10000.0 ** (torch.arange(0, hs, 2, dtype=torch.float32) / hs))
+            angles = torch.outer(torch.arange(config.block_size, dtype=torch.float32), inv_freq)  # (T, hs/2)
+            self.register_buffer("rope_cos", angles.cos(), persistent=False)
+            self.register_buffer("rope_sin", angles.sin(), persistent=False)
         self.apply(self._init_weights)
         # GPT-2: scale residual output projections by 1/sqrt(2 * n_layer)
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+                if config.zero_init_proj:
+                    nn.init.zeros_(p)
+                else:
+                    nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -108,23 +206,52 @@ class GPT(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def num_parameters(self, non_embedding: bool = False) -> int:
-        """Parameter count (tied weights counted once); optionally without position embeddings."""
+        """Parameter count (tied weights counted once; fixed position tables are not parameters).
+
+        non_embedding=True leaves out the tables that are only looked up, never multiplied:
+        the position embeddings, and the token embeddings when lm_head is not tied to them.
+        """
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
-            n -= self.transformer.wpe.weight.numel()
+            if "wpe" in self.transformer:
+                n -= self.transformer.wpe.weight.numel()
+            if not self.config.tie_embeddings:
+                n -= self.transformer.wte.weight.numel()
         return n
 
+    def new_cache(self, batch_size: int = 1) -> KVCache:
+        """An empty KV cache for this model (block_size tokens, on the model's device and dtype)."""
+        w = self.lm_head.weight
+        return KVCache(self.config, batch_size, device=w.device, dtype=w.dtype)
+
     def forward(
-        self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None
+        self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None, cache: Optional[KVCache] = None
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """idx (B, T) token ids -> logits (B, T, vocab); mean cross-entropy if targets (B, T) given."""
+        """idx (B, T) token ids -> logits (B, T, vocab); mean cross-entropy if targets (B, T) given.
+
+        With a `cache`, idx continues the cached tokens (positions start at cache.length), the
+        cache grows by T, and only the last position's logits are computed: (B, 1, vocab).
+        """
         B, T = idx.shape
-        if T > self.config.block_size:
-            raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
-        pos = torch.arange(T, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
-        for block in self.transformer.h:
-            x = block(x)
+        start = 0 if cache is None else cache.length
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence length {start + T} exceeds block_size {self.config.block_size}")
+        x = self.transformer.wte(idx)  # (B, T, C)
+        kind = self.config.pos_embedding
+        rope = None
+        if kind == "learned":
+            x = x + self.transformer.wpe(torch.arange(start, start + T, device=idx.device))
+        elif kind == "sinusoidal":
+            x = x + self.pos_table[start : start + T]
+        elif kind == "rotary":
+            rope = (self.rope_cos[start : start + T], self.rope_sin[start : start + T])
+        x = self.transformer.drop(x)
+        for layer, block in enumerate(self.transformer.h):
+            x = block(x, rope, cache, layer)
+        if cache is not None:
+            cache.length += T
+            if targets is None:
+                x = x[:, -1:]  # generation needs the next token's logits only
         logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab)
         loss = None
         if targets is not None:

@@ -3,13 +3,20 @@
 Muon (Jordan et al., 2024; used by the modded-nanogpt speedrun) replaces each 2-D
 update G by the nearest semi-orthogonal matrix U V^T of its SVD, approximated with
 five Newton-Schulz iterations. It is meant for the hidden matrices only; embeddings,
-the output head, norms and biases stay with AdamW (`make_muon_groups` splits them).
+the output head, norms and biases stay with AdamW (`make_optimizers` splits them).
+
+Also here: building the optimizers train.optimizer names, and the learning-rate schedules.
 """
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+from .config import TrainConfig
 
 
 def orthogonalize(G: Tensor, steps: int = 5, eps: float = 1e-7) -> Tensor:
@@ -69,3 +76,78 @@ class Muon(torch.optim.Optimizer):
                     p.mul_(1 - group["lr"] * group["weight_decay"])
                 p.add_(update, alpha=-group["lr"] * scale)
         return loss
+
+
+def make_optimizers(model: nn.Module, cfg: TrainConfig, device: torch.device) -> list[torch.optim.Optimizer]:
+    """The optimizers train.optimizer names; each group keeps its base lr in `base_lr`.
+
+    adamw/adam: weight decay on matrices only (not on norms, biases or embeddings).
+    muon: Muon for the 2-D matrices inside the transformer blocks, AdamW for everything else.
+    """
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    hidden, decay, no_decay = [], [], []
+    for name, p in model.named_parameters():  # tied weights appear once
+        if cfg.optimizer == "muon" and p.dim() == 2 and ".h." in f".{name}" and id(p) not in embeddings:
+            hidden.append(p)
+        elif p.dim() >= 2 and id(p) not in embeddings:
+            decay.append(p)
+        else:
+            no_decay.append(p)
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay, "base_lr": cfg.lr},
+        {"params": no_decay, "weight_decay": 0.0, "base_lr": cfg.lr},
+    ]
+    adam_class = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+    # fused kernels exist for CUDA and CPU; they update every tensor in one call
+    fused = device.type in ("cuda", "cpu")
+    optimizers: list[torch.optim.Optimizer] = [
+        adam_class([g for g in groups if g["params"]], lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
+    ]
+    if hidden:
+        muon_group = {"params": hidden, "base_lr": cfg.muon_lr}
+        optimizers.append(Muon([muon_group], lr=cfg.muon_lr, momentum=cfg.muon_momentum))
+    return optimizers
+
+
+def lr_multiplier(cfg: TrainConfig, step: int, progress: float, epoch: int, plateau_scale: float) -> float:
+    """The schedule's factor on each group's base lr at `step` (0-based).
+
+    Linear warmup over warmup_steps for every schedule, then
+    constant: 1; cosine: from 1 down to min_lr/lr as progress goes 0 -> 1;
+    exponential: gamma ** epoch; plateau: the product of the reductions so far.
+    """
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "cosine":
+        progress = min(max(progress, 0.0), 1.0)
+        floor = cfg.min_lr / cfg.lr
+        return floor + 0.5 * (1.0 + math.cos(math.pi * progress)) * (1.0 - floor)
+    if cfg.schedule == "exponential":
+        return cfg.gamma**epoch
+    if cfg.schedule == "plateau":
+        return plateau_scale
+    return 1.0
+
+
+def plateau_update(state: dict[str, Any], val_loss: float, cfg: TrainConfig) -> bool:
+    """Reduce-on-plateau after an evaluation: scale *= factor once `patience` evals pass without
+    improvement (as torch's ReduceLROnPlateau: on the (patience+1)-th bad one). True if reduced."""
+    if val_loss < state["plateau_best"]:
+        state["plateau_best"], state["plateau_bad"] = val_loss, 0
+        return False
+    state["plateau_bad"] += 1
+    if state["plateau_bad"] > cfg.plateau_patience:
+        state["plateau_scale"] *= cfg.plateau_factor
+        state["plateau_bad"] = 0
+        return True
+    return False
+
+
+def early_stop_update(state: dict[str, Any], val_loss: float, cfg: TrainConfig) -> bool:
+    """Early stopping after an evaluation: True once `early_stop_patience` evals in a row have not
+    beaten the best by more than early_stop_min_delta."""
+    if val_loss < state["early_stop_best"] - cfg.early_stop_min_delta:
+        state["early_stop_best"], state["early_stop_bad"] = val_loss, 0
+        return False
+    state["early_stop_bad"] += 1
+    return bool(cfg.early_stop_patience) and state["early_stop_bad"] >= cfg.early_stop_patience

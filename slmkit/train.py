@@ -1,10 +1,12 @@
-"""The training loop: AdamW, warmup + cosine, clipping, a time or step budget, evals, checkpoints."""
+"""The training loop: optimizer, schedule, precision, budget, evals, samples, checkpoints, DDP."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import os
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +14,7 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 from .atomic import remove_temp_files
@@ -26,21 +29,24 @@ from .checkpoint import (
     save_weights,
     write_run_files,
 )
-from .config import RunConfig, TrainConfig, apply_override, load_config
+from .config import RunConfig, apply_override, load_config
 from .data.shards import BatchSampler, load_prepared, prepare, shard_dir_for
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, TrainingError
 from .evaluate import mean_loss, report
 from .generate import generate
 from .model import GPT
+from .optim import early_stop_update, lr_multiplier, make_optimizers, plateau_update
 
-METRICS_FIELDS = ["step", "tokens", "lr", "train_loss", "val_loss", "tokens_per_second", "elapsed"]
+METRICS_FIELDS = [
+    "step", "epoch", "tokens", "lr", "train_loss", "val_loss", "perplexity", "tokens_per_second", "elapsed", "event",
+]  # fmt: skip
 
 
-def resolve_device(name: str) -> torch.device:
-    """auto -> cuda if available, else mps, else cpu; a forced device must exist."""
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """auto -> cuda if available, else mps, else cpu; a forced device must exist. DDP ranks get cuda:LOCAL_RANK."""
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            return torch.device("cuda", local_rank)
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
@@ -48,31 +54,23 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"train.device={name} but CUDA is not available here; use --train.device=cpu")
     if name == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("train.device=mps but MPS is not available here; use --train.device=cpu")
-    return torch.device(name)
+    return torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
 
 
-def make_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW with weight decay on matrices only (not on norms, biases or embeddings)."""
-    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
-    decay, no_decay = [], []
-    for p in model.parameters():
-        (decay if p.dim() >= 2 and id(p) not in embeddings else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    # fused kernels exist for CUDA and CPU; they update every tensor in one call
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type in ("cuda", "cpu"))
-
-
-def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
-    """Linear warmup over warmup_steps, then cosine from lr to min_lr as progress goes 0 -> 1."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = min(max(progress, 0.0), 1.0)
-    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
+def resolve_precision(name: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype, or None for fp32. auto: bf16 on CUDA if supported, else fp16; fp32 on cpu/mps."""
+    if name == "auto":
+        if device.type != "cuda":
+            return None  # bf16 on a CPU without bf16 matrix units is ~100x slower than fp32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
 # keys a resumed run may change: its budget and cadence, never its model or data
-RESUME_KEYS = ("train.max_steps", "train.max_minutes", "train.eval_interval", "train.log_interval", "train.device")
-
+RESUME_KEYS = (
+    "train.max_steps", "train.max_minutes", "train.max_epochs", "train.eval_interval", "train.log_interval",
+    "train.sample_interval", "train.keep_last_k", "train.tensorboard", "train.device", "train.threads",
+)  # fmt: skip
 
 def resume_config(run_dir: Path | str, overrides: Optional[dict[str, Any]] = None) -> RunConfig:
     """The config of a run folder to resume, with budget/cadence overrides applied."""
@@ -95,16 +93,26 @@ class TrainResult:
     steps: int
     tokens: int
     best_val_loss: float
-    final_val: dict[str, float]  # loss/perplexity/bits on the full val split, best weights
+    final_val: dict[str, float]  # loss/perplexity/bits on the full val split, best weights (rank 0 only)
     sample: str
     elapsed: float
+    stopped: str = "budget"  # budget | early_stop | reached
+    reached: Optional[dict[str, float]] = None  # step, tokens, elapsed when train.stop_at_val_loss was reached
 
 
 class _Logger:
-    """train.log and metrics.csv in the run folder, appended to (so a resumed run continues them)."""
+    """train.log, metrics.csv (appended to, so a resumed run continues them) and TensorBoard; rank 0 only."""
 
-    def __init__(self, run_dir: Path, bar: Optional[tqdm]):
-        self.bar = bar
+    def __init__(self, run_dir: Path, bar: Optional[tqdm], enabled: bool, tensorboard: bool):
+        self.bar, self.enabled, self.tb = bar, enabled, None
+        if not enabled:
+            return
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ConfigError("train.tensorboard=true needs the tensorboard package: pip install tensorboard (or slmkit[tensorboard])") from None
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
         self.log = open(run_dir / "train.log", "a", encoding="utf-8")
         new = not (run_dir / "metrics.csv").exists()
         self.metrics_file = open(run_dir / "metrics.csv", "a", newline="", encoding="utf-8")
@@ -113,36 +121,97 @@ class _Logger:
             self.metrics.writeheader()
 
     def info(self, message: str) -> None:
+        if not self.enabled:
+            return
         self.log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
         self.log.flush()
         (self.bar.write if self.bar is not None else print)(message)
 
     def row(self, **values: Any) -> None:
+        if not self.enabled:
+            return
         self.metrics.writerow({k: values.get(k, "") for k in METRICS_FIELDS})
         self.metrics_file.flush()
+        if self.tb is not None:
+            for key in ("lr", "train_loss", "val_loss", "perplexity", "tokens_per_second"):
+                if values.get(key) not in (None, ""):
+                    self.tb.add_scalar(key, float(values[key]), values["step"])
+            self.tb.flush()
 
     def close(self) -> None:
-        self.log.close()
-        self.metrics_file.close()
+        if self.enabled:
+            self.log.close()
+            self.metrics_file.close()
+            if self.tb is not None:
+                self.tb.close()
 
 
-def _checkpoint(run_dir: Path, model: GPT, optimizer, sampler: BatchSampler, progress: dict[str, Any]) -> None:
-    """last.safetensors + state.pt: everything needed to continue exactly.
+def _init_distributed() -> tuple[int, int, int]:
+    """rank, world size, local rank from torchrun's environment; joins the process group if there are several."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _any_rank(flag: bool, device: torch.device) -> bool:
+    """True if `flag` is true on any rank (so every rank takes the same branch)."""
+    if not dist.is_initialized():
+        return flag
+    t = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def _rank_mean(value: float, device: torch.device) -> float:
+    """The mean of `value` over ranks."""
+    if not dist.is_initialized():
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.item() / dist.get_world_size()
+
+
+def _rank_state(sampler: BatchSampler) -> dict[str, Any]:
+    """This rank's data position and every RNG state (torch, CUDA, numpy, python)."""
+    kind, key, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "sampler": sampler.state(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy_rng": [kind, torch.from_numpy(key.astype(np.int64)), pos, has_gauss, cached],
+        "python_rng": random.getstate(),
+    }
+
+
+def _set_rank_state(state: dict[str, Any], sampler: BatchSampler) -> None:
+    sampler.set_state(state["sampler"])
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    kind, key, pos, has_gauss, cached = state["numpy_rng"]
+    np.random.set_state((kind, key.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(state["python_rng"])
+
+
+def _checkpoint(run_dir: Path, model: GPT, state: dict[str, Any], keep_last_k: int) -> None:
+    """last.safetensors + state.pt: everything needed to continue exactly; and the last k copies.
 
     state.pt holds its own copy of the weights: a kill between the two writes must not pair
     the optimizer of one step with the weights of the next.
     """
-    save_weights(model, run_dir / LAST, metadata={"step": str(progress["step"])})
-    save_state(
-        {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "sampler": sampler.state(),
-            **progress,
-        },
-        run_dir / STATE,
-    )
+    step = state["step"]
+    state = {**state, "model": model.state_dict()}
+    save_weights(model, run_dir / LAST, metadata={"step": str(step)})
+    save_state(state, run_dir / STATE)
+    if keep_last_k:
+        folder = run_dir / "checkpoints"
+        save_weights(model, folder / f"step-{step:07d}.safetensors", metadata={"step": str(step)})
+        save_state(state, folder / f"step-{step:07d}.state.pt")
+        for old in sorted(folder.glob("step-*.safetensors"))[:-keep_last_k]:
+            old.unlink()
+            old.with_name(old.name.replace(".safetensors", ".state.pt")).unlink(missing_ok=True)
 
 
 def train(
@@ -150,10 +219,13 @@ def train(
     out: Optional[Path | str] = None,
     resume: Optional[Path | str] = None,
     progress_bar: bool = True,
+    init_weights: Optional[Path | str] = None,
 ) -> TrainResult:
     """Train a GPT as `cfg` says into run folder `out` (default runs/<name>).
 
     With `resume`, continue that run folder from its last checkpoint (cfg defaults to its config.yaml).
+    With `init_weights`, start from those safetensors weights instead of a random init (fine-tuning).
+    Under torchrun, every rank runs this; rank 0 alone writes files.
     """
     if resume is not None:
         run_dir = Path(resume)
@@ -162,154 +234,268 @@ def train(
         cfg = cfg or RunConfig()
         run_dir = Path(out) if out is not None else Path("runs") / cfg.name
     tc = cfg.train
-    device = resolve_device(tc.device)
+    rank, world, local_rank = _init_distributed()
+    device = resolve_device(tc.device, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    amp_dtype = resolve_precision(tc.precision, device)
     if tc.threads:
         torch.set_num_threads(tc.threads)
     torch.manual_seed(tc.seed)
 
-    shard_dir = shard_dir_for(cfg)
-    prepare(cfg)
-    tokenizer, shards, manifest = load_prepared(shard_dir)
+    if rank == 0:
+        prepare(cfg)
+    if world > 1:
+        dist.barrier()  # the other ranks wait for rank 0's shards
+    tokenizer, shards, _ = load_prepared(shard_dir_for(cfg))
     cfg.model.vocab_size = tokenizer.vocab_size
     model = GPT(cfg.model).to(device)
-    optimizer = make_optimizer(model, tc, device)
-    sampler = BatchSampler(shards["train"], cfg.model.block_size, tc.batch_size, seed=tc.seed)
-    # fixed val windows, so evaluations compare
-    val_sampler = BatchSampler(shards["val"], cfg.model.block_size, tc.batch_size, seed=tc.seed + 1)
-    val_batches = [val_sampler.next() for _ in range(tc.eval_batches)]
+    if init_weights is not None:
+        load_weights(model, Path(init_weights))
+    optimizers = make_optimizers(model, tc, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    seq_len = tc.seq_len or cfg.model.block_size
+    # each rank its own data; rank 0 of a single process keeps the seeds of earlier versions
+    sampler = BatchSampler(shards["train"], seq_len, tc.batch_size, seed=tc.seed + 7919 * rank)
+    val_sampler = BatchSampler(shards["val"], seq_len, tc.batch_size, seed=tc.seed + 1 + 7919 * rank)
+    eval_full = tc.eval_full or tc.eval_batches == 0 or tc.stop_at_val_loss > 0
+    val_batches = [] if eval_full else [val_sampler.next() for _ in range(tc.eval_batches)]
+    if world > 1:
+        torch.manual_seed(tc.seed + 7919 * rank)  # different dropout masks per rank
 
-    progress: dict[str, Any] = {"step": 0, "tokens": 0, "elapsed": 0.0, "best_val_loss": float("inf")}
+    progress: dict[str, Any] = {
+        "step": 0, "tokens": 0, "elapsed": 0.0, "best_val_loss": float("inf"),
+        "plateau_best": float("inf"), "plateau_bad": 0, "plateau_scale": 1.0,
+        "early_stop_best": float("inf"), "early_stop_bad": 0, "nonfinite": 0, "stopped": "", "reached": None,
+    }  # fmt: skip
     if resume is not None:
         state = load_state(run_dir / STATE)
-        remove_temp_files(run_dir)  # half-written checkpoint files of the run that was killed
+        if rank == 0:
+            remove_temp_files(run_dir)  # half-written checkpoint files of the run that was killed
         if "model" in state:  # the weights of the same step as the optimizer state
             load_state_weights(model, state["model"], run_dir / STATE)
         else:
             load_weights(model, run_dir / LAST)
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        sampler.set_state(state["sampler"])
-        progress = {k: state[k] for k in progress}
-    else:
+        if "optimizers" not in state:
+            raise CheckpointError(f"{run_dir / STATE} was written by an older slmkit; start a new run")
+        if len(state["ranks"]) != world:
+            raise CheckpointError(f"{run_dir} was trained by {len(state['ranks'])} processes; resume it with as many")
+        for optimizer, saved in zip(optimizers, state["optimizers"], strict=True):
+            base_lrs = [g["base_lr"] for g in optimizer.param_groups]
+            optimizer.load_state_dict(saved)
+            for group, base_lr in zip(optimizer.param_groups, base_lrs):
+                group["base_lr"] = base_lr  # the config's lr, should it have been edited
+        if scaler.is_enabled() and state["scaler"]:
+            scaler.load_state_dict(state["scaler"])
+        _set_rank_state(state["ranks"][rank], sampler)
+        progress.update({k: state[k] for k in progress})
+    elif rank == 0:
         write_run_files(run_dir, cfg, tokenizer)
 
+    train_model: torch.nn.Module = model
+    if world > 1:
+        train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    if tc.compile:
+        train_model = torch.compile(train_model)
+
+    tokens_per_step = tc.batch_size * seq_len * tc.grad_accum_steps * world
+    steps_per_epoch = max(1, len(shards["train"]) // tokens_per_step)
+    step_limits = [n for n in (tc.max_steps, tc.max_epochs * steps_per_epoch) if n]
+    total_steps = min(step_limits) if step_limits else 0
     budget_s = tc.max_minutes * 60.0
     bar = None
-    if progress_bar:
+    if progress_bar and rank == 0:
         bar = tqdm(
-            total=tc.max_steps or None,
+            total=total_steps or None,
             initial=progress["step"],
             unit="step",
             dynamic_ncols=True,
             bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]",
         )
-    log = _Logger(run_dir, bar)
-    n_params = model.num_parameters()
+    log = _Logger(run_dir, bar, enabled=rank == 0, tensorboard=tc.tensorboard)
     log.info(
-        f"{'resuming' if resume else 'training'} {cfg.name}: {n_params / 1e6:.2f}M parameters on {device}, "
-        f"train {len(shards['train']):,} tokens, val {len(shards['val']):,} tokens -> {run_dir}"
+        f"{'resuming' if resume else 'training'} {cfg.name}: {model.num_parameters() / 1e6:.2f}M parameters on "
+        f"{device} x{world}, {tc.optimizer}, {tc.schedule}, {amp_dtype or 'fp32'}, train {len(shards['train']):,} "
+        f"tokens ({steps_per_epoch} steps/epoch), val {len(shards['val']):,} tokens -> {run_dir}"
+    )
+    autocast = (
+        (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype is not None else contextlib.nullcontext
     )
 
     @torch.no_grad()
-    def eval_fixed() -> float:
+    def evaluate() -> float:
+        if eval_full:
+            return mean_loss(model, shards["val"].tokens, batch_size=tc.batch_size)  # the same on every rank
         model.eval()
-        losses = [model(x.to(device), y.to(device))[1].item() for x, y in val_batches]
+        with autocast():
+            losses = [model(x.to(device), y.to(device))[1].item() for x, y in val_batches]
         model.train()
-        return float(np.mean(losses))
+        return _rank_mean(float(np.mean(losses)), device)
 
     def done() -> bool:
-        if tc.max_steps and progress["step"] >= tc.max_steps:
+        if progress["stopped"] or (total_steps and progress["step"] >= total_steps):
             return True
-        return bool(budget_s) and progress["elapsed"] >= budget_s
+        return _any_rank(bool(budget_s) and progress["elapsed"] >= budget_s, device)  # ranks' clocks differ
 
     def fraction() -> float:
         """Progress through the budget, 0 -> 1 (steps if they are set, else time)."""
-        if tc.max_steps:
-            return progress["step"] / tc.max_steps
-        return progress["elapsed"] / budget_s
+        return progress["step"] / total_steps if total_steps else progress["elapsed"] / budget_s
 
+    params = [p for p in model.parameters()]
     model.train()
-    tokens_per_step = tc.batch_size * cfg.model.block_size
     start = time.perf_counter() - progress["elapsed"]
     window_start, window_tokens = time.perf_counter(), 0
-    loss_sum = torch.zeros((), device=device)
-    loss_count = 0
-    lr = tc.lr
+    loss_sum, loss_count = 0.0, 0
     while not done():
         step = progress["step"]
-        lr = lr_at(tc, step, fraction() if step >= tc.warmup_steps else 0.0)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        x, y = sampler.next()
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        _, loss = model(x, y)
-        loss.backward()
+        multiplier = lr_multiplier(tc, step, fraction(), step // steps_per_epoch, progress["plateau_scale"])
+        for optimizer in optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] = group["base_lr"] * multiplier
+        lr = tc.lr * multiplier
+        step_loss = torch.zeros((), device=device)
+        for micro in range(tc.grad_accum_steps):
+            x, y = sampler.next()
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            # DDP averages gradients over ranks on the last micro-batch only
+            last_micro = micro == tc.grad_accum_steps - 1
+            sync = contextlib.nullcontext() if world == 1 or last_micro else train_model.no_sync()
+            with sync:
+                with autocast():
+                    _, loss = train_model(x, y)
+                scaler.scale(loss / tc.grad_accum_steps if tc.grad_accum_steps > 1 else loss).backward()
+            step_loss += loss.detach()
+        step_loss /= tc.grad_accum_steps
+        for optimizer in optimizers:
+            scaler.unscale_(optimizer)
         if tc.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        loss_sum += loss.detach()
-        loss_count += 1
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
+        else:
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        train_loss_value = step_loss.item()
+        # with fp16 the scaler skips overflowing steps itself; a NaN/inf loss is always an error
+        nonfinite = not math.isfinite(train_loss_value) or (
+            not scaler.is_enabled() and not math.isfinite(grad_norm.item())
+        )
+        if _any_rank(nonfinite, device):
+            progress["nonfinite"] += 1
+            scaler.update()
+            if progress["nonfinite"] >= tc.max_nonfinite_steps:
+                log.close()
+                raise TrainingError(
+                    f"{progress['nonfinite']} steps in a row had a NaN/inf loss or gradient (last at step {step + 1}); "
+                    f"lower --train.lr or raise --train.warmup_steps; the last good checkpoint is in {run_dir}"
+                )
+            log.info(f"step {step + 1}: non-finite loss or gradient norm, step skipped")
+        else:
+            progress["nonfinite"] = 0
+            for optimizer in optimizers:
+                scaler.step(optimizer)
+            scaler.update()
+            loss_sum += train_loss_value
+            loss_count += 1
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
         progress["step"] = step + 1
         progress["tokens"] += tokens_per_step
         window_tokens += tokens_per_step
         progress["elapsed"] = time.perf_counter() - start
 
         last = done()
-        if progress["step"] % tc.log_interval == 0 or last:
-            train_loss = (loss_sum / loss_count).item()
-            now = time.perf_counter()
-            tokens_per_second = window_tokens / max(now - window_start, 1e-9)
-            window_start, window_tokens = now, 0
-            loss_sum.zero_()
-            loss_count = 0
-            if not math.isfinite(train_loss):
-                log.close()
-                raise ConfigError(
-                    f"training diverged at step {progress['step']} (loss {train_loss}); lower --train.lr"
-                )
-            if bar is not None:
-                if not tc.max_steps and progress["elapsed"] > 0:  # estimate the steps the time budget allows
-                    bar.total = max(progress["step"], int(progress["step"] * budget_s / progress["elapsed"]))
-                bar.set_postfix_str(f"loss {train_loss:.3f}, {tokens_per_second:,.0f} tok/s, lr {lr:.2e}")
-                bar.update(progress["step"] - bar.n)
-            val_loss = None
-            if progress["step"] % tc.eval_interval == 0 or last:
-                val_loss = eval_fixed()
-                log.info(f"step {progress['step']}: train {train_loss:.4f}, val {val_loss:.4f}")
+        log_now = progress["step"] % tc.log_interval == 0 or last
+        eval_now = progress["step"] % tc.eval_interval == 0 or last
+        if rank == 0 and tc.sample_interval and progress["step"] % tc.sample_interval == 0:
+            sc = cfg.sample  # a seeded generator of its own: the training RNG is untouched
+            text = generate(model, tokenizer, sc.prompt, sc.max_new_tokens, sc.temperature, sc.top_k, seed=sc.seed)
+            model.train()
+            log.info(f"sample at step {progress['step']}:\n{sc.prompt}{text}")
+        if not (log_now or eval_now):
+            continue
+        train_loss = loss_sum / loss_count if loss_count else float("nan")
+        now = time.perf_counter()
+        tokens_per_second = window_tokens / max(now - window_start, 1e-9)
+        window_start, window_tokens, loss_sum, loss_count = now, 0, 0.0, 0
+        if bar is not None:
+            if not total_steps and progress["elapsed"] > 0:  # estimate the steps the time budget allows
+                bar.total = max(progress["step"], int(progress["step"] * budget_s / progress["elapsed"]))
+            bar.set_postfix_str(f"loss {train_loss:.3f}, {tokens_per_second:,.0f} tok/s, lr {lr:.2e}")
+            bar.update(progress["step"] - bar.n)
+        val_loss, events = None, []
+        if eval_now:
+            val_loss = evaluate()
+            log.info(f"step {progress['step']}: train {train_loss:.4f}, val {val_loss:.4f}")
+            if math.isfinite(val_loss):  # a diverged model never overwrites the last good checkpoint
                 if val_loss < progress["best_val_loss"]:
                     progress["best_val_loss"] = val_loss
-                    save_weights(model, run_dir / BEST, metadata={"step": str(progress["step"])})
-                _checkpoint(run_dir, model, optimizer, sampler, progress)
-            log.row(
-                step=progress["step"],
-                tokens=progress["tokens"],
-                lr=f"{lr:.6g}",
-                train_loss=f"{train_loss:.6f}",
-                val_loss="" if val_loss is None else f"{val_loss:.6f}",
-                tokens_per_second=f"{tokens_per_second:.1f}",
-                elapsed=f"{progress['elapsed']:.2f}",
-            )
-            # time spent on evaluation and checkpoints counts against the budget
-            progress["elapsed"] = time.perf_counter() - start
+                    if rank == 0:
+                        save_weights(model, run_dir / BEST, metadata={"step": str(progress["step"])})
+                if tc.schedule == "plateau" and plateau_update(progress, val_loss, tc):
+                    events.append("lr_reduced")
+                if early_stop_update(progress, val_loss, tc):
+                    progress["stopped"] = "early_stop"
+                if tc.stop_at_val_loss and val_loss <= tc.stop_at_val_loss:
+                    progress["stopped"] = "reached"
+                    progress["reached"] = {k: progress[k] for k in ("step", "tokens", "elapsed")}
+                events += [progress["stopped"]] if progress["stopped"] else []
+                ranks = [_rank_state(sampler)]
+                if world > 1:
+                    ranks = [None] * world
+                    dist.all_gather_object(ranks, _rank_state(sampler))
+                if rank == 0:
+                    state = {
+                        "optimizers": [o.state_dict() for o in optimizers],
+                        "scaler": scaler.state_dict(),
+                        "ranks": ranks,
+                        **progress,
+                    }
+                    _checkpoint(run_dir, model, state, tc.keep_last_k)
+        log.row(
+            step=progress["step"],
+            epoch=f"{progress['step'] / steps_per_epoch:.4f}",
+            tokens=progress["tokens"],
+            lr=f"{lr:.6g}",
+            train_loss=f"{train_loss:.6f}",
+            val_loss="" if val_loss is None else f"{val_loss:.6f}",
+            perplexity="" if val_loss is None else f"{math.exp(min(val_loss, 700)):.4f}",
+            tokens_per_second=f"{tokens_per_second:.1f}",
+            elapsed=f"{progress['elapsed']:.2f}",
+            event=" ".join(events),
+        )
+        if progress["stopped"]:
+            log.info(f"stopping at step {progress['step']}: {progress['stopped'].replace('_', ' ')}")
+        # time spent on evaluation and checkpoints counts against the budget
+        progress["elapsed"] = time.perf_counter() - start
     if bar is not None:
         bar.close()
         log.bar = None
 
-    # final report: best weights on the whole val split
-    load_weights(model, run_dir / BEST)
-    val_tokens = shards["val"].tokens
-    loss = mean_loss(model, val_tokens, batch_size=tc.batch_size)
-    final = report(loss, len(val_tokens) - 1, len(tokenizer.decode(val_tokens[1:].tolist()).encode("utf-8")))
-    log.info(
-        f"done: {progress['step']} steps, {progress['tokens']:,} tokens in {progress['elapsed']:.0f}s; "
-        f"full val split: loss {final['loss']:.4f} nats/token, {final['bits_per_byte']:.4f} bits/byte, "
-        f"perplexity {final['perplexity']:.2f}"
-    )
-    sc = cfg.sample
-    text = generate(model, tokenizer, sc.prompt, sc.max_new_tokens, sc.temperature, sc.top_k, seed=sc.seed)
-    log.info(f"sample from the best model:\n{sc.prompt}{text}")
+    if world > 1:  # DDP keeps replicas identical; check it once, cheaply
+        checksum = torch.stack([p.detach().double().sum() for p in params]).sum().reshape(1)
+        sums = [torch.zeros_like(checksum) for _ in range(world)]
+        dist.all_gather(sums, checksum)
+        if any(not s.equal(checksum) for s in sums):
+            raise TrainingError(f"the {world} processes ended with different weights; report this as a bug")
+        log.info(f"all {world} ranks hold identical weights (checksum {checksum.item():.6f})")
+
+    final, text = {}, ""
+    if rank == 0:  # final report: best weights on the whole val split
+        load_weights(model, run_dir / BEST)
+        val_tokens = shards["val"].tokens
+        loss = mean_loss(model, val_tokens, batch_size=tc.batch_size)
+        final = report(loss, len(val_tokens) - 1, len(tokenizer.decode(val_tokens[1:].tolist()).encode("utf-8")))
+        log.info(
+            f"done: {progress['step']} steps, {progress['tokens']:,} tokens in {progress['elapsed']:.0f}s; "
+            f"full val split: loss {final['loss']:.4f} nats/token, {final['bits_per_byte']:.4f} bits/byte, "
+            f"perplexity {final['perplexity']:.2f}"
+        )
+        sc = cfg.sample
+        text = generate(model, tokenizer, sc.prompt, sc.max_new_tokens, sc.temperature, sc.top_k, seed=sc.seed)
+        log.info(f"sample from the best model:\n{sc.prompt}{text}")
+        # TODO(lead): plot_runs([run_dir], run_dir / "loss.png") from slmkit.plot once the export branch is merged
     log.close()
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
     return TrainResult(
         run_dir=run_dir,
         steps=progress["step"],
@@ -318,4 +504,6 @@ def train(
         final_val=final,
         sample=text,
         elapsed=progress["elapsed"],
+        stopped=progress["stopped"] or "budget",
+        reached=progress["reached"],
     )

@@ -1,6 +1,8 @@
+import pytest
 import torch
 
 from slmkit.checkpoint import load_weights, save_weights
+from slmkit.config import ConfigError
 from slmkit.model import GPT, GPTConfig
 
 
@@ -88,3 +90,150 @@ def test_too_long_sequence_is_an_error():
         assert "block_size" in str(e)
     else:
         raise AssertionError("expected ValueError")
+
+
+OPTIONS = [
+    dict(pos_embedding="sinusoidal"),
+    dict(pos_embedding="rotary"),
+    dict(pos_embedding="none"),
+    dict(norm="rmsnorm"),
+    dict(mlp="relu2"),
+    dict(mlp="swiglu", d_ff=48),
+    dict(qk_norm=True),
+    dict(zero_init_proj=True),
+    dict(tie_embeddings=False),
+    dict(bias=False),
+    dict(pos_embedding="rotary", norm="rmsnorm", mlp="swiglu", qk_norm=True, bias=False, tie_embeddings=False),
+]
+
+
+def _randomize(model: GPT) -> GPT:
+    """Non-zero weights everywhere (zero_init_proj would otherwise hide the attention)."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.2)
+    return model.eval()
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
+def test_every_option_is_causal_and_saves_and_loads(options, tmp_path):
+    model = _randomize(GPT(tiny_config(**options)))
+    idx = torch.randint(0, 50, (2, 16))
+    changed = idx.clone()
+    changed[:, 10] = (idx[:, 10] + 1) % 50
+    with torch.no_grad():
+        a, _ = model(idx)
+        b, _ = model(changed)
+    torch.testing.assert_close(a[:, :10], b[:, :10], atol=1e-6, rtol=0)
+    assert not torch.allclose(a[:, 10:], b[:, 10:])
+    save_weights(model, tmp_path / "m.safetensors")
+    other = GPT(tiny_config(**options)).eval()
+    load_weights(other, tmp_path / "m.safetensors")
+    assert torch.equal(model(idx)[0], other(idx)[0])
+
+
+@pytest.mark.parametrize("pos_embedding", ["learned", "sinusoidal", "rotary", "none"])
+def test_cached_forward_in_chunks_matches_the_full_forward(pos_embedding):
+    model = _randomize(GPT(tiny_config(pos_embedding=pos_embedding, qk_norm=pos_embedding == "rotary")))
+    idx = torch.randint(0, 50, (2, 16))
+    with torch.no_grad():
+        full, _ = model(idx)
+        cache = model.new_cache(batch_size=2)
+        for lo, hi in [(0, 5), (5, 6), (6, 10), (10, 16)]:  # a prefill, one token, then chunks (masked)
+            logits, _ = model(idx[:, lo:hi], cache=cache)
+            assert logits.shape == (2, 1, 50) and cache.length == hi
+            torch.testing.assert_close(logits[:, 0], full[:, hi - 1], atol=1e-5, rtol=0)
+        with pytest.raises(ValueError, match="block_size"):
+            model(idx[:, :1], cache=cache)
+
+
+def test_position_options_and_their_parameters():
+    names = set(GPT(tiny_config(pos_embedding="rotary")).state_dict())
+    assert "transformer.wpe.weight" not in names and not any("rope" in n for n in names)
+    sinusoidal = GPT(tiny_config(pos_embedding="sinusoidal"))
+    assert "pos_table" not in sinusoidal.state_dict()  # fixed, recomputed at load
+    table = sinusoidal.pos_table * 32**0.5  # stored divided by sqrt(n_embd)
+    assert table[0, 0] == 0.0 and torch.isclose(table[0, 1], torch.tensor(1.0))  # sin(0), cos(0)
+    assert torch.isclose(table[3, 2], torch.sin(torch.tensor(3.0) / 10000 ** (2 / 32)))
+    assert torch.isclose(table[3, 3], torch.cos(torch.tensor(3.0) / 10000 ** (2 / 32)))
+    # rotary keeps lengths and is a rotation by position: q.k depends only on the distance
+    from slmkit.model import _rotate
+
+    model = GPT(tiny_config(pos_embedding="rotary"))
+    q, k = torch.randn(16), torch.randn(16)
+    rot = lambda x, p: _rotate(x.view(1, 1, 1, 16), model.rope_cos[p : p + 1], model.rope_sin[p : p + 1]).flatten()
+    assert torch.isclose(rot(q, 5).norm(), q.norm())
+    assert torch.isclose(rot(q, 7) @ rot(k, 4), rot(q, 3) @ rot(k, 0), atol=1e-5)
+
+
+def test_parameter_counts_by_hand():
+    C, V, T, L, F = 32, 50, 16, 2, 48
+    # swiglu, rmsnorm, no bias, untied, rotary: norms C weights; attn 3C*C + C*C; mlp 3 * C*F
+    model = GPT(tiny_config(mlp="swiglu", d_ff=F, norm="rmsnorm", bias=False, tie_embeddings=False, pos_embedding="rotary"))
+    per_block = 2 * C + 4 * C * C + 3 * C * F
+    assert model.num_parameters() == V * C + L * per_block + C + C * V  # wte + blocks + ln_f + lm_head
+    assert model.num_parameters(non_embedding=True) == L * per_block + C + C * V
+    assert model.flops_per_token() == 6 * (L * per_block + C + C * V) + 12 * L * C * T
+    # gelu with d_ff, sinusoidal (no parameters for positions), biases, tied
+    model = GPT(tiny_config(d_ff=F, pos_embedding="sinusoidal"))
+    per_block = 2 * 2 * C + (C * 3 * C + 3 * C) + (C * C + C) + (C * F + F) + (F * C + C)
+    assert model.num_parameters() == V * C + L * per_block + 2 * C
+    assert model.num_parameters(non_embedding=True) == model.num_parameters()
+
+
+def test_zero_init_and_untied_embeddings():
+    model = GPT(tiny_config(zero_init_proj=True, tie_embeddings=False))
+    for block in model.transformer.h:
+        assert not block.attn.c_proj.weight.any() and not block.mlp.c_proj.weight.any()
+        assert block.attn.c_attn.weight.any()
+    assert model.lm_head.weight is not model.transformer.wte.weight
+    assert "lm_head.weight" in model.state_dict()
+
+
+def test_norm_and_mlp_modules():
+    model = GPT(tiny_config(norm="rmsnorm", mlp="relu2", qk_norm=True))
+    assert isinstance(model.transformer.h[0].ln_1, torch.nn.RMSNorm) and isinstance(model.transformer.ln_f, torch.nn.RMSNorm)
+    mlp = model.transformer.h[0].mlp
+    x = torch.randn(3, 32)
+    assert torch.allclose(mlp(x), mlp.c_proj(torch.relu(mlp.c_fc(x)) ** 2))
+    swiglu = GPT(tiny_config(mlp="swiglu")).transformer.h[0].mlp
+    assert swiglu.c_fc.out_features == 128  # d_ff 0 = 4 * n_embd
+    assert torch.allclose(swiglu(x), swiglu.c_proj(torch.nn.functional.silu(swiglu.c_gate(x)) * swiglu.c_fc(x)))
+    bias_free = GPT(tiny_config(bias=False))
+    assert not any(name.endswith(".bias") for name in bias_free.state_dict())
+    assert any(name.endswith(".bias") for name in GPT(tiny_config()).state_dict())
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("pos_embedding", "alibi", "model.pos_embedding='alibi' is not known"),
+        ("norm", "batchnorm", "model.norm="),
+        ("mlp", "geglu", "model.mlp="),
+        ("d_ff", -1, "model.d_ff=-1"),
+    ],
+)
+def test_bad_options_are_config_errors(key, value, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        tiny_config(**{key: value}).validate()
+    with pytest.raises(ConfigError, match="even head size"):
+        tiny_config(pos_embedding="rotary", n_embd=30, n_head=2).validate()
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
+def test_every_option_learns(options):
+    torch.manual_seed(0)
+    text = "the quick brown fox jumps over the lazy dog. " * 20
+    chars = sorted(set(text))
+    data = torch.tensor([chars.index(c) for c in text])
+    model = GPT(tiny_config(vocab_size=len(chars), **options))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for step in range(60):
+        starts = torch.randint(0, len(data) - 17, (8,))
+        batch = torch.stack([data[s : s + 17] for s in starts])
+        _, loss = model(batch[:, :-1], batch[:, 1:])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 1.3  # from ln(28) = 3.3 at the start

@@ -1,3 +1,4 @@
+import json
 import struct
 from pathlib import Path
 
@@ -7,8 +8,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from slmkit.config import RunConfig
-from slmkit.data.shards import HEADER_SIZE, MAGIC, BatchSampler, Shard, load_prepared, prepare, write_shard
+from slmkit.data import shards, sources
+from slmkit.data.shards import (
+    HEADER_SIZE,
+    MAGIC,
+    SPLITS,
+    BatchSampler,
+    Shard,
+    describe,
+    load_prepared,
+    prepare,
+    write_shard,
+)
 from slmkit.errors import DataError
+from slmkit.tokenizer import CharTokenizer
 
 
 def test_write_read_header_and_tokens(tmp_path):
@@ -125,3 +138,107 @@ def test_sampler_reads_through_a_memmap_so_memory_does_not_grow_with_the_corpus(
     assert not shard.tokens.flags.writeable and Path(shard.tokens.filename) == (tmp_path / "a.bin").resolve()
     x, _ = sampler.next()
     assert x.numel() == 4 * 16 and not np.shares_memory(x.numpy(), shard.tokens)
+
+
+def corpus_folder(tmp_path, n=12):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for i in range(n):
+        (folder / f"{i:02d}.txt").write_text(f"Document {i}: " + "and the earth was without form. " * (i + 1), encoding="utf-8")
+    return folder
+
+
+def gpt2_config(source, shard_dir, workers):
+    cfg = RunConfig()
+    cfg.data.source, cfg.data.shard_dir, cfg.data.num_workers = str(source), str(shard_dir), workers
+    cfg.tokenizer.kind = "gpt2"
+    return cfg
+
+
+def test_parallel_streaming_prepare_equals_encoding_each_document(tmp_path, monkeypatch):
+    monkeypatch.setattr(shards, "BATCH_CHARS", 200)  # many batches, so the worker pool and ordering are exercised
+    folder = corpus_folder(tmp_path)
+    one = prepare(gpt2_config(folder, tmp_path / "one", 1), log=lambda *_: None)
+    two = prepare(gpt2_config(folder, tmp_path / "two", 2), log=lambda *_: None)
+    tokenizer, split_shards, manifest = load_prepared(two)
+    docs = [p.read_text(encoding="utf-8") for p in sorted(folder.iterdir())]
+    expected = [i for d in docs[:10] for i in tokenizer.encode(d) + [50256]]
+    np.testing.assert_array_equal(split_shards["train"].tokens, expected)
+    assert split_shards["train"].dtype == np.uint16 and split_shards["train"].vocab_size == 50257
+    assert manifest["splits"]["val"] == {
+        "tokens": len(tokenizer.encode(docs[10])) + len(tokenizer.encode(docs[11])) + 2,
+        "documents": 2,
+        "bytes": len(docs[10]) + len(docs[11]),
+    }
+    for split in SPLITS:
+        assert (one / f"{split}.bin").read_bytes() == (two / f"{split}.bin").read_bytes()
+
+
+def test_big_single_file_streams_in_pieces(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "CHUNK_BYTES", 2000)
+    monkeypatch.setattr(shards, "BATCH_CHARS", 5000)
+    text = "".join(f"Verse {i}. And God saw the light, that it was good.\n" for i in range(3000))
+    (tmp_path / "big.txt").write_text(text, encoding="utf-8")
+    out = prepare(gpt2_config(tmp_path / "big.txt", tmp_path / "s", 2), log=lambda *_: None)
+    tokenizer, split_shards, manifest = load_prepared(out)
+    cut = int(len(text) * 0.9)
+    np.testing.assert_array_equal(split_shards["train"].tokens, tokenizer.encode(text[:cut]) + [50256])
+    np.testing.assert_array_equal(split_shards["val"].tokens, tokenizer.encode(text[cut:]) + [50256])
+    assert manifest["splits"]["train"]["documents"] == manifest["splits"]["val"]["documents"] == 1
+
+
+def test_an_interrupted_prepare_leaves_nothing(tmp_path, monkeypatch):
+    folder = corpus_folder(tmp_path)
+    cfg = gpt2_config(folder, tmp_path / "shards", 1)
+    original = sources.Corpus.pieces
+
+    def interrupted(self, split):
+        if split == "val":
+            raise KeyboardInterrupt
+        return original(self, split)
+
+    monkeypatch.setattr(sources.Corpus, "pieces", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(cfg, log=lambda *_: None)
+    assert list(tmp_path.iterdir()) == [folder]  # no shard folder, no staging folder
+    # a run killed outright leaves its hidden staging folder: the next run removes it
+    (tmp_path / ".shards.abc123.tmp").mkdir()
+    (tmp_path / ".shards.abc123.tmp" / "train.bin").write_bytes(b"partial")
+    monkeypatch.setattr(sources.Corpus, "pieces", original)
+    out = prepare(cfg, log=lambda *_: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "shards"]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "tokenizer.json", "train.bin", "val.bin"]
+
+
+def test_empty_corpus_leaves_nothing(tmp_path):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for name in ("a.txt", "b.txt"):
+        (folder / name).write_text("\n\n")
+    cfg = gpt2_config(folder, tmp_path / "shards", 1)
+    cfg.data.drop_empty_lines = True
+    with pytest.raises(DataError, match="has no text"):
+        prepare(cfg, log=lambda *_: None)
+    assert list(tmp_path.iterdir()) == [folder]
+
+
+def test_tokenizer_of_another_kind_in_a_shard_folder_is_refused(tmp_path):
+    out = prepare(gpt2_config(corpus_folder(tmp_path), tmp_path / "s", 1), log=lambda *_: None)
+    CharTokenizer.fit(["abc"]).save(out / "tokenizer.json")
+    with pytest.raises(DataError, match="holds a 'char' tokenizer, expected 'gpt2'"):
+        load_prepared(out)
+
+
+def test_describe_a_shard_folder_and_file(tmp_path):
+    out = prepare(gpt2_config(corpus_folder(tmp_path), tmp_path / "s", 1), log=lambda *_: None)
+    manifest = json.loads((out / "manifest.json").read_text())
+    train, val = manifest["splits"]["train"], manifest["splits"]["val"]
+    lines = describe(out).splitlines()
+    assert lines[0].split() == ["split", "tokens", "documents", "dtype", "vocab", "file", "bytes", "text", "bytes"]
+    assert lines[1].split() == [
+        "train", f"{train['tokens']:,}", "10", "uint16", "50257", f"{32 + 2 * train['tokens']:,}", f"{train['bytes']:,}"
+    ]
+    assert lines[3].split()[:3] == ["total", f"{train['tokens'] + val['tokens']:,}", "12"]
+    assert describe(out / "val.bin").splitlines()[1].split()[:3] == ["val", f"{val['tokens']:,}", "2"]
+    with pytest.raises(DataError, match="does not exist"):
+        describe(tmp_path / "nothing")

@@ -89,16 +89,16 @@ class Case:
 
 CASES = [
     # data files given to prepare and train
-    Case("prepare-missing-source", ["prepare", "--data.source={missing}", *DATA], "is not 'kjv' nor an existing file"),
+    Case("prepare-missing-source", ["prepare", "--data.source={missing}", *DATA], "nor an existing file, folder or glob"),
     Case("prepare-empty-source", ["prepare", "--data.source={empty}", *DATA], "has no text; point it at a non-empty"),
     Case("prepare-binary-source", ["prepare", "--data.source={binary}", *DATA], "is not UTF-8 text", subprocess=True),
     Case("prepare-latin1-source", ["prepare", "--data.source={latin1}", *DATA], "set --data.errors=replace"),
-    Case("prepare-empty-folder", ["prepare", "--data.source={emptydir}", *DATA], "has no .txt, .md, .jsonl files"),
+    Case("prepare-empty-folder", ["prepare", "--data.source={emptydir}", *DATA], "has no .txt, .md"),
     Case("prepare-bad-jsonl", ["prepare", "--data.source={bad.jsonl}", *DATA], "bad.jsonl:2 is not valid JSON",
          files={"bad.jsonl": '{"text": "fine"}\n{"text": \n'}),
     Case("prepare-jsonl-no-field", ["prepare", "--data.source={r.jsonl}", *DATA], "set --data.text_field",
          files={"r.jsonl": '{"body": "fine"}\n'}),
-    Case("train-missing-source", ["train", "--data.source={missing}", *DATA], "is not 'kjv' nor an existing file"),
+    Case("train-missing-source", ["train", "--data.source={missing}", *DATA], "nor an existing file, folder or glob"),
     Case("train-empty-source", ["train", "--data.source={empty}", *DATA], "has no text"),
     Case("train-binary-source", ["train", "--data.source={binary}", *DATA], "is not UTF-8 text"),
     Case("train-latin1-source", ["train", "--data.source={latin1}", *DATA], "set --data.errors=replace"),
@@ -166,6 +166,12 @@ CASES = [
     Case("sample-negative-tokens", ["sample", "--run", "{run}", "--max-new-tokens", "-1"],
          "sample.max_new_tokens=-1 must be >= 0"),
     Case("sample-extra-argument", ["sample", "--run", "{run}", "--train.lr=1"], "unrecognized arguments"),
+    # shard files and folders given to data info
+    Case("data-info-missing", ["data", "info", "{missing}"], "does not exist"),
+    Case("data-info-empty", ["data", "info", "{empty}"], "too short to be a shard"),
+    Case("data-info-binary", ["data", "info", "{binary}"], "bad magic"),
+    Case("data-info-huge-line", ["data", "info", "{huge}"], "bad magic"),
+    Case("data-info-empty-folder", ["data", "info", "{emptydir}"], "emptydir"),
     # run folders given to train --resume
     Case("resume-missing-run", ["train", "--resume", "{missing}"], "has no state.pt"),
     Case("resume-truncated-state", ["train", "--resume", "{run}"], "state.pt is unreadable or truncated",

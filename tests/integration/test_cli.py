@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from slmkit.cli import main
 from slmkit.config import load_recipe
-from slmkit.data.shards import BatchSampler
+from slmkit.data.shards import BatchSampler, Shard
+from slmkit.tokenizer import GPT2Tokenizer, load_tokenizer
 from slmkit.train import train
 
 
@@ -36,9 +38,9 @@ def test_prepare_train_sample(tmp_path, tiny_overrides):
         assert (run / name).is_file(), name
     assert "full val split: loss" in result.stdout and "bits/byte" in result.stdout
     rows = (run / "metrics.csv").read_text().splitlines()
-    assert rows[0].startswith("step,tokens,lr,train_loss,val_loss")
+    assert rows[0].startswith("step,epoch,tokens,lr,train_loss,val_loss,perplexity")
     assert len(rows) == 1 + 20 // 5
-    first, last = float(rows[1].split(",")[3]), float(rows[-1].split(",")[3])
+    first, last = float(rows[1].split(",")[4]), float(rows[-1].split(",")[4])
     assert last < first  # the loss went down
 
     a = slm("sample", "--run", str(run), "--prompt", "And God", "--max-new-tokens", "40", "--seed", "7", cwd=tmp_path)
@@ -85,7 +87,7 @@ def test_resume_is_bitwise_identical(tmp_path, tiny_overrides, monkeypatch):
         (["train", "--train.lrr=1"], "unknown key 'train.lrr'"),
         (["train", "--model.n_embd=30", "--model.n_head=4"], "not divisible"),
         (["train", "--recipe", "nope"], "unknown recipe 'nope'"),
-        (["train", "--data.source=/no/such/file.txt"], "is not 'kjv' nor an existing file"),
+        (["train", "--data.source=/no/such/file.txt"], "nor an existing file, folder or glob"),
         (["sample", "--run", "/no/such/run"], "run folder /no/such/run does not exist"),
         (["train", "--resume", "/no/such/run"], "has no state.pt"),
     ],
@@ -96,3 +98,61 @@ def test_user_errors_are_one_line(tmp_path, args, message):
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def write_bad_inputs(tmp_path: Path) -> None:
+    """The bad inputs of the parametrized test below, written into tmp_path."""
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "latin1.txt").write_bytes(b"caf\xe9 au lait\n" * 10)
+    (tmp_path / "short.txt").write_text("In the beginning God created the heaven and the earth.\n")
+    (tmp_path / "corpus.txt").write_text("In the beginning God created the heaven and the earth.\n" * 50)
+    (tmp_path / "bad.bin").write_bytes(b"NOTSHARD" + bytes(40))
+
+
+BAD_INPUTS = [
+    (["prepare", "--data.source=missing/*.txt"], "glob missing/*.txt matches no files"),
+    (["prepare", "--data.source=empty.txt"], "data.source 'empty.txt' has no text"),
+    (["prepare", "--data.source=latin1.txt"], "latin1.txt is not UTF-8 text (bad byte at offset 3)"),
+    (["train", "--data.source=short.txt", "--model.block_size=64"], "fewer than one block of 64 + 1"),
+    (["prepare", "--data.source=corpus.txt", "--tokenizer.kind=bpe", "--tokenizer.vocab_size=100"], "too small"),
+    (["train", "--data.source=corpus.txt", "--data.shard_dir=swapped"], "holds a 'gpt2' tokenizer, expected 'char'"),
+    (["data", "info", "bad.bin"], "bad.bin is not an slmkit shard (bad magic)"),
+]
+
+
+@pytest.mark.parametrize(
+    "args, message", BAD_INPUTS, ids=["missing", "empty", "not-utf8", "short", "vocab", "wrong-kind", "header"]
+)
+def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(tmp_path)
+    write_bad_inputs(tmp_path)
+    if "--data.shard_dir=swapped" in args:  # a complete shard folder whose tokenizer was swapped for another kind
+        assert main(["prepare", "--data.source=corpus.txt", "--data.shard_dir=swapped"]) == 0
+        GPT2Tokenizer().save(tmp_path / "swapped" / "tokenizer.json")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    capsys.readouterr()
+    assert main([*args, "--out=run"] if args[0] == "train" else args) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("slm: error: ") and message in err, err
+    if "--data.source=short.txt" not in args:
+        assert sorted(p.name for p in tmp_path.iterdir()) == before  # no shards, no run folder
+    else:  # the shards of a short corpus are valid (another block size may use them); no run folder
+        assert not (tmp_path / "run").exists()
+
+
+def test_errors_replace_goes_on(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    write_bad_inputs(tmp_path)
+    assert main(["prepare", "--data.source=latin1.txt", "--data.errors=replace", "--data.shard_dir=s"]) == 0
+    assert "\ufffd" in load_tokenizer(tmp_path / "s").decode(Shard(tmp_path / "s" / "train.bin").tokens.tolist())
+
+
+def test_data_info(tmp_path, tiny_overrides, tiny_corpus):
+    text = tiny_corpus.read_text(encoding="utf-8")
+    assert slm("prepare", *as_args(tiny_overrides), cwd=tmp_path).returncode == 0
+    result = slm("data", "info", str(tmp_path / "shards"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    header, train, val, total = result.stdout.splitlines()
+    assert header.split()[:5] == ["split", "tokens", "documents", "dtype", "vocab"]
+    assert train.split()[0] == "train" and train.split()[3:5] == ["uint16", str(len(set(text)))]
+    assert total.split()[:3] == ["total", f"{len(text) + 2:,}", "2"]  # every char, plus one end-of-text per split

@@ -1,0 +1,178 @@
+import math
+
+import pytest
+import torch
+
+from slmkit.config import POS_EMBEDDINGS, ConfigError
+from slmkit.generate import decode_pieces, generate, next_logits, process_logits, sample_ids, stream, until_stop
+from slmkit.model import GPT, GPTConfig
+from slmkit.tokenizer import CharTokenizer, GPT2Tokenizer
+
+BLOCK = 16
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on a busy machine the thread handoffs cost seconds per test."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_model(seed: int = 0, **kw) -> GPT:
+    torch.manual_seed(seed)
+    cfg = dict(n_layer=2, n_head=2, n_embd=32, block_size=BLOCK, vocab_size=50)
+    cfg.update(kw)
+    model = GPT(GPTConfig(**cfg)).eval()
+    with torch.no_grad():  # larger weights than GPT-2's init, so greedy decoding does not repeat one token
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.3)
+    return model
+
+
+@pytest.mark.parametrize("pos_embedding", POS_EMBEDDINGS)
+@pytest.mark.parametrize("prompt_len", [5, 23])  # 23 > block_size: the prompt is cropped first
+def test_cache_gives_the_uncached_logits_and_ids_past_the_block_size(pos_embedding, prompt_len):
+    model = tiny_model(pos_embedding=pos_embedding)
+    prompt = torch.randint(0, 50, (prompt_len,), generator=torch.Generator().manual_seed(1)).tolist()
+    forced = torch.randint(0, 50, (3 * BLOCK,), generator=torch.Generator().manual_seed(2)).tolist()
+    cached, uncached = next_logits(model, prompt, len(forced), True), next_logits(model, prompt, len(forced), False)
+    a, b = next(cached), next(uncached)
+    for token in forced:  # 3 blocks of new tokens: the window slides several times
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+        a, b = cached.send(token), uncached.send(token)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+    for penalty in (1.0, 2.0):  # the penalty keeps greedy decoding of random weights from repeating one token
+        greedy = list(sample_ids(model, prompt, 3 * BLOCK, temperature=0, repetition_penalty=penalty))
+        assert greedy == list(sample_ids(model, prompt, 3 * BLOCK, 0, repetition_penalty=penalty, use_cache=False))
+    assert len(set(greedy)) > 5
+
+
+def test_cache_reads_the_prompt_once_then_one_token_per_step(monkeypatch):
+    model = tiny_model()
+    lengths = []
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda idx, *a, **k: lengths.append(idx.shape[1]) or forward(idx, *a, **k))
+    list(sample_ids(model, [1, 2, 3, 4, 5], 30, temperature=0))
+    # 5 prompt tokens, then one per step until the window (16) is full; then it slides to its last 8
+    assert lengths[:12] == [5] + [1] * 11
+    assert lengths[12] == BLOCK // 2 and lengths[13:21] == [1] * 8 and lengths[21] == BLOCK // 2
+    assert len(lengths) == 30
+    lengths.clear()
+    list(sample_ids(model, [1, 2, 3, 4, 5], 30, temperature=0, use_cache=False))
+    assert lengths[:3] == [5, 6, 7] and max(lengths) == BLOCK
+
+
+def test_top_k_keeps_the_k_largest():
+    logits = torch.tensor([1.0, 4.0, 3.0, 2.0])
+    out = process_logits(logits, top_k=2)
+    assert torch.isinf(out[[0, 3]]).all() and torch.equal(out[[1, 2]], logits[[1, 2]])
+
+
+def test_top_p_keeps_the_smallest_set_holding_p():
+    probs = torch.tensor([0.05, 0.5, 0.15, 0.3])
+    logits = probs.log()
+    kept = torch.isfinite(process_logits(logits, top_p=0.9))
+    assert kept.tolist() == [False, True, True, True]  # 0.5 + 0.3 < 0.9, so 0.15 is needed too
+    assert torch.isfinite(process_logits(logits, top_p=0.5)).tolist() == [False, True, False, False]
+    assert torch.isfinite(process_logits(logits, top_p=0.01)).sum() == 1  # the top token always stays
+
+
+def test_repetition_penalty_and_temperature():
+    logits = torch.tensor([2.0, -1.0, 1.0])
+    seen = torch.tensor([True, True, False])
+    out = process_logits(logits, repetition_penalty=2.0, seen=seen)
+    assert out.tolist() == [1.0, -2.0, 1.0]  # positive divided, negative multiplied, unseen untouched
+    assert process_logits(logits, temperature=0.5).tolist() == [4.0, -2.0, 2.0]
+
+
+def test_repetition_penalty_changes_greedy_choice():
+    model = tiny_model()
+    plain = list(sample_ids(model, [1, 2, 3], 20, temperature=0))
+    penalized = list(sample_ids(model, [1, 2, 3], 20, temperature=0, repetition_penalty=100.0))
+    assert plain != penalized
+    assert len(set(penalized)) == 20 and not set(penalized) & {1, 2, 3}  # with a huge penalty no token repeats
+
+
+def test_stop_strings_end_the_output_and_are_never_emitted():
+    assert list(until_stop(["Hel", "lo Wo", "rld"], ["o W"])) == ["Hel", "l"]
+    pieces = list(until_stop(["x", "S", "TO", "P", "y"], ["STOP"]))
+    assert pieces == ["x"]  # "S", "STO" were held back as possible starts of the stop string
+    assert "".join(until_stop(["ab", "c"], ["cd"])) == "abc"  # a held prefix that never completes comes out
+    assert "".join(until_stop(["a\n", "\nb"], ["\n\n", "zz"])) == "a"
+    assert list(until_stop(["abc"], None)) == ["abc"]
+
+
+def test_stop_string_in_generation():
+    tok = CharTokenizer.fit(["abcdefgh \n"])
+    model = tiny_model(vocab_size=tok.vocab_size)
+    full = "".join(stream(model, tok, "a", 60, temperature=1.0, seed=3))
+    stop = full[20:22]
+    cut = "".join(stream(model, tok, "a", 60, temperature=1.0, seed=3, stop=[stop]))
+    assert cut == full[: full.index(stop)]
+
+
+def test_multibyte_characters_come_out_whole_with_gpt2_pieces():
+    tok = GPT2Tokenizer()
+    text = "Fox 🦊 and 日本 ok é"
+    ids = tok.encode(text)
+    assert any(tok.decode([i]) == "\ufffd" for i in ids)  # the emoji is split across byte tokens
+    pieces = list(decode_pieces(tok, ids))
+    assert "".join(pieces) == text
+    assert not any("\ufffd" in p for p in pieces)
+    assert "🦊" in pieces[1] or "🦊" in pieces  # the emoji arrives in one piece
+    context = tok.encode("The")
+    assert "".join(decode_pieces(tok, tok.encode(" quick 🦊"), context)) == " quick 🦊"
+
+
+def test_invalid_bytes_are_not_held_forever():
+    tok = GPT2Tokenizer()
+    lone = tok.encode("🦊")[1]  # a continuation byte on its own
+    pieces = list(decode_pieces(tok, [lone] * 6 + tok.encode("ok")))
+    assert "".join(pieces).endswith("ok") and len(pieces) >= 2
+
+
+def test_a_fixed_seed_gives_the_same_text_cached_or_not():
+    tok = CharTokenizer.fit(["abcdefgh \n"])
+    model = tiny_model(vocab_size=tok.vocab_size)
+    kw = dict(max_new_tokens=40, temperature=1.0, top_k=5, top_p=0.9, seed=11)
+    a = generate(model, tok, "abc", **kw)
+    assert a == generate(model, tok, "abc", **kw) == generate(model, tok, "abc", use_cache=False, **kw)
+    assert len(a) == 40
+    assert a != generate(model, tok, "abc", **dict(kw, seed=12))
+    samples = generate(model, tok, "abc", num_samples=3, **kw)
+    assert isinstance(samples, list) and len(samples) == 3 and samples[0] == a and len(set(samples)) == 3
+
+
+def test_bad_sampling_arguments_fail_at_the_call():
+    tok = CharTokenizer.fit(["ab"])
+    model = tiny_model(vocab_size=tok.vocab_size)
+    with pytest.raises(ConfigError, match="top_p"):
+        stream(model, tok, "a", top_p=0.0)
+    with pytest.raises(ConfigError, match="repetition_penalty"):
+        stream(model, tok, "a", repetition_penalty=0.0)
+    assert math.isclose(len(generate(model, tok, "", 5, temperature=0)), 5)
+
+
+def test_multibyte_characters_come_out_whole_with_byte_level_bpe():
+    from slmkit.config import TokenizerConfig
+    from slmkit.tokenizer import fit_tokenizer
+
+    tok = fit_tokenizer(TokenizerConfig(kind="bpe", vocab_size=270), ["hello world"] * 20)  # bytes + a few merges
+    ids = tok.encode("hi 🦊 日本")
+    assert len(ids) == 14  # every byte of the emoji and the two CJK characters is its own token
+    assert list(decode_pieces(tok, ids, tok.encode("hello"))) == ["h", "i", " ", "🦊", " ", "日", "本"]
+
+
+def test_generation_puts_the_model_back_in_training_mode():
+    model = tiny_model(dropout=0.1).train()
+    tokens = sample_ids(model, [1, 2], 10, temperature=0)
+    next(tokens)
+    assert not model.training  # no dropout while sampling
+    tokens.close()  # stopped early (a stop string, a closed connection)
+    assert model.training
+    list(sample_ids(model, [1], 3))
+    assert model.training
