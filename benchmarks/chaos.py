@@ -8,7 +8,7 @@ kills land during checkpoint writes), kill it after a random delay, then check t
 For each trial of `slm prepare`: kill it, check that a shard folder is either incomplete
 (no manifest, so never used) or wholly valid, then that a new prepare completes.
 
-    python benchmarks/chaos.py --trials 20 --prepare-trials 10
+    python -P benchmarks/chaos.py --trials 20 --prepare-trials 10
 Prints a table; RELIABILITY.md records the results.
 """
 

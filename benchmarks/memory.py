@@ -4,7 +4,7 @@ Shards are read through numpy memmaps, so the process's own (anonymous) memory m
 the steps and not grow with the corpus; the file-backed part of RSS is the page cache of the shard
 pages touched so far (shared, reclaimable), reported apart.
 
-    python benchmarks/memory.py            # --steps 1000 --scale 10
+    python -P benchmarks/memory.py            # --steps 1000 --scale 10
 Prints a table; RELIABILITY.md records the results.
 """
 
