@@ -93,7 +93,7 @@ def main() -> None:
                 check=True, env=env, stdout=subprocess.DEVNULL,
             )
             out = subprocess.run(
-                [sys.executable, __file__, "--child", str(corpus), str(shards), str(Path(tmp) / f"run-x{copies}"), str(args.steps)],
+                [sys.executable, "-P", __file__, "--child", str(corpus), str(shards), str(Path(tmp) / f"run-x{copies}"), str(args.steps)],
                 check=True, env=env, capture_output=True, text=True,
             ).stdout
             results[copies] = (corpus.stat().st_size / 1e6, json.loads(out.strip().splitlines()[-1]))
