@@ -8,7 +8,7 @@ kills land during checkpoint writes), kill it after a random delay, then check t
 For each trial of `slm prepare`: kill it, check that a shard folder is either incomplete
 (no manifest, so never used) or wholly valid, then that a new prepare completes.
 
-    python benchmarks/chaos.py --trials 20 --prepare-trials 10
+    python -P benchmarks/chaos.py --trials 20 --prepare-trials 10
 Prints a table; RELIABILITY.md records the results.
 """
 
@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from safetensors import safe_open
 
 from slmkit.checkpoint import LAST, STATE, load_run, load_state
 from slmkit.data.shards import Shard, read_manifest
@@ -42,6 +43,7 @@ TINY = [
     "--train.eval_batches=1",
     "--train.log_interval=1",
     "--sample.max_new_tokens=10",
+    "--train.threads=1",  # the machine may be shared: one thread keeps steps quick and regular
 ]
 CHECKPOINT_EVERY = 5
 
@@ -66,7 +68,14 @@ def train_trial(work: Path, corpus: Path, rng: random.Random) -> tuple[bool, str
     shard_dir = work / "shards"
     base = ["train", "--no-progress", "--out", str(run), f"--data.source={corpus}", f"--data.shard_dir={shard_dir}", *TINY]
     proc = slm(base + ["--train.max_steps=2000", f"--train.eval_interval={CHECKPOINT_EVERY}"], cwd=work)
-    time.sleep(rng.uniform(3.0, 9.0))  # ~2-3 s of start-up, then training with frequent checkpoints
+    # start-up time varies with the machine's load, so time the kill from what is on disk: a quarter of
+    # the kills come within 2 s of metrics.csv appearing (around the first checkpoint), the rest within
+    # 3 s of the first checkpoint (training, checkpointing every CHECKPOINT_EVERY steps)
+    marker = run / ("metrics.csv" if rng.random() < 0.25 else STATE)
+    started = time.perf_counter()
+    while proc.poll() is None and not marker.is_file() and time.perf_counter() - started < 300:
+        time.sleep(0.02)
+    time.sleep(rng.uniform(0.0, 2.0 if marker.name == "metrics.csv" else 3.0))
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     logged = last_logged_step(run)
@@ -80,6 +89,13 @@ def train_trial(work: Path, corpus: Path, rng: random.Random) -> tuple[bool, str
     except Exception as e:  # any failure to load is what this benchmark looks for
         return False, f"a checkpoint did not load: {e}"
     step = int(state["step"])
+    # a kill between writing last.safetensors and state.pt leaves last.safetensors one checkpoint ahead:
+    # resume must take the weights saved inside state.pt, of the same step as the optimizer state
+    weights_step = int(safe_open(str(run / LAST), "pt").metadata()["step"])
+    if weights_step != step:
+        if "model" not in state:
+            return False, f"last.safetensors is from step {weights_step} but state.pt from step {step}"
+        mid_write += f" (last.safetensors at step {weights_step}, state.pt at {step}: resumed from state.pt)"
     lost = logged - step
     if lost > CHECKPOINT_EVERY:
         return False, f"lost {lost} steps (> {CHECKPOINT_EVERY}): logged {logged}, checkpoint {step}"
@@ -91,6 +107,8 @@ def train_trial(work: Path, corpus: Path, rng: random.Random) -> tuple[bool, str
     )
     if resumed.returncode != 0:
         return False, f"resume failed: {resumed.stderr.strip().splitlines()[-1:]}"
+    if any(run.glob(".*.tmp")):
+        return False, "resume left the killed run's temp files in the run folder"
     after = int(load_state(run / STATE)["step"])
     if after != step + 3:
         return False, f"resume ended at step {after}, expected {step + 3}"
@@ -104,7 +122,13 @@ def prepare_trial(work: Path, corpus: Path, rng: random.Random) -> tuple[bool, s
         big.write_text(corpus.read_text(encoding="utf-8") * 8, encoding="utf-8")
     args = ["prepare", "--force", f"--data.source={big}", f"--data.shard_dir={shard_dir}"]
     proc = slm(args, cwd=work)
-    time.sleep(rng.uniform(2.0, 10.0))
+    if rng.random() < 0.5:
+        time.sleep(rng.uniform(2.0, 10.0))  # mostly while the corpus is read and tokenized
+    else:  # while a shard is being written: kill within 0.3 s of its temp file appearing
+        started = time.perf_counter()
+        while proc.poll() is None and not any(shard_dir.glob(".*.tmp")) and time.perf_counter() - started < 300:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.3))
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     manifest = read_manifest(shard_dir)

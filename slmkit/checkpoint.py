@@ -22,7 +22,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
-from .atomic import atomic_path
+from .atomic import atomic_path, write_failure
 from .config import RunConfig, load_config, save_config
 from .errors import CheckpointError, SlmError
 from .model import GPT
@@ -37,7 +37,10 @@ STATE = "state.pt"
 def save_weights(model: GPT, path: Path, metadata: Optional[dict[str, str]] = None) -> None:
     """Model weights to safetensors (tied weights stored once), atomically."""
     with atomic_path(path) as tmp:
-        save_model(model, str(tmp), metadata=metadata)
+        try:
+            save_model(model, str(tmp), metadata=metadata)
+        except SafetensorError as e:  # its I/O errors (e.g. disk full) arrive as SafetensorError
+            raise write_failure(path, e) from None
 
 
 def load_weights(model: GPT, path: Path) -> None:
@@ -49,8 +52,9 @@ def load_weights(model: GPT, path: Path) -> None:
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{path} is not a readable safetensors file ({e}); it may be truncated") from None
     except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise CheckpointError(f"{path} does not fit the model in config.yaml ({first})") from None
+        raise CheckpointError(
+            f"{path} does not fit the model in config.yaml ({_first_reason(e)}); it belongs to another run"
+        ) from None
     if missing or unexpected:
         raise CheckpointError(
             f"{path} does not fit the model in config.yaml (missing {sorted(missing)[:3]}, "
@@ -58,16 +62,38 @@ def load_weights(model: GPT, path: Path) -> None:
         )
 
 
+def load_state_weights(model: GPT, weights: dict[str, torch.Tensor], path: Path) -> None:
+    """Fill `model` from the weights saved inside a state.pt; errors name the file when they do not fit."""
+    try:
+        model.load_state_dict(weights)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise CheckpointError(
+            f"{path} does not fit the model in config.yaml ({_first_reason(e)}); it belongs to another run"
+        ) from None
+
+
+def _first_reason(e: Exception) -> str:
+    """The first specific line of a load_state_dict error (its first line is only a heading)."""
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    specific = [line for line in lines if not line.startswith("Error(s) in loading")]
+    return (specific or lines or [type(e).__name__])[0].rstrip(".")
+
+
 def save_state(state: dict[str, Any], path: Path) -> None:
     """Training state (tensors and plain Python values only), atomically."""
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        try:
+            torch.save(state, tmp)
+        except RuntimeError as e:  # torch reports a failed write (e.g. disk full) as RuntimeError
+            raise write_failure(path, e) from None
 
 
 def load_state(path: Path) -> dict[str, Any]:
     """Training state, loaded with weights_only=True so no arbitrary object is ever unpickled."""
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist; there is nothing to resume in {path.parent}")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip; anything else is damaged (or a raw pickle)
+        raise CheckpointError(f"{path} is unreadable or truncated (not a torch.save zip); resume from another run")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from .errors import SlmError
+from .errors import ConfigError, SlmError
 
 EPILOG = "Any recipe key can be overridden: --section.key=value (or --section.key value), e.g. --train.max_minutes=1"
 
@@ -242,7 +242,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             _cmd_serve(args, parse_overrides(rest))
         else:
             if rest:
-                parser.error(f"unrecognized arguments: {' '.join(rest)}")
+                raise ConfigError(f"unrecognized arguments: {' '.join(rest)}; see `slm {args.command} --help`")
             if args.command == "sample":
                 _cmd_sample(args)
             elif args.command == "recipes":

@@ -22,6 +22,7 @@ from .atomic import atomic_write_text
 from .errors import ConfigError
 
 DEFAULT_RECIPE = "kjv-char"
+MAX_RECIPE_BYTES = 1_000_000  # a recipe is a page of YAML
 
 
 @dataclass
@@ -391,6 +392,11 @@ def find_recipe(name_or_path: str) -> Path:
 def load_recipe(name_or_path: Optional[str] = None, overrides: Optional[dict[str, Any]] = None) -> RunConfig:
     """Load a recipe (default: kjv-char), apply `{"section.key": value}` overrides, validate."""
     path = find_recipe(name_or_path or DEFAULT_RECIPE)
+    if path.stat().st_size > MAX_RECIPE_BYTES:  # parsing megabytes of YAML takes seconds for nothing
+        raise ConfigError(
+            f"recipe {path} is {path.stat().st_size:,} bytes, too big for a recipe; "
+            "is it a data file? give it as --data.source instead"
+        )
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as e:
@@ -443,4 +449,6 @@ def load_config(path: Path) -> RunConfig:
         raise ConfigError(f"{path} is missing; is this a run folder made by `slm train`?") from None
     except (yaml.YAMLError, UnicodeDecodeError):
         raise ConfigError(f"{path} is not valid YAML; restore it from the recipe") from None
+    if not raw:  # an empty file would silently become the default recipe
+        raise ConfigError(f"{path} is empty; restore it from the recipe the run was trained with")
     return from_dict(raw, origin=str(path)).validate()

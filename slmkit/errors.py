@@ -27,3 +27,7 @@ class ExportError(SlmError):
 
 class ServeError(SlmError):
     """`slm serve` cannot start: a missing extra, an address in use."""
+
+
+class WriteError(SlmError):
+    """A file could not be written (disk full, no permission); the previous version is intact."""

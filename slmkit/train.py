@@ -17,7 +17,18 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from .checkpoint import BEST, LAST, STATE, load_state, load_weights, save_state, save_weights, write_run_files
+from .atomic import remove_temp_files
+from .checkpoint import (
+    BEST,
+    LAST,
+    STATE,
+    load_state,
+    load_state_weights,
+    load_weights,
+    save_state,
+    save_weights,
+    write_run_files,
+)
 from .config import RunConfig, apply_override, load_config
 from .data.shards import BatchSampler, load_prepared, prepare, shard_dir_for
 from .errors import CheckpointError, ConfigError, TrainingError
@@ -185,8 +196,13 @@ def _set_rank_state(state: dict[str, Any], sampler: BatchSampler) -> None:
 
 
 def _checkpoint(run_dir: Path, model: GPT, state: dict[str, Any], keep_last_k: int) -> None:
-    """last.safetensors + state.pt: everything needed to continue exactly; and the last k copies."""
+    """last.safetensors + state.pt: everything needed to continue exactly; and the last k copies.
+
+    state.pt holds its own copy of the weights: a kill between the two writes must not pair
+    the optimizer of one step with the weights of the next.
+    """
     step = state["step"]
+    state = {**state, "model": model.state_dict()}
     save_weights(model, run_dir / LAST, metadata={"step": str(step)})
     save_state(state, run_dir / STATE)
     if keep_last_k:
@@ -253,8 +269,13 @@ def train(
         "early_stop_best": float("inf"), "early_stop_bad": 0, "nonfinite": 0, "stopped": "", "reached": None,
     }  # fmt: skip
     if resume is not None:
-        load_weights(model, run_dir / LAST)
         state = load_state(run_dir / STATE)
+        if rank == 0:
+            remove_temp_files(run_dir)  # half-written checkpoint files of the run that was killed
+        if "model" in state:  # the weights of the same step as the optimizer state
+            load_state_weights(model, state["model"], run_dir / STATE)
+        else:
+            load_weights(model, run_dir / LAST)
         if "optimizers" not in state:
             raise CheckpointError(f"{run_dir / STATE} was written by an older slmkit; start a new run")
         if len(state["ranks"]) != world:

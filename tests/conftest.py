@@ -69,3 +69,9 @@ def tiny_run(tmp_path_factory):
     }
     train(load_recipe("kjv-char", overrides), out=root / "run", progress_bar=False)
     return root / "run"
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_run):
+    """The shared tiny run, for tests that copy it before changing it."""
+    return tiny_run

@@ -1,6 +1,20 @@
-import pytest
+import dataclasses
 
-from slmkit.config import RunConfig, list_recipes, load_config, load_recipe, parse_overrides, save_config
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from slmkit.config import (
+    SECTIONS,
+    RunConfig,
+    from_dict,
+    list_recipes,
+    load_config,
+    load_recipe,
+    parse_overrides,
+    save_config,
+)
 from slmkit.errors import ConfigError
 
 
@@ -69,3 +83,54 @@ def test_config_yaml_round_trip(tmp_path):
     save_config(cfg, tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml") == cfg
     assert RunConfig().validate() is not None
+
+
+# --- random junk: the parser either builds a valid config or raises a one-line ConfigError ---
+FIELD_NAMES = sorted({f.name for s in SECTIONS for f in dataclasses.fields(getattr(RunConfig(), s))})
+scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=20), st.sampled_from(["nan", "-1", "1e9"])
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=6,
+)
+keys = st.one_of(st.sampled_from(FIELD_NAMES), st.text(max_size=8), st.integers())
+sections = st.dictionaries(keys, values, max_size=4)
+section_names = st.one_of(st.sampled_from([*SECTIONS, "name"]), st.text(max_size=8))
+recipes = st.one_of(values, st.dictionaries(section_names, st.one_of(sections, values), max_size=4))
+
+
+def valid_or_config_error(build) -> None:
+    try:
+        cfg = build()
+    except ConfigError as e:
+        assert str(e) and "\n" not in str(e)
+        return
+    assert isinstance(cfg, RunConfig)
+    cfg.validate()  # what was accepted is valid
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=recipes)
+def test_random_recipe_structures_are_accepted_only_when_valid(raw):
+    valid_or_config_error(lambda: from_dict(raw).validate())
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.one_of(st.text(max_size=200), recipes.map(lambda r: yaml.safe_dump(r, allow_unicode=True))))
+def test_random_recipe_files_never_crash(tmp_path, text):
+    path = tmp_path / "junk.yaml"
+    path.write_text(text, encoding="utf-8")
+    valid_or_config_error(lambda: load_recipe(str(path)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    args=st.lists(
+        st.one_of(st.text(max_size=20), st.sampled_from(FIELD_NAMES).map(lambda k: f"--model.{k}=")),
+        max_size=4,
+    )
+)
+def test_random_command_lines_never_crash(args):
+    valid_or_config_error(lambda: load_recipe("kjv-char", parse_overrides(args)))

@@ -1,8 +1,11 @@
 import json
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from slmkit.config import RunConfig
 from slmkit.data import shards, sources
@@ -92,6 +95,49 @@ def test_prepare_splits_kjv_by_verse(tmp_path):
     assert tokenizer.decode(shards["val"].tokens[-58:].tolist()).endswith("The grace of our Lord Jesus Christ be with you all. Amen.\n")
     # a complete folder is reused, an incomplete one (no manifest) is rebuilt
     assert prepare(cfg, log=lambda *_: None) == out
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    magic=st.one_of(st.just(MAGIC), st.binary(min_size=8, max_size=8)),
+    version=st.one_of(st.just(1), st.integers(0, 2**32 - 1)),
+    itemsize=st.one_of(st.sampled_from([2, 4]), st.integers(0, 2**32 - 1)),
+    vocab_size=st.integers(0, 2**64 - 1),
+    count=st.one_of(st.integers(0, 64), st.integers(0, 2**64 - 1)),
+    body=st.binary(max_size=256),
+)
+def test_random_headers_are_rejected_or_read_exactly(tmp_path, magic, version, itemsize, vocab_size, count, body):
+    """Any header either loads a shard whose length is its count and whose bytes are its body, or raises DataError."""
+    path = tmp_path / "fuzz.bin"
+    path.write_bytes(struct.pack("<8sIIQQ", magic, version, itemsize, vocab_size, count) + body)
+    try:
+        shard = Shard(path)
+    except DataError as e:
+        assert "\n" not in str(e) and str(path) in str(e)
+        return
+    assert (magic, version, itemsize) == (MAGIC, 1, itemsize) and itemsize in (2, 4)
+    assert len(shard) == count and len(body) == count * itemsize
+    assert shard.tokens.tobytes() == body
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=80))
+def test_random_bytes_are_never_taken_for_a_shard(tmp_path, data):
+    path = tmp_path / "junk.bin"
+    path.write_bytes(data)
+    with pytest.raises(DataError):
+        Shard(path)
+
+
+def test_sampler_reads_through_a_memmap_so_memory_does_not_grow_with_the_corpus(tmp_path):
+    """The sampler keeps the shard's memmap (no in-memory copy) and copies only its windows per batch."""
+    write_shard(tmp_path / "a.bin", np.arange(200_000) % 97, vocab_size=97)
+    shard = Shard(tmp_path / "a.bin")
+    sampler = BatchSampler(shard, block_size=16, batch_size=4, seed=0)
+    assert isinstance(shard.tokens, np.memmap) and sampler.tokens is shard.tokens
+    assert not shard.tokens.flags.writeable and Path(shard.tokens.filename) == (tmp_path / "a.bin").resolve()
+    x, _ = sampler.next()
+    assert x.numel() == 4 * 16 and not np.shares_memory(x.numpy(), shard.tokens)
 
 
 def corpus_folder(tmp_path, n=12):

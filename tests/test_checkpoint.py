@@ -1,0 +1,159 @@
+"""Checkpoints: never unpickle a user file; a failed save (disk full, no permission) leaves the old one intact."""
+
+import errno
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import SafetensorError
+
+from slmkit import atomic, checkpoint
+from slmkit.checkpoint import LAST, STATE, load_run, load_state, save_state, save_weights
+from slmkit.cli import main
+from slmkit.errors import CheckpointError, WriteError
+
+
+def digests(folder: Path) -> dict[str, str]:
+    """sha256 of every file in `folder` (temp files included, so a leftover shows)."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+CHECKPOINT_FILES = ("model.safetensors", LAST, STATE, "config.yaml", "tokenizer.json")
+
+
+class Payload:
+    """Unpickling this runs a shell command that creates a marker file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def craft_evil_state(path: Path, marker: Path) -> None:
+    """A state.pt that looks like torch.save's but whose pickle calls os.system when loaded."""
+    torch.save({"step": 4, "optimizer": Payload(marker)}, path)
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_crafted_pickle_is_refused_without_running_it(tmp_path, trained_run, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    marker = tmp_path / "pwned"
+    craft_evil_state(run / STATE, marker)
+    before = digests(run)
+
+    with pytest.raises(CheckpointError, match="refusing to load it"):
+        load_state(run / STATE)
+    assert not marker.exists()
+
+    assert main(["train", "--no-progress", "--resume", str(run), "--train.max_steps=6"]) == 1
+    line = one_line_error(capsys)
+    assert f"{run / STATE} holds objects other than tensors" in line
+    assert not marker.exists()
+    assert {k: v for k, v in digests(run).items() if k in CHECKPOINT_FILES} == {
+        k: v for k, v in before.items() if k in CHECKPOINT_FILES
+    }
+
+    # the payload is live: an unsafe load would have run it
+    torch.load(run / STATE, weights_only=False)
+    assert marker.exists()
+
+
+def test_disk_full_while_saving_weights_keeps_the_old_file(tmp_path, trained_run, monkeypatch):
+    model = load_run(trained_run).model
+    path = tmp_path / LAST
+    save_weights(model, path)
+    before = digests(tmp_path)
+
+    def full(*args, **kwargs):  # what safetensors raises when the disk fills
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(checkpoint, "save_model", full)
+    with pytest.raises(WriteError) as info:
+        save_weights(model, path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"cannot write {path}: No space left on device; free disk space on {tmp_path}" in message
+    assert digests(tmp_path) == before  # old file byte-identical, no temp file left
+
+
+@pytest.mark.parametrize(
+    "failure, expected",
+    [
+        (OSError(errno.ENOSPC, "No space left on device"), "No space left on device; free disk space"),
+        (OSError(errno.EACCES, "Permission denied"), "Permission denied; make"),
+        (OSError(errno.EROFS, "Read-only file system"), "Read-only file system; make"),
+    ],
+)
+@pytest.mark.parametrize("where", ["mkstemp", "replace"])
+def test_write_failures_are_one_line_and_keep_the_old_state(tmp_path, monkeypatch, failure, expected, where):
+    path = tmp_path / STATE
+    save_state({"step": 1, "w": torch.arange(10)}, path)
+    before = digests(tmp_path)
+
+    def fail(*args, **kwargs):
+        raise failure
+
+    # tests run as root, where chmod does not stop writes: make the write itself fail
+    if where == "mkstemp":
+        monkeypatch.setattr(atomic.tempfile, "mkstemp", fail)
+    else:
+        monkeypatch.setattr(atomic.os, "replace", fail)
+    with pytest.raises(WriteError, match=expected) as info:
+        save_state({"step": 2, "w": torch.arange(20)}, path)
+    assert str(info.value).startswith(f"cannot write {path}: ") and "\n" not in str(info.value)
+    monkeypatch.undo()
+    assert digests(tmp_path) == before
+    assert load_state(path)["step"] == 1
+
+
+def test_torch_save_failure_on_a_full_disk(tmp_path, monkeypatch):
+    """torch reports a full disk as RuntimeError('unexpected pos ...'); the free space tells why."""
+    path = tmp_path / STATE
+    save_state({"step": 1}, path)
+    before = digests(tmp_path)
+
+    def full(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    monkeypatch.setattr(torch, "save", full)
+    monkeypatch.setattr(atomic, "_free_bytes", lambda folder: 0)
+    with pytest.raises(WriteError, match="No space left on device; free disk space"):
+        save_state({"step": 2}, path)
+    monkeypatch.undo()
+    assert digests(tmp_path) == before
+
+
+def test_disk_full_during_training_stops_cleanly_and_resume_still_works(tmp_path, trained_run, monkeypatch, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    before = {k: v for k, v in digests(run).items() if k in CHECKPOINT_FILES}
+
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic.os, "replace", full)
+    assert main(["train", "--no-progress", "--resume", str(run), "--train.max_steps=6"]) == 1
+    line = one_line_error(capsys)
+    assert line.startswith(f"slm: error: cannot write {run}/") and "No space left on device" in line
+    monkeypatch.undo()
+    after = digests(run)
+    assert {k: v for k, v in after.items() if k in CHECKPOINT_FILES} == before
+    assert not [name for name in after if name.endswith(".tmp")]
+
+    stale = run / ".state.pt.x1y2z3.tmp"  # what a kill in the middle of a save leaves
+    stale.write_bytes(b"half a checkpoint")
+    assert main(["train", "--no-progress", "--resume", str(run), "--train.max_steps=6"]) == 0
+    assert load_state(run / STATE)["step"] == 6
+    assert not stale.exists()
