@@ -139,12 +139,13 @@ def test_disk_full_during_training_stops_cleanly_and_resume_still_works(tmp_path
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
     before = {k: v for k, v in digests(run).items() if k in CHECKPOINT_FILES}
+    target = load_state(run / STATE)["step"] + 2
 
     def full(src, dst):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(atomic.os, "replace", full)
-    assert main(["train", "--no-progress", "--resume", str(run), "--train.max_steps=6"]) == 1
+    assert main(["train", "--no-progress", "--resume", str(run), f"--train.max_steps={target}"]) == 1
     line = one_line_error(capsys)
     assert line.startswith(f"slm: error: cannot write {run}/") and "No space left on device" in line
     monkeypatch.undo()
@@ -154,6 +155,6 @@ def test_disk_full_during_training_stops_cleanly_and_resume_still_works(tmp_path
 
     stale = run / ".state.pt.x1y2z3.tmp"  # what a kill in the middle of a save leaves
     stale.write_bytes(b"half a checkpoint")
-    assert main(["train", "--no-progress", "--resume", str(run), "--train.max_steps=6"]) == 0
-    assert load_state(run / STATE)["step"] == 6
+    assert main(["train", "--no-progress", "--resume", str(run), f"--train.max_steps={target}"]) == 0
+    assert load_state(run / STATE)["step"] == target
     assert not stale.exists()
