@@ -1,0 +1,48 @@
+"""The speedrun recipes (issue 7): they load, build the intended model, and train a few steps."""
+
+import csv
+
+import pytest
+
+from slmkit.config import load_recipe
+from slmkit.model import GPT
+from slmkit.train import train
+
+
+@pytest.mark.parametrize("name", ["speedrun-baseline", "speedrun-cpu"])
+def test_speedrun_recipe_builds_its_model_and_trains(name, tiny_corpus, tmp_path):
+    cfg = load_recipe(name)
+    assert cfg.data.source == "tinyshakespeare" and cfg.tokenizer.kind == "char"
+    assert (cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd) == (4, 4, 128)
+    cfg.model.vocab_size = 65  # Tiny Shakespeare's characters
+    n = GPT(cfg.model).num_parameters()
+    assert 0.7e6 < n < 0.9e6, n  # nanoGPT's baby model: 0.80M parameters
+    overrides = {
+        "data.source": str(tiny_corpus),
+        "data.shard_dir": str(tmp_path / "shards"),
+        "train.max_steps": 3,
+        "train.max_minutes": 0,
+        "train.eval_interval": 3,
+        "train.log_interval": 1,
+        "train.threads": 1,
+        "train.stop_at_val_loss": 0.0,
+        "sample.max_new_tokens": 5,
+    }
+    result = train(load_recipe(name, overrides), out=tmp_path / "run", progress_bar=False)
+    assert result.steps == 3
+    with open(tmp_path / "run" / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3]
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])  # it learns
+
+
+def test_baseline_is_nanogpts_recipe():
+    cfg = load_recipe("speedrun-baseline")
+    m, t = cfg.model, cfg.train
+    assert (m.block_size, m.pos_embedding, m.norm, m.mlp, m.tie_embeddings, m.dropout) == (
+        64, "learned", "layernorm", "gelu", True, 0.0,
+    )  # fmt: skip
+    assert (t.batch_size, t.optimizer, t.lr, t.min_lr, t.warmup_steps, t.max_steps, t.beta2, t.weight_decay) == (
+        12, "adamw", 1e-3, 1e-4, 100, 2000, 0.99, 0.1,
+    )  # fmt: skip
+    assert (t.schedule, t.grad_clip, t.eval_batches) == ("cosine", 1.0, 0)  # evaluations on the full val split
