@@ -38,3 +38,31 @@ def test_muon_minimizes_a_least_squares_problem():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.05 * losses[0]
+
+
+def test_orthogonalize_a_stack_is_each_matrix_on_its_own():
+    torch.manual_seed(0)
+    for shape in [(3, 32, 32), (3, 96, 32), (2, 32, 128)]:
+        G = torch.randn(*shape)
+        stacked = orthogonalize(G)
+        for i in range(shape[0]):
+            torch.testing.assert_close(stacked[i], orthogonalize(G[i]), rtol=1e-4, atol=1e-5)
+
+
+def test_muon_batched_step_matches_one_matrix_at_a_time():
+    torch.manual_seed(0)
+    shapes = [(16, 8), (16, 8), (8, 24), (16, 8)]  # two shapes, batched as groups of 3 and 1
+    params = [torch.nn.Parameter(torch.randn(*s)) for s in shapes]
+    singles = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    together = Muon(params, lr=0.05, weight_decay=0.1)
+    apart = [Muon([p], lr=0.05, weight_decay=0.1) for p in singles]
+    for _ in range(3):
+        grads = [torch.randn(*s) for s in shapes]
+        for p, q, g in zip(params, singles, grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        together.step()
+        for opt in apart:
+            opt.step()
+    for p, q in zip(params, singles):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+    assert not torch.equal(params[0], params[1])
