@@ -141,9 +141,9 @@ def test_recipe_trains_a_few_steps_on_a_local_slice(name, tmp_path, monkeypatch)
     source = _local_source(name, recipe.data.source, tmp_path, monkeypatch)
     # Only the data, the batch and the budget change; the model is the recipe's, at full size.
     cfg = load_recipe(name, {
-        "data.source": source, "data.shard_dir": str(tmp_path / "shards"), "train.batch_size": 2,
+        "data.source": source, "data.shard_dir": str(tmp_path / "shards"), "data.num_workers": 1, "train.batch_size": 2,
         "train.seq_len": 32, "train.grad_accum_steps": 1, "train.max_steps": 3, "train.max_epochs": 0,
-        "train.max_minutes": 0, "train.eval_interval": 2, "train.eval_batches": 2, "train.log_interval": 1,
+        "train.max_minutes": 0, "train.eval_interval": 3, "train.eval_batches": 2, "train.log_interval": 1,
         "train.warmup_steps": min(recipe.train.warmup_steps, 1), "train.sample_interval": min(recipe.train.sample_interval, 2),
         "sample.max_new_tokens": 5,
     })  # fmt: skip
