@@ -153,3 +153,17 @@ def test_recipe_trains_a_few_steps_on_a_local_slice(name, tmp_path, monkeypatch)
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["seed"] == recipe.seed and saved["model"]["n_layer"] == recipe.model.n_layer
     assert saved["model"]["d_ff"] == recipe.model.d_ff and saved["model"]["n_embd"] == recipe.model.n_embd
+
+
+def test_slm_recipes_prints_every_recipe_with_its_count(tmp_path, monkeypatch, capsys):
+    from slmkit.cli import main
+
+    monkeypatch.setenv("SLMKIT_CACHE", str(tmp_path))
+    assert main(["recipes"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    for name in RECIPES:
+        seed, vocab, params = EXPECTED[name]
+        assert f"seed={seed or '-'}" in lines[name]
+        if load_recipe(name).data.source != "tinyshakespeare":  # not downloaded here: reported, not guessed
+            assert f"{params:,} params" in lines[name] and f"vocab {vocab:,}" in lines[name]
+    assert "params need the corpus" in lines["shakespeare-char"]
