@@ -7,10 +7,15 @@
 
 from .checkpoint import Run, load_run
 from .config import RunConfig, load_recipe
+from .data.shards import prepare
 from .errors import SlmError
+from .evaluate import evaluate_run
+from .export import export_hf, import_hf
 from .finetune import finetune
 from .generate import generate, stream
 from .model import GPT, GPTConfig
+from .plot import plot_runs
+from .quantize import quantize_run
 from .tokenizer import Tokenizer, load_tokenizer
 from .train import train
 
@@ -21,11 +26,17 @@ __all__ = [
     "RunConfig",
     "SlmError",
     "Tokenizer",
+    "evaluate_run",
+    "export_hf",
     "finetune",
     "generate",
+    "import_hf",
     "load_recipe",
     "load_run",
     "load_tokenizer",
+    "plot_runs",
+    "prepare",
+    "quantize_run",
     "stream",
     "train",
 ]

@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
-
-from .atomic import atomic_write_text
 from .checkpoint import BEST
 from .config import RunConfig, apply_override, load_config
-from .data.shards import dtype_for, read_manifest, shard_dir_for, write_shard
-from .data.sources import load_splits
+from .data.shards import prepare, shard_dir_for
 from .errors import ConfigError
-from .tokenizer import Tokenizer, load_tokenizer
+from .tokenizer import load_tokenizer
 from .train import TrainResult, train
 
 # what `slm finetune` changes in the source run's recipe before the user's overrides (lr: a tenth of the original)
@@ -28,36 +23,6 @@ FINETUNE_DEFAULTS = {
     "train.eval_interval": 50,
     "train.early_stop_patience": 3,
 }
-
-
-
-def _prepare_with_tokenizer(cfg: RunConfig, tokenizer: Tokenizer) -> Path:
-    """Shards of cfg.data tokenized by an existing tokenizer (fine-tuning), in cfg.data.shard_dir."""
-    # TODO(lead): fold into shards.prepare(cfg, tokenizer=...) once the data branch's streaming prepare is merged
-    out = Path(cfg.data.shard_dir)
-    if read_manifest(out) is not None:
-        return out
-    splits = load_splits(cfg.data)
-    out.mkdir(parents=True, exist_ok=True)
-    manifest: dict[str, Any] = {
-        "format_version": 1,
-        "source": cfg.data.source,
-        "tokenizer": cfg.tokenizer.kind,
-        "vocab_size": tokenizer.vocab_size,
-        "dtype": dtype_for(tokenizer.vocab_size).name,
-        "splits": {},
-    }
-    for split, docs in splits.items():
-        ids = [i for doc in docs for i in tokenizer.encode_document(doc)]
-        write_shard(out / f"{split}.bin", np.array(ids, dtype=np.int64), tokenizer.vocab_size)
-        manifest["splits"][split] = {
-            "tokens": len(ids),
-            "documents": len(docs),
-            "bytes": sum(len(d.encode("utf-8")) for d in docs),
-        }
-    tokenizer.save(out / "tokenizer.json")
-    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2))
-    return out
 
 
 def finetune(
@@ -86,5 +51,5 @@ def finetune(
     if not cfg.data.shard_dir:  # not shards/<...>: those hold a tokenizer fitted on the new text
         digest = hashlib.sha256((from_dir / "tokenizer.json").read_bytes()).hexdigest()[:8]
         cfg.data.shard_dir = str(shard_dir_for(cfg)) + f"-tok{digest}"
-    _prepare_with_tokenizer(cfg, tokenizer)
+    prepare(cfg, tokenizer=tokenizer)
     return train(cfg, out=out or Path("runs") / cfg.name, progress_bar=progress_bar, init_weights=from_dir / BEST)

@@ -36,6 +36,7 @@ from .evaluate import mean_loss, report
 from .generate import generate
 from .model import GPT
 from .optim import early_stop_update, lr_multiplier, make_optimizers, plateau_update
+from .plot import plot_runs
 
 METRICS_FIELDS = [
     "step", "epoch", "tokens", "lr", "train_loss", "val_loss", "perplexity", "tokens_per_second", "elapsed", "event",
@@ -483,15 +484,16 @@ def train(
         val_tokens = shards["val"].tokens
         loss = mean_loss(model, val_tokens, batch_size=tc.batch_size)
         final = report(loss, len(val_tokens) - 1, len(tokenizer.decode(val_tokens[1:].tolist()).encode("utf-8")))
+        per_char = f", {final['bits_per_token']:.4f} bits/char" if tokenizer.kind == "char" else ""
         log.info(
             f"done: {progress['step']} steps, {progress['tokens']:,} tokens in {progress['elapsed']:.0f}s; "
-            f"full val split: loss {final['loss']:.4f} nats/token, {final['bits_per_byte']:.4f} bits/byte, "
+            f"full val split: loss {final['loss']:.4f} nats/token{per_char}, {final['bits_per_byte']:.4f} bits/byte, "
             f"perplexity {final['perplexity']:.2f}"
         )
         sc = cfg.sample
         text = generate(model, tokenizer, sc.prompt, sc.max_new_tokens, sc.temperature, sc.top_k, seed=sc.seed)
         log.info(f"sample from the best model:\n{sc.prompt}{text}")
-        # TODO(lead): plot_runs([run_dir], run_dir / "loss.png") from slmkit.plot once the export branch is merged
+        plot_runs([run_dir], run_dir / "loss.png")
     log.close()
     if world > 1:
         dist.barrier()

@@ -5,6 +5,8 @@ import pytest
 # Nothing in the tests may reach the network: a hub call fails at once.
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Tiny models run fastest on one thread (and the CLI processes the tests start inherit it).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 TINY_TEXT = (
     "In the beginning God created the heaven and the earth.\n"

@@ -229,6 +229,199 @@ def test_tensorboard_needs_its_package(tmp_path, tiny_overrides):
         assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
 
 
+def test_compile_trains_like_eager(tmp_path, tiny_overrides):
+    """train.compile runs the real torch.compile; its weights match eager training and save under plain names."""
+    overrides = dict(tiny_overrides, **{"train.max_steps": 3, "train.eval_interval": 3})
+    eager = train(load_recipe("kjv-char", overrides), out=tmp_path / "eager", progress_bar=False)
+    compiled = train(load_recipe("kjv-char", dict(overrides, **{"train.compile": True})), out=tmp_path / "compiled",
+                     progress_bar=False)  # fmt: skip
+    a, b = load_file(tmp_path / "eager" / "last.safetensors"), load_file(tmp_path / "compiled" / "last.safetensors")
+    assert a.keys() == b.keys()  # no "_orig_mod." prefixes
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
+    assert compiled.best_val_loss == pytest.approx(eager.best_val_loss, abs=1e-4)
+
+
+def test_plateau_halves_after_patience_evaluations_without_improvement():
+    cfg = TrainConfig(plateau_factor=0.5, plateau_patience=2)
+    state = {"plateau_best": math.inf, "plateau_bad": 0, "plateau_scale": 1.0}
+    scales = []
+    for loss in [3.0, 2.0, 2.5, 2.1, 2.2, 1.9, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0]:
+        plateau_update(state, loss, cfg)
+        scales.append(state["plateau_scale"])
+    # bad evals after 2.0: 2.5, 2.1 (patience), 2.2 -> halve; 1.9 improves; then three bad -> halve, three -> halve
+    assert scales == [1, 1, 1, 1, 0.5, 0.5, 0.5, 0.5, 0.25, 0.25, 0.25, 0.125]
+
+
+def test_early_stopping_counts_evaluations_without_min_delta_improvement():
+    cfg = TrainConfig(early_stop_patience=2, early_stop_min_delta=0.1)
+    state = {"early_stop_best": math.inf, "early_stop_bad": 0}
+    stops = [early_stop_update(state, loss, cfg) for loss in [3.0, 2.5, 2.45, 2.3, 2.35, 2.39]]
+    # 2.45 is not 0.1 better than 2.5 (bad 1); 2.3 is (reset); 2.35, 2.39 bad -> stop
+    assert stops == [False, False, False, False, False, True]
+    off = TrainConfig(early_stop_patience=0)
+    state = {"early_stop_best": 1.0, "early_stop_bad": 0}
+    assert not any(early_stop_update(state, 5.0, off) for _ in range(10))
+
+
+# --- optimizers ------------------------------------------------------------------------------------------
+
+
+def test_adamw_decays_matrices_only():
+    model = tiny_model()
+    [opt] = make_optimizers(model, TrainConfig(optimizer="adamw", weight_decay=0.1), torch.device("cpu"))
+    assert isinstance(opt, torch.optim.AdamW)
+    decay, no_decay = opt.param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(names[id(p)].endswith(".weight") and p.dim() == 2 for p in decay["params"])
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert "transformer.wte.weight" not in decayed and "transformer.wpe.weight" not in decayed
+    assert {n for n in names.values() if "ln_" in n or n.endswith(".bias")} <= {names[id(p)] for p in no_decay["params"]}
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_adam_and_muon_groups():
+    model = tiny_model()
+    [adam] = make_optimizers(model, TrainConfig(optimizer="adam"), torch.device("cpu"))
+    assert type(adam) is torch.optim.Adam
+    adamw, muon = make_optimizers(model, TrainConfig(optimizer="muon", muon_lr=0.03, muon_momentum=0.9), torch.device("cpu"))
+    assert isinstance(muon, Muon) and muon.param_groups[0]["lr"] == 0.03 and muon.param_groups[0]["momentum"] == 0.9
+    names = {id(p): n for n, p in model.named_parameters()}
+    hidden = {names[id(p)] for p in muon.param_groups[0]["params"]}
+    assert hidden == {n for n, p in model.named_parameters() if n.startswith("transformer.h.") and p.dim() == 2}
+    rest = {names[id(p)] for g in adamw.param_groups for p in g["params"]}
+    assert "transformer.wte.weight" in rest and "transformer.ln_f.weight" in rest and not hidden & rest
+
+
+def test_precision_auto_is_fp32_on_cpu():
+    assert resolve_precision("auto", torch.device("cpu")) is None
+    assert resolve_precision("bf16", torch.device("cpu")) is torch.bfloat16
+    assert resolve_precision("fp16", torch.device("cpu")) is torch.float16
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("train.optimizer", "sgd", "valid: adamw, adam, muon"),
+        ("train.schedule", "linear", "valid: constant, cosine"),
+        ("train.precision", "fp8", "valid: auto, fp32"),
+        ("train.gamma", 1.5, "must be in (0, 1]"),
+        ("train.grad_accum_steps", 0, "positive integer"),
+        ("train.seq_len", 64, "exceeds model.block_size"),
+    ],
+)
+def test_bad_train_keys(key, value, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("]", r"\]")):
+        load_recipe("kjv-char", {"model.block_size": 32, key: value})
+
+
+# --- the loop, end to end on the tiny corpus -------------------------------------------------------------
+
+
+def test_accumulation_equals_a_bigger_batch(tmp_path, tiny_overrides):
+    one = dict(tiny_overrides, **{"train.max_steps": 3, "train.warmup_steps": 0, "train.grad_clip": 0})
+    big = train(load_recipe("kjv-char", dict(one, **{"train.batch_size": 16})), out=tmp_path / "big", progress_bar=False)
+    acc = train(
+        load_recipe("kjv-char", dict(one, **{"train.batch_size": 8, "train.grad_accum_steps": 2})),
+        out=tmp_path / "acc",
+        progress_bar=False,
+    )
+    assert big.tokens == acc.tokens == 3 * 16 * 32
+    a, b = load_file(tmp_path / "big" / "last.safetensors"), load_file(tmp_path / "acc" / "last.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+
+
+def test_epochs_seq_len_and_exponential_decay(tmp_path, tiny_overrides):
+    overrides = dict(
+        tiny_overrides,
+        **{"train.max_steps": 0, "train.max_epochs": 2, "train.seq_len": 16, "train.batch_size": 32, "train.schedule": "exponential",
+           "train.gamma": 0.5, "train.warmup_steps": 0, "train.log_interval": 1, "train.lr": 1e-3},
+    )  # fmt: skip
+    result = train(load_recipe("kjv-char", overrides), out=tmp_path / "run", progress_bar=False)
+    rows = metrics(tmp_path / "run")
+    per_epoch = len(rows) // 2
+    assert result.steps == 2 * per_epoch and float(rows[-1]["epoch"]) == pytest.approx(2.0)
+    assert result.tokens == result.steps * 32 * 16  # seq_len 16 windows, not block_size 32
+    assert {float(r["lr"]) for r in rows[:per_epoch]} == {1e-3}
+    assert {float(r["lr"]) for r in rows[per_epoch:]} == {5e-4}
+
+
+def test_early_stop_and_stop_at_val_loss(tmp_path, tiny_overrides):
+    overrides = dict(tiny_overrides, **{"train.max_steps": 200, "train.eval_interval": 2, "train.lr": 1e-6})
+    stopped = train(
+        load_recipe("kjv-char", dict(overrides, **{"train.early_stop_patience": 2, "train.early_stop_min_delta": 1.0})),
+        out=tmp_path / "early",
+        progress_bar=False,
+    )
+    # no evaluation improves by 1 nat at lr 1e-6: the first sets the best, the next two are bad
+    assert stopped.stopped == "early_stop" and stopped.steps == 6
+    assert metrics(tmp_path / "early")[-1]["event"] == "early_stop"
+
+    reached = train(
+        load_recipe("kjv-char", dict(overrides, **{"train.lr": 3e-3, "train.stop_at_val_loss": 3.5})),
+        out=tmp_path / "reached",
+        progress_bar=False,
+    )
+    assert reached.stopped == "reached" and reached.steps < 200
+    row = metrics(tmp_path / "reached")[-1]
+    assert row["event"] == "reached" and float(row["val_loss"]) <= 3.5
+    assert reached.reached["step"] == reached.steps == int(row["step"]) and reached.reached["tokens"] == int(row["tokens"])
+
+
+def test_nonfinite_steps_are_skipped_then_the_run_stops(tmp_path, tiny_overrides):
+    run = tmp_path / "run"
+    train(load_recipe("kjv-char", tiny_overrides), out=run, progress_bar=False)
+    good = load_file(run / "last.safetensors")
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["train"]["lr"] = 1e30  # absurd: the first update makes every later loss NaN
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(TrainingError, match="5 steps in a row had a NaN/inf loss") as err:
+        train(resume_config(run, {"train.max_steps": 40}), resume=run, progress_bar=False)
+    assert "\n" not in str(err.value)
+    after = load_file(run / "last.safetensors")  # the step-20 checkpoint is intact
+    assert all(good[k].equal(after[k]) for k in good)
+    assert "non-finite loss or gradient norm, step skipped" in (run / "train.log").read_text()
+
+
+def test_keep_last_k(tmp_path, tiny_overrides):
+    overrides = dict(tiny_overrides, **{"train.eval_interval": 5, "train.keep_last_k": 2})
+    train(load_recipe("kjv-char", overrides), out=tmp_path / "run", progress_bar=False)
+    kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert kept == [
+        "step-0000015.safetensors", "step-0000015.state.pt", "step-0000020.safetensors", "step-0000020.state.pt",
+    ]  # fmt: skip
+    a, b = load_file(tmp_path / "run" / "last.safetensors"), load_file(tmp_path / "run" / "checkpoints" / kept[2])
+    assert all(a[k].equal(b[k]) for k in a)
+
+
+def test_muon_adam_full_eval_and_samples_train(tmp_path, tiny_overrides):
+    overrides = dict(
+        tiny_overrides,
+        **{"train.optimizer": "muon", "train.eval_batches": 0, "train.sample_interval": 10, "model.dropout": 0.1,
+           "sample.prompt": "And"},
+    )  # fmt: skip
+    result = train(load_recipe("kjv-char", overrides), out=tmp_path / "muon", progress_bar=False)
+    rows = metrics(tmp_path / "muon")
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    # eval_batches=0: evaluations use the whole val split, as the final report does (same best weights)
+    assert result.best_val_loss == pytest.approx(result.final_val["loss"], rel=1e-5)
+    assert (tmp_path / "muon" / "train.log").read_text().count("sample at step") == 2
+
+
+def test_tensorboard_needs_its_package(tmp_path, tiny_overrides):
+    overrides = dict(tiny_overrides, **{"train.tensorboard": True, "train.max_steps": 5})
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(ConfigError, match="pip install tensorboard"):
+            train(load_recipe("kjv-char", overrides), out=tmp_path / "run", progress_bar=False)
+    else:
+        train(load_recipe("kjv-char", overrides), out=tmp_path / "run", progress_bar=False)
+        assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+
+
 def test_compile_wraps_the_model(tmp_path, tiny_overrides, monkeypatch):
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda module: compiled.append(module) or module)

@@ -214,12 +214,19 @@ def _remove_stale(out: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def prepare(cfg: RunConfig, force: bool = False, log=print, progress: Optional[bool] = None) -> Path:
+def prepare(
+    cfg: RunConfig,
+    force: bool = False,
+    log=print,
+    progress: Optional[bool] = None,
+    tokenizer: Optional[Tokenizer] = None,
+) -> Path:
     """Corpus -> tokenizer -> train/val shards, streamed and in parallel; returns the shard folder.
 
     A complete folder is reused. The shards are written into a hidden staging folder that is
     renamed into place when complete (manifest last), so a killed run leaves nothing that looks
-    complete. `progress`: show a bar (None: only on a terminal).
+    complete. `progress`: show a bar (None: only on a terminal). `tokenizer`: encode with this one
+    (fine-tuning) instead of fitting one on the corpus.
     """
     out = shard_dir_for(cfg)
     if not force and read_manifest(out) is not None:
@@ -228,7 +235,7 @@ def prepare(cfg: RunConfig, force: bool = False, log=print, progress: Optional[b
     corpus = Corpus(cfg.data)
     if next(corpus.pieces("train"), None) is None:
         raise DataError(f"data.source {cfg.data.source!r} has no text; point it at a non-empty corpus")
-    tokenizer = fit_tokenizer(cfg.tokenizer, corpus.texts())
+    tokenizer = tokenizer or fit_tokenizer(cfg.tokenizer, corpus.texts())
     workers = cfg.data.num_workers or os.cpu_count() or 1
     new_parent = not out.parent.exists()
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -34,9 +34,10 @@ def test_prepare_train_sample(tmp_path, tiny_overrides):
 
     result = slm("train", "--no-progress", "--out", str(run), *as_args(tiny_overrides), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    for name in ["config.yaml", "tokenizer.json", "model.safetensors", "last.safetensors", "state.pt", "metrics.csv", "train.log"]:
+    for name in ["config.yaml", "tokenizer.json", "model.safetensors", "last.safetensors", "state.pt", "metrics.csv", "train.log", "loss.png"]:
         assert (run / name).is_file(), name
-    assert "full val split: loss" in result.stdout and "bits/byte" in result.stdout
+    assert "full val split: loss" in result.stdout and "bits/char" in result.stdout and "bits/byte" in result.stdout
+    assert (run / "loss.png").read_bytes()[:4] == b"\x89PNG"
     rows = (run / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("step,epoch,tokens,lr,train_loss,val_loss,perplexity")
     assert len(rows) == 1 + 20 // 5
