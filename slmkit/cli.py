@@ -214,15 +214,10 @@ def _cmd_import_hf(args: argparse.Namespace) -> None:
 
 
 def _cmd_recipes() -> None:
-    from .config import list_recipes, load_recipe
+    from .recipes import summarize_recipes
 
-    for path in list_recipes():
-        cfg = load_recipe(str(path))
-        m = cfg.model
-        print(
-            f"{path.stem:28s} data={cfg.data.source:16s} tokenizer={cfg.tokenizer.kind:6s} "
-            f"layers={m.n_layer} heads={m.n_head} width={m.n_embd} block={m.block_size}"
-        )
+    for row in summarize_recipes():
+        print(row.line())
 
 
 def main(argv: Optional[list[str]] = None) -> int:

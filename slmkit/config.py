@@ -257,6 +257,7 @@ class RunConfig:
     """A whole recipe: every stage's section."""
 
     name: str = DEFAULT_RECIPE
+    seed: str = ""  # the seed system this recipe reproduces (its number in ../shared/seeds), if any
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -329,8 +330,8 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
 
 def apply_override(cfg: RunConfig, key: str, value: Any) -> None:
     """Set dotted `key` (e.g. 'train.lr') on cfg, checking that it exists and its type."""
-    if key == "name":
-        cfg.name = _coerce(value, str, key)
+    if key in ("name", "seed"):
+        setattr(cfg, key, _coerce(value, str, key))
         return
     section, _, name = key.partition(".")
     if section not in SECTIONS or not name:
@@ -351,11 +352,11 @@ def from_dict(raw: Any, origin: str = "recipe") -> RunConfig:
         raise ConfigError(f"{origin}: expected a mapping of sections (data, model, train, ...), got {type(raw).__name__}")
     cfg = RunConfig()
     for section, body in raw.items():
-        if section == "name":
-            apply_override(cfg, "name", body)
+        if section in ("name", "seed"):
+            apply_override(cfg, section, body)
             continue
         if section not in SECTIONS:
-            raise ConfigError(f"{origin}: unknown section {section!r}; valid: name, {', '.join(SECTIONS)}")
+            raise ConfigError(f"{origin}: unknown section {section!r}; valid: name, seed, {', '.join(SECTIONS)}")
         if body is None:
             continue
         if not isinstance(body, dict):

@@ -1,0 +1,84 @@
+"""`slm recipes`: every shipped recipe with its seed, data, tokenizer, model shape and exact parameter count."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from .config import RunConfig, list_recipes, load_recipe
+from .data import sources
+from .model import count_parameters
+
+FIXED_VOCAB = {"gpt2": 50257}  # tokenizers whose vocabulary does not depend on the corpus
+DEFAULT_VOCAB = {"word": 10000, "bpe": 30000, "wordpiece": 30000}  # tokenizer.vocab_size=0 means these
+
+
+@dataclass
+class RecipeSummary:
+    """One row of `slm recipes`."""
+
+    name: str
+    seed: str
+    source: str
+    tokenizer: str
+    shape: str
+    vocab_size: Optional[int]  # None: a char vocabulary whose corpus is not on this machine
+    parameters: Optional[int]
+    vocab_note: str = ""
+
+    def line(self) -> str:
+        """The row as printed by `slm recipes`."""
+        params = f"{self.parameters:,} params" if self.parameters is not None else "params need the corpus"
+        vocab = f"vocab {self.vocab_size:,}" if self.vocab_size is not None else "vocab ?"
+        note = f" ({self.vocab_note})" if self.vocab_note else ""
+        return (
+            f"{self.name:26s} seed={self.seed or '-':4s} data={self.source:22s} tokenizer={self.tokenizer:9s} "
+            f"{self.shape:34s} {vocab:13s} {params}{note}"
+        )
+
+
+def _local_char_source(cfg: RunConfig) -> Optional[str]:
+    """Why a char recipe's corpus is readable here without a download, or None when it is not."""
+    source = cfg.data.source
+    if source == "kjv":
+        return "built in"
+    if source == "tinyshakespeare":
+        cached = sources.cache_dir() / "tinyshakespeare.txt"
+        return "cached" if cached.is_file() and cached.stat().st_size == sources.TINYSHAKESPEARE_SIZE else None
+    if source.startswith("hf:"):
+        return None
+    return "local" if Path(source).exists() or any(c in source for c in "*?[") else None
+
+
+def recipe_vocab_size(cfg: RunConfig) -> tuple[Optional[int], str]:
+    """The vocabulary the recipe's model gets, and how it was found; (None, why) when it needs a download."""
+    tk = cfg.tokenizer
+    if cfg.model.vocab_size:
+        return cfg.model.vocab_size, "model.vocab_size"
+    if tk.kind in FIXED_VOCAB:
+        return FIXED_VOCAB[tk.kind], ""
+    if tk.kind != "char":
+        # A trained tokenizer reaches its vocab_size on any real corpus (a tiny one may give fewer).
+        return tk.vocab_size or DEFAULT_VOCAB[tk.kind], ""
+    where = _local_char_source(cfg)
+    if where is None:
+        return None, f"char vocabulary of {cfg.data.source}: download it with `slm prepare --recipe {cfg.name}`"
+    from .tokenizer import CharTokenizer
+
+    chars = CharTokenizer.fit(sources.Corpus(cfg.data).texts()).vocab_size
+    return chars, f"{chars} characters of {cfg.data.source}, {where}"
+
+
+def summarize(cfg: RunConfig) -> RecipeSummary:
+    """The `slm recipes` row of one loaded recipe; the parameter count is computed by building the model."""
+    m = cfg.model
+    shape = f"{m.n_layer}x{m.n_embd} h{m.n_head} ff{m.d_ff or 4 * m.n_embd} ctx{m.block_size} {m.pos_embedding}"
+    vocab, note = recipe_vocab_size(cfg)
+    params = count_parameters(m, vocab) if vocab is not None else None
+    return RecipeSummary(cfg.name, cfg.seed, cfg.data.source, cfg.tokenizer.kind, shape, vocab, params, note)
+
+
+def summarize_recipes() -> list[RecipeSummary]:
+    """A row for every shipped recipe, sorted by name."""
+    return [summarize(load_recipe(str(path))) for path in list_recipes()]

@@ -1,0 +1,169 @@
+"""Every shipped recipe (but the speedrun ones, tested with their benchmark): it loads, its full-size
+model has the exact parameter count written here, and it trains a few steps on a small local slice
+of data in its real source's format (hub loaders pointed at local parquet folders)."""
+
+import math
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from slmkit.config import list_recipes, load_recipe
+from slmkit.data import sources
+from slmkit.model import count_parameters
+from slmkit.recipes import summarize
+from slmkit.train import train
+
+from conftest import TINY_TEXT  # tests/ is on sys.path: rootdir conftest
+
+RECIPES = [p.stem for p in list_recipes() if not p.stem.startswith("speedrun-")]
+
+# recipe -> (seed, vocab size the full-size model is counted with, exact parameter count)
+EXPECTED = {
+    "kjv-char": ("", 65, 818_048),
+    "shakespeare-char": ("002", 65, 818_048),
+    "shakespeare-char-nodecay": ("002", 65, 818_048),
+    "shakespeare-char-lower": ("003", 39, 814_720),  # lowercased: 65 - 26 letters
+    "tinystories-gpt2-50m": ("001", 50257, 51_082_752),
+    "wikitext103-bpe-tiny": ("000", 30000, 7_878_528),
+    "wikitext2-word": ("004", 10000, 24_035_328),
+    "wikitext2-bpe": ("004", 10000, 24_035_328),
+}
+
+
+def by_hand(m, vocab: int) -> int:
+    """GPT-2's parameter formula: embeddings, per block LN + attention + MLP, final LN, untied head."""
+    d, ff, b = m.n_embd, m.d_ff or 4 * m.n_embd, int(m.bias)
+    block = 2 * (d + b * d) + (3 * d * d + b * 3 * d) + (d * d + b * d) + (d * ff + b * ff) + (ff * d + b * d)
+    pos = m.block_size * d if m.pos_embedding == "learned" else 0
+    head = 0 if m.tie_embeddings else vocab * d
+    return vocab * d + pos + m.n_layer * block + (d + b * d) + head
+
+
+def test_every_seed_has_its_recipe():
+    assert sorted(RECIPES) == sorted(EXPECTED)
+    assert {EXPECTED[r][0] for r in RECIPES} == {"", "000", "001", "002", "003", "004"}
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_loads_with_its_seed_and_exact_parameter_count(name):
+    cfg = load_recipe(name)
+    seed, vocab, params = EXPECTED[name]
+    assert cfg.seed == seed
+    assert count_parameters(cfg.model, vocab) == params == by_hand(cfg.model, vocab)
+
+
+def test_seed_numbers():
+    w = load_recipe("wikitext103-bpe-tiny")
+    assert (w.tokenizer.kind, w.tokenizer.vocab_size, w.train.seq_len, w.model.block_size) == ("bpe", 30000, 128, 512)
+    assert (w.model.n_embd, w.model.n_head, w.model.d_ff, w.model.pos_embedding) == (128, 2, 512, "sinusoidal")
+    assert (w.train.batch_size, w.train.lr, w.train.max_epochs, w.train.max_minutes) == (32, 1e-4, 5, 0)
+    assert (w.train.schedule, w.train.plateau_factor, w.train.plateau_patience, w.train.early_stop_patience) == (
+        "plateau", 0.5, 2, 3
+    )
+    t = load_recipe("tinystories-gpt2-50m")
+    assert 50e6 <= EXPECTED["tinystories-gpt2-50m"][2] <= 60e6
+    assert (t.tokenizer.kind, t.train.optimizer, t.train.schedule) == ("gpt2", "adamw", "cosine") and t.train.warmup_steps > 0
+    s, n = load_recipe("shakespeare-char"), load_recipe("shakespeare-char-nodecay")
+    assert (s.train.optimizer, s.train.lr, s.train.schedule, s.train.gamma, s.train.grad_clip) == (
+        "adam", 1e-3, "exponential", 0.95, 1.0
+    )
+    assert n.train.schedule == "constant" and n.train.grad_clip == 1.0
+    low = load_recipe("shakespeare-char-lower")
+    assert low.data.lowercase and low.data.collapse_whitespace and low.train.optimizer == "adam"
+    assert low.train.eval_batches > 0 and low.train.sample_interval > 0 and low.train.early_stop_patience > 0
+    for name, kind in (("wikitext2-word", "word"), ("wikitext2-bpe", "bpe")):
+        c = load_recipe(name)
+        m, tr = c.model, c.train
+        assert (c.tokenizer.kind, c.tokenizer.vocab_size) == (kind, 10000)
+        assert (m.n_embd, m.n_head, m.n_layer, m.d_ff, m.block_size, m.dropout) == (512, 8, 6, 2048, 512, 0.1)
+        assert (tr.batch_size, tr.lr, tr.max_epochs) == (32, 3e-4, 10)
+
+
+def test_char_vocab_is_counted_from_the_corpus_or_reported_missing(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLMKIT_CACHE", str(tmp_path))  # no tinyshakespeare here: no download is attempted
+    row = summarize(load_recipe("shakespeare-char"))
+    assert row.parameters is None and "slm prepare --recipe shakespeare-char" in row.vocab_note
+    (tmp_path / "shakes.txt").write_text("abc\nab", encoding="utf-8")
+    row = summarize(load_recipe("shakespeare-char", {"data.source": str(tmp_path / "shakes.txt")}))
+    assert row.vocab_size == 4 and row.parameters == by_hand(load_recipe("shakespeare-char").model, 4)
+
+
+# ---------------------------------------------------------------- a few training steps on local slices
+
+
+def _parquet(path, texts):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"text": texts}), path)
+
+
+def _wikitext_rows(n_articles: int) -> list[str]:
+    """Rows as Salesforce/wikitext stores them: one line each, ' = Title = ' starting an article."""
+    lines = TINY_TEXT.splitlines()[:3]
+    rows = []
+    for a in range(n_articles):
+        rows += ["", f" = Article {a} = \n", ""] + [f" {line} \n" for line in lines]
+    return rows
+
+
+def _local_source(name: str, source: str, tmp_path, monkeypatch) -> str:
+    """Point the recipe's source at a local slice in the same format; returns the data.source to use."""
+    if source.startswith("hf:"):
+        key = source[3:]
+        _, _, streaming = sources.HF_DATASETS[key]
+        repo = tmp_path / key  # the folder name keeps "wikitext": articles are rejoined as on the hub
+        if "wikitext" in key:
+            _parquet(repo / "train-00000-of-00001.parquet", _wikitext_rows(12))
+            _parquet(repo / "validation-00000-of-00001.parquet", _wikitext_rows(2))
+        else:  # roneneldan/TinyStories: one story per row, train and validation
+            stories = [f"Once upon a time there was a cat number {i}. It was happy." for i in range(40)]
+            _parquet(repo / "data" / "train-00000-of-00001.parquet", stories)
+            _parquet(repo / "data" / "validation-00000-of-00001.parquet", stories[:4])
+        monkeypatch.setitem(sources.HF_DATASETS, key, (str(repo), None, streaming))
+        return source  # unchanged: the hub loader itself reads the local folder
+    if source == "kjv":
+        path = tmp_path / "kjv.jsonl"  # the built-in corpus' own format: one JSON verse a line
+        with open(sources.kjv_path(), encoding="utf-8") as f:
+            path.write_text("".join(next(f) for _ in range(300)), encoding="utf-8")
+        return str(path)
+    path = tmp_path / "input.txt"  # tinyshakespeare: one plain text file (holding the prompt's characters)
+    path.write_text("O God, O God!\n" + TINY_TEXT, encoding="utf-8")
+    return str(path)
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_trains_a_few_steps_on_a_local_slice(name, tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
+    recipe = load_recipe(name)
+    source = _local_source(name, recipe.data.source, tmp_path, monkeypatch)
+    # Only the data, the batch and the budget change; the model is the recipe's, at full size.
+    cfg = load_recipe(name, {
+        "data.source": source, "data.shard_dir": str(tmp_path / "shards"), "data.num_workers": 1, "train.batch_size": 2,
+        "train.seq_len": 32, "train.grad_accum_steps": 1, "train.max_steps": 3, "train.max_epochs": 0,
+        "train.max_minutes": 0, "train.eval_interval": 3, "train.eval_batches": 2, "train.log_interval": 1,
+        "train.warmup_steps": min(recipe.train.warmup_steps, 1), "train.sample_interval": min(recipe.train.sample_interval, 2),
+        "sample.max_new_tokens": 5,
+    })  # fmt: skip
+    assert cfg.model == recipe.model and cfg.tokenizer == recipe.tokenizer
+    result = train(cfg, out=tmp_path / "run", progress_bar=False)
+    assert result.steps == 3 and math.isfinite(result.final_val["loss"])
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["seed"] == recipe.seed and saved["model"]["n_layer"] == recipe.model.n_layer
+    assert saved["model"]["d_ff"] == recipe.model.d_ff and saved["model"]["n_embd"] == recipe.model.n_embd
+
+
+def test_slm_recipes_prints_every_recipe_with_its_count(tmp_path, monkeypatch, capsys):
+    from slmkit.cli import main
+
+    monkeypatch.setenv("SLMKIT_CACHE", str(tmp_path))
+    assert main(["recipes"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    for name in RECIPES:
+        seed, vocab, params = EXPECTED[name]
+        assert f"seed={seed or '-'}" in lines[name]
+        if load_recipe(name).data.source != "tinyshakespeare":  # not downloaded here: reported, not guessed
+            assert f"{params:,} params" in lines[name] and f"vocab {vocab:,}" in lines[name]
+    assert "params need the corpus" in lines["shakespeare-char"]
