@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 
@@ -23,12 +24,11 @@ def tiny_corpus(tmp_path):
     return path
 
 
-@pytest.fixture
-def tiny_overrides(tiny_corpus, tmp_path):
-    """Overrides that make any recipe a seconds-long run of a 2-layer, 32-wide model."""
+def tiny_settings(corpus: Path, shard_dir: Path) -> dict:
+    """Overrides that make any recipe a seconds-long run of a 2-layer, 32-wide model on `corpus`."""
     return {
-        "data.source": str(tiny_corpus),
-        "data.shard_dir": str(tmp_path / "shards"),
+        "data.source": str(corpus),
+        "data.shard_dir": str(shard_dir),
         "model.n_layer": 2,
         "model.n_head": 2,
         "model.n_embd": 32,
@@ -42,6 +42,12 @@ def tiny_overrides(tiny_corpus, tmp_path):
         "train.log_interval": 5,
         "sample.max_new_tokens": 20,
     }
+
+
+@pytest.fixture
+def tiny_overrides(tiny_corpus, tmp_path):
+    """Overrides that make any recipe a seconds-long run of a 2-layer, 32-wide model."""
+    return tiny_settings(tiny_corpus, tmp_path / "shards")
 
 
 @pytest.fixture(scope="session")
@@ -53,23 +59,7 @@ def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_run")
     corpus = root / "corpus.txt"
     corpus.write_text(TINY_TEXT, encoding="utf-8")
-    overrides = {
-        "data.source": str(corpus),
-        "data.shard_dir": str(root / "shards"),
-        "model.n_layer": 2,
-        "model.n_head": 2,
-        "model.n_embd": 32,
-        "model.block_size": 32,
-        "train.batch_size": 8,
-        "train.max_steps": 20,
-        "train.max_minutes": 0,
-        "train.warmup_steps": 5,
-        "train.eval_interval": 10,
-        "train.eval_batches": 2,
-        "train.log_interval": 5,
-        "sample.max_new_tokens": 20,
-    }
-    train(load_recipe("kjv-char", overrides), out=root / "run", progress_bar=False)
+    train(load_recipe("kjv-char", tiny_settings(corpus, root / "shards")), out=root / "run", progress_bar=False)
     return root / "run"
 
 
