@@ -153,6 +153,7 @@ class TrainConfig:
     optimizer: str = "adamw"  # adamw | adam | muon (Muon for hidden matrices, AdamW for the rest)
     muon_lr: float = 0.02  # learning rate of the Muon group
     muon_momentum: float = 0.95
+    muon_ns_steps: int = 5  # Newton-Schulz iterations per Muon update (fewer: cheaper, less orthogonal)
     schedule: str = "cosine"  # constant | cosine | exponential | plateau (all after linear warmup)
     gamma: float = 0.95  # exponential: lr *= gamma per epoch
     plateau_factor: float = 0.5  # plateau: lr *= factor ...
@@ -177,7 +178,7 @@ class TrainConfig:
                 raise ConfigError(f"train.{key}={getattr(self, key)} must be a positive integer")
         for key in (
             "max_steps", "warmup_steps", "threads", "eval_batches", "plateau_patience", "early_stop_patience",
-            "max_epochs", "sample_interval", "keep_last_k", "seq_len",
+            "max_epochs", "sample_interval", "keep_last_k", "seq_len", "muon_ns_steps",
         ):  # fmt: skip
             if getattr(self, key) < 0:
                 raise ConfigError(f"train.{key}={getattr(self, key)} must be >= 0")

@@ -43,9 +43,66 @@ class KVCache:
         self.length = 0
 
 
+class _ReLUSquared(torch.autograd.Function):
+    """relu(x)**2 with a one-kernel backward, 2 * relu(x) * grad.
+
+    Autograd's own graph for F.relu(x).square() runs pow's and threshold's backward kernels,
+    ~10x slower on CPU (3.1 vs 0.26 ms fwd+bwd on a (16, 64, 512) tensor, 1 thread).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        r = torch.relu(x)
+        ctx.save_for_backward(r)
+        return r.square()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (r,) = ctx.saved_tensors
+        return (r + r).mul_(grad)
+
+
+class _RMSNormFn(torch.autograd.Function):
+    """x / rms(x) over the last dim (no weight), with a hand-written backward.
+
+    F.rms_norm is a composite of ~6 ops on CPU whose backward is ~2x slower than this one:
+    with y = x / rms(x), dx = (g - y * mean(g * y)) / rms(x).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, eps: float) -> torch.Tensor:
+        inv_rms = torch.rsqrt(x.square().mean(-1, keepdim=True).add_(eps))  # (..., 1)
+        y = x * inv_rms
+        ctx.save_for_backward(y, inv_rms)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        y, inv_rms = ctx.saved_tensors
+        return (grad - y * (grad * y).mean(-1, keepdim=True)).mul_(inv_rms), None
+
+
+def rms_norm(x: torch.Tensor, weight: Optional[torch.Tensor] = None, eps: float = RMS_EPS) -> torch.Tensor:
+    """RMSNorm over the last dim, equal to F.rms_norm(x, (C,), weight, eps) with a faster backward."""
+    y = _RMSNormFn.apply(x, eps)
+    return y if weight is None else y * weight
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm with a learned gain (no bias); state dict as nn.RMSNorm's (`weight`)."""
+
+    def __init__(self, dim: int, eps: float = RMS_EPS):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x, self.weight, self.eps)
+
+
 def _norm(config: GPTConfig) -> nn.Module:
     if config.norm == "rmsnorm":
-        return nn.RMSNorm(config.n_embd, eps=RMS_EPS)  # weight only: RMSNorm has no bias
+        return RMSNorm(config.n_embd)  # weight only: RMSNorm has no bias
     return nn.LayerNorm(config.n_embd, bias=config.bias)
 
 
@@ -82,7 +139,7 @@ class CausalSelfAttention(nn.Module):
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)
         if self.qk_norm:
-            q, k = F.rms_norm(q, (hs,), eps=RMS_EPS), F.rms_norm(k, (hs,), eps=RMS_EPS)  # no weight
+            q, k = rms_norm(q), rms_norm(k)  # no weight
         if rope is not None:
             q, k = _rotate(q, *rope), _rotate(k, *rope)
         mask, causal = None, True
@@ -124,7 +181,7 @@ class MLP(nn.Module):
         if self.kind == "gelu":
             h = self.gelu(self.c_fc(x))
         elif self.kind == "relu2":
-            h = F.relu(self.c_fc(x)).square()
+            h = _ReLUSquared.apply(self.c_fc(x))
         else:
             h = F.silu(self.c_gate(x)) * self.c_fc(x)
         return self.dropout(self.c_proj(h))

@@ -32,9 +32,13 @@ def orthogonalize(G: Tensor, steps: int = 5, eps: float = 1e-7) -> Tensor:
     if transposed:  # iterate on the wide form: X @ X.T is then the smaller product
         X = X.mT
     X = X / (torch.linalg.matrix_norm(X, keepdim=True) + eps)  # spectral norm <= Frobenius norm <= 1
+    shape = X.shape
+    X = X.reshape(-1, *shape[-2:])  # (batch, m, n), m <= n
     for _ in range(steps):
-        A = X @ X.mT
-        X = a * X + (b * A + c * A @ A) @ X
+        A = torch.bmm(X, X.mT)  # (batch, m, m)
+        # X <- a X + (b A + c A^2) X, the scalings folded into baddbmm (no separate elementwise passes)
+        X = torch.baddbmm(X, torch.baddbmm(A, A, A, beta=b, alpha=c), X, beta=a)
+    X = X.reshape(shape)
     return (X.mT if transposed else X).to(G.dtype)
 
 
@@ -115,7 +119,7 @@ def make_optimizers(model: nn.Module, cfg: TrainConfig, device: torch.device) ->
     ]
     if hidden:
         muon_group = {"params": hidden, "base_lr": cfg.muon_lr}
-        optimizers.append(Muon([muon_group], lr=cfg.muon_lr, momentum=cfg.muon_momentum))
+        optimizers.append(Muon([muon_group], lr=cfg.muon_lr, momentum=cfg.muon_momentum, ns_steps=cfg.muon_ns_steps))
     return optimizers
 
 
