@@ -139,6 +139,7 @@ class TrainConfig:
     min_lr: float = 1e-4  # cosine decays to this
     warmup_steps: int = 100
     weight_decay: float = 0.1
+    decay_embeddings: bool = False  # also decay the embedding tables (nanoGPT decays every 2-D tensor)
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0  # max global grad norm; 0 = off

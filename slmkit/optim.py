@@ -95,7 +95,8 @@ class Muon(torch.optim.Optimizer):
 def make_optimizers(model: nn.Module, cfg: TrainConfig, device: torch.device) -> list[torch.optim.Optimizer]:
     """The optimizers train.optimizer names; each group keeps its base lr in `base_lr`.
 
-    adamw/adam: weight decay on matrices only (not on norms, biases or embeddings).
+    adamw/adam: weight decay on matrices only (not on norms, biases, or embeddings unless
+    train.decay_embeddings).
     muon: Muon for the 2-D matrices inside the transformer blocks, AdamW for everything else.
     """
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
@@ -103,7 +104,7 @@ def make_optimizers(model: nn.Module, cfg: TrainConfig, device: torch.device) ->
     for name, p in model.named_parameters():  # tied weights appear once
         if cfg.optimizer == "muon" and p.dim() == 2 and ".h." in f".{name}" and id(p) not in embeddings:
             hidden.append(p)
-        elif p.dim() >= 2 and id(p) not in embeddings:
+        elif p.dim() >= 2 and (cfg.decay_embeddings or id(p) not in embeddings):
             decay.append(p)
         else:
             no_decay.append(p)

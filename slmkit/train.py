@@ -424,6 +424,7 @@ def train(
         val_loss, events = None, []
         if eval_now:
             val_loss = evaluate()
+            progress["elapsed"] = time.perf_counter() - start  # a target reached counts the evaluation's time
             log.info(f"step {progress['step']}: train {train_loss:.4f}, val {val_loss:.4f}")
             if math.isfinite(val_loss):  # a diverged model never overwrites the last good checkpoint
                 if val_loss < progress["best_val_loss"]:

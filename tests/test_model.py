@@ -3,7 +3,7 @@ import torch
 
 from slmkit.checkpoint import load_weights, save_weights
 from slmkit.config import ConfigError
-from slmkit.model import GPT, GPTConfig
+from slmkit.model import GPT, GPTConfig, RMSNorm, _ReLUSquared, rms_norm
 
 
 def tiny_config(**kw) -> GPTConfig:
@@ -193,7 +193,7 @@ def test_zero_init_and_untied_embeddings():
 
 def test_norm_and_mlp_modules():
     model = GPT(tiny_config(norm="rmsnorm", mlp="relu2", qk_norm=True))
-    assert isinstance(model.transformer.h[0].ln_1, torch.nn.RMSNorm) and isinstance(model.transformer.ln_f, torch.nn.RMSNorm)
+    assert isinstance(model.transformer.h[0].ln_1, RMSNorm) and isinstance(model.transformer.ln_f, RMSNorm)
     mlp = model.transformer.h[0].mlp
     x = torch.randn(3, 32)
     assert torch.allclose(mlp(x), mlp.c_proj(torch.relu(mlp.c_fc(x)) ** 2))
@@ -237,3 +237,48 @@ def test_every_option_learns(options):
         loss.backward()
         opt.step()
     assert loss.item() < 1.3  # from ln(28) = 3.3 at the start
+
+
+def _value_and_grads(fn, *inputs, grad_out):
+    inputs = [t.detach().clone().requires_grad_(True) for t in inputs]
+    out = fn(*inputs)
+    out.backward(grad_out)
+    return out.detach(), [t.grad for t in inputs]
+
+
+def test_relu_squared_matches_autograd_of_the_formula():
+    torch.manual_seed(0)
+    x = torch.randn(4, 8, 48, dtype=torch.float64)
+    x[0, 0, :4] = 0.0  # relu's kink: both give the gradient 0 there
+    g = torch.randn_like(x)
+    ours, (dx,) = _value_and_grads(_ReLUSquared.apply, x, grad_out=g)
+    ref, (ref_dx,) = _value_and_grads(lambda t: torch.relu(t).square(), x, grad_out=g)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=0)
+    torch.testing.assert_close(dx, ref_dx, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(_ReLUSquared.apply, (x[:1, :2].clone().requires_grad_(True),))
+
+
+@pytest.mark.parametrize("with_weight", [False, True])
+def test_rms_norm_matches_torch_values_and_gradients(with_weight):
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 32, dtype=torch.float64) * 3
+    w = torch.randn(32, dtype=torch.float64)
+    g = torch.randn_like(x)
+    inputs = (x, w) if with_weight else (x,)
+    ours, grads = _value_and_grads(lambda *t: rms_norm(*t, eps=1e-6), *inputs, grad_out=g)
+    ref, ref_grads = _value_and_grads(
+        lambda *t: torch.nn.functional.rms_norm(t[0], (32,), *t[1:], eps=1e-6), *inputs, grad_out=g
+    )
+    torch.testing.assert_close(ours, ref)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b)
+    assert torch.autograd.gradcheck(lambda t: rms_norm(t), (x[:1, :2].clone().requires_grad_(True),))
+
+
+def test_rmsnorm_module_loads_torch_rmsnorm_state():
+    ours, theirs = RMSNorm(16), torch.nn.RMSNorm(16, eps=1e-6)
+    with torch.no_grad():
+        theirs.weight.normal_()
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(2, 7, 16)
+    torch.testing.assert_close(ours(x), theirs(x))

@@ -66,3 +66,43 @@ def test_muon_batched_step_matches_one_matrix_at_a_time():
     for p, q in zip(params, singles):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
     assert not torch.equal(params[0], params[1])
+
+
+def test_orthogonalize_is_the_quintic_newton_schulz_iteration():
+    """The baddbmm form computes X <- aX + (bA + cA^2)X with A = XX^T, wide side inward."""
+    torch.manual_seed(0)
+    a, b, c = 3.4445, -4.7750, 2.0315
+    for shape, steps in [((2, 48, 16), 5), ((16, 40), 3)]:
+        G = torch.randn(*shape)  # orthogonalize works in fp32
+        X = G.mT if shape[-2] > shape[-1] else G
+        X = X / torch.linalg.matrix_norm(X, keepdim=True)
+        for _ in range(steps):
+            A = X @ X.mT
+            X = a * X + (b * A + c * A @ A) @ X
+        expected = X.mT if shape[-2] > shape[-1] else X
+        torch.testing.assert_close(orthogonalize(G, steps, eps=0.0), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_muon_ns_steps_reaches_the_optimizer():
+    from slmkit.config import TrainConfig
+    from slmkit.optim import make_optimizers
+
+    model = torch.nn.Module()
+    model.h = torch.nn.ModuleList([torch.nn.Linear(8, 8)])
+    _, muon = make_optimizers(model, TrainConfig(optimizer="muon", muon_ns_steps=3), torch.device("cpu"))
+    assert muon.param_groups[0]["ns_steps"] == 3
+
+
+def test_decay_embeddings_moves_the_tables_into_the_decayed_group():
+    from slmkit.config import ModelConfig, TrainConfig
+    from slmkit.model import GPT
+    from slmkit.optim import make_optimizers
+
+    model = GPT(ModelConfig(vocab_size=50, n_layer=1, n_head=2, n_embd=16, block_size=8))
+    wte, wpe = model.transformer.wte.weight, model.transformer.wpe.weight
+    for flag in (False, True):
+        (adamw,) = make_optimizers(model, TrainConfig(decay_embeddings=flag), torch.device("cpu"))
+        decayed = {id(p) for g in adamw.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+        assert (id(wte) in decayed, id(wpe) in decayed) == (flag, flag)
+        assert id(model.transformer.h[0].attn.c_attn.weight) in decayed
+        assert id(model.transformer.ln_f.weight) not in decayed  # norms never

@@ -13,10 +13,11 @@ from slmkit.train import train
 def test_speedrun_recipe_builds_its_model_and_trains(name, tiny_corpus, tmp_path):
     cfg = load_recipe(name)
     assert cfg.data.source == "tinyshakespeare" and cfg.tokenizer.kind == "char"
-    assert (cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd) == (4, 4, 128)
+    assert (cfg.model.n_head, cfg.model.n_embd, cfg.model.block_size) == (4, 128, 64)
     cfg.model.vocab_size = 65  # Tiny Shakespeare's characters
     n = GPT(cfg.model).num_parameters()
-    assert 0.7e6 < n < 0.9e6, n  # nanoGPT's baby model: 0.80M parameters
+    # nanoGPT's baby model (4 layers): 0.80M parameters; our fastest has 2 of its layers: 0.40M
+    assert (0.7e6 < n < 0.9e6) if name == "speedrun-baseline" else (0.35e6 < n < 0.45e6), n
     overrides = {
         "data.source": str(tiny_corpus),
         "data.shard_dir": str(tmp_path / "shards"),
@@ -46,3 +47,4 @@ def test_baseline_is_nanogpts_recipe():
         12, "adamw", 1e-3, 1e-4, 100, 2000, 0.99, 0.1,
     )  # fmt: skip
     assert (t.schedule, t.grad_clip, t.eval_batches) == ("cosine", 1.0, 0)  # evaluations on the full val split
+    assert t.decay_embeddings  # nanoGPT's AdamW decays every 2-D tensor
