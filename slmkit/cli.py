@@ -213,11 +213,18 @@ def _cmd_import_hf(args: argparse.Namespace) -> None:
     print(import_hf(args.folder, args.out))
 
 
-def _cmd_recipes() -> None:
+def _cmd_recipes(args: argparse.Namespace) -> None:
     from .recipes import summarize_recipes
 
     for row in summarize_recipes():
         print(row.line())
+
+
+_WITH_OVERRIDES = {"train": _cmd_train, "prepare": _cmd_prepare, "finetune": _cmd_finetune, "serve": _cmd_serve}
+_COMMANDS = {
+    "sample": _cmd_sample, "recipes": _cmd_recipes, "data": _cmd_data, "eval": _cmd_eval, "plot": _cmd_plot,
+    "quantize": _cmd_quantize, "export": _cmd_export, "import-hf": _cmd_import_hf,
+}  # fmt: skip
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -230,30 +237,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.command is None:
             parser.print_help()
             return 2
-        if args.command in ("train", "prepare", "finetune"):
-            overrides = parse_overrides(rest)
-            {"train": _cmd_train, "prepare": _cmd_prepare, "finetune": _cmd_finetune}[args.command](args, overrides)
-        elif args.command == "serve":
-            _cmd_serve(args, parse_overrides(rest))
+        if args.command in _WITH_OVERRIDES:  # these take --section.key=value overrides
+            _WITH_OVERRIDES[args.command](args, parse_overrides(rest))
         else:
             if rest:
                 raise ConfigError(f"unrecognized arguments: {' '.join(rest)}; see `slm {args.command} --help`")
-            if args.command == "sample":
-                _cmd_sample(args)
-            elif args.command == "recipes":
-                _cmd_recipes()
-            elif args.command == "data":
-                _cmd_data(args)
-            elif args.command == "eval":
-                _cmd_eval(args)
-            elif args.command == "plot":
-                _cmd_plot(args)
-            elif args.command == "quantize":
-                _cmd_quantize(args)
-            elif args.command == "export":
-                _cmd_export(args)
-            elif args.command == "import-hf":
-                _cmd_import_hf(args)
+            _COMMANDS[args.command](args)
     except SlmError as e:
         print(f"slm: error: {e}", file=sys.stderr)
         return 1
