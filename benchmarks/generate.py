@@ -1,6 +1,6 @@
 """Generation speed: tokens/s with the KV cache against recomputing the whole window at every step.
 
-    PYTHONPATH=. python benchmarks/generate.py [--tokens 500] [--repeats 5] [--run runs/kjv-char]
+    python -P benchmarks/generate.py [--tokens 500] [--repeats 5] [--run runs/kjv-char]
 
 The model is the default recipe's shape (recipes/kjv-char.yaml: 4 layers, 4 heads, 128 wide,
 block 128, 65 characters); the trained run's weights when the run folder exists, random weights
@@ -24,8 +24,9 @@ from slmkit.model import GPT
 
 def build_model(run: Path) -> tuple[GPT, str]:
     """The trained default model if `run` holds one, else the same shape with random weights."""
-    if (run / "model.safetensors").is_file():
-        from slmkit.checkpoint import load_run
+    from slmkit.checkpoint import BEST, load_run
+
+    if (run / BEST).is_file():
 
         return load_run(run).model, f"trained weights from {run}"
     cfg = load_recipe("kjv-char").model

@@ -1,6 +1,6 @@
 """fp32 vs dynamic int8 (`slm quantize`) on a trained run: file size, CPU generation speed, val perplexity.
 
-    python benchmarks/quantize.py --run runs/kjv-10m [--threads 1] [--repeats 5] [--eval-tokens 0]
+    python -P benchmarks/quantize.py --run runs/kjv-10m [--threads 1] [--repeats 5] [--eval-tokens 0]
 
 Generation speed: greedy decoding of --new-tokens tokens from the same prompt, fp32 and int8
 interleaved in each repeat (the machine is shared), medians reported. Perplexity: both models
@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from slmkit.checkpoint import BEST, load_run
+from slmkit.checkpoint import load_run
 from slmkit.evaluate import mean_loss, report, split_tokens
 from slmkit.generate import sample_ids
-from slmkit.quantize import INT8, quantize_run
+from slmkit.quantize import quantize_run
 
 
 def tokens_per_second(model, prompt: list[int], new_tokens: int) -> float:
@@ -39,12 +39,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     run_dir = Path(args.run)
 
-    quantize_run(run_dir)
-    fp32, int8 = load_run(run_dir).model, load_run(run_dir, int8=True).model
-    n_params = fp32.num_parameters()
-    size_fp32, size_int8 = (run_dir / BEST).stat().st_size, (run_dir / INT8).stat().st_size
-
+    sizes = quantize_run(run_dir)
     run = load_run(run_dir)
+    fp32, int8 = run.model, load_run(run_dir, int8=True).model
+    n_params = fp32.num_parameters()
+    size_fp32, size_int8 = sizes.bytes_fp32, sizes.bytes_int8
+
     prompt = run.tokenizer.encode("And God said")
     speeds: dict[str, list[float]] = {"fp32": [], "int8": []}
     tokens_per_second(fp32, prompt, 10), tokens_per_second(int8, prompt, 10)  # warm-up

@@ -147,7 +147,7 @@ def main() -> None:
             bare += bare_loop_ms(load_recipe(str(BASELINE), overrides), args.overhead_steps)
             ours += train_loop_ms(load_recipe(str(BASELINE), overrides), args.overhead_steps, work / f"overhead{i}")
         cfg = load_recipe(str(BASELINE), overrides)
-        cfg.model.vocab_size = 65
+        cfg.model.vocab_size = load_prepared(shard_dir_for(cfg))[0].vocab_size
         tokens = cfg.train.batch_size * cfg.model.block_size
         flops = GPT(cfg.model).flops_per_token()
         for label, ms in (("bare nanoGPT-style loop", bare), ("slmkit train()", ours)):

@@ -9,7 +9,7 @@ On a text made by repeating the KJV (--mb megabytes, default 200):
      `tokenizers` training on the same file.
 Each side runs in a fresh process; --repeats N interleaves them and reports medians.
 
-    python benchmarks/tokenize.py [--mb 200] [--small-mb 50] [--workers 2] [--repeats 1]
+    python -P benchmarks/tokenize.py [--mb 200] [--small-mb 50] [--workers 2] [--repeats 1]
 """
 
 from __future__ import annotations

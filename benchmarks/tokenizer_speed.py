@@ -1,6 +1,6 @@
 """Fit and encode speed of every tokenizer kind on the built-in KJV corpus (31,103 verses, 4.3 MB).
 
-    python benchmarks/tokenizer_speed.py [--vocab-size 8000]
+    python -P benchmarks/tokenizer_speed.py [--vocab-size 8000]
 """
 
 from __future__ import annotations

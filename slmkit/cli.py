@@ -117,7 +117,7 @@ def _cmd_prepare(args: argparse.Namespace, overrides: dict) -> None:
 
 def _cmd_sample(args: argparse.Namespace) -> None:
     from .checkpoint import LAST, BEST, load_run
-    from .config import ConfigError, SampleConfig
+    from .config import SampleConfig
     from .generate import stream
 
     run = load_run(args.run, weights=LAST if args.last else BEST, int8=args.int8)

@@ -29,7 +29,7 @@ def mean_loss(model: GPT, tokens: np.ndarray, batch_size: int = 32) -> float:
     """
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    device = model.device
     T = model.config.block_size
     n = len(tokens) - 1  # tokens that have a target
     total, count = 0.0, 0

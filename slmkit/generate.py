@@ -68,7 +68,7 @@ def next_logits(model: GPT, ids: list[int], max_new_tokens: int, use_cache: bool
         raise ValueError("generation needs at least one context id (e.g. the tokenizer's eot_id)")
     was_training = model.training
     model.eval()  # no dropout; the caller's mode comes back when the generator is closed
-    device = model.transformer.wte.weight.device  # not lm_head: it may be a quantized Linear
+    device = model.device
     block_size = model.config.block_size
     keep = max(1, block_size // 2)  # tokens kept when the window slides (see the module docstring)
     seq = torch.empty(len(ids) + max_new_tokens, dtype=torch.long, device=device)  # every id so far
@@ -110,7 +110,7 @@ def sample_ids(
     steps = next_logits(model, ids, max_new_tokens, use_cache)
     seen = None
     if repetition_penalty != 1.0:
-        device = model.transformer.wte.weight.device  # not lm_head: it may be a quantized Linear
+        device = model.device
         seen = torch.zeros(model.config.vocab_size, dtype=torch.bool, device=device)  # ids in the context
         seen[torch.tensor(ids, device=device)] = True
     token = None

@@ -277,10 +277,14 @@ class GPT(nn.Module):
                 n -= self.transformer.wte.weight.numel()
         return n
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model lives (read off the token embedding: lm_head may be a quantized Linear)."""
+        return self.transformer.wte.weight.device
+
     def new_cache(self, batch_size: int = 1) -> KVCache:
         """An empty KV cache for this model (block_size tokens, on the model's device and dtype)."""
-        w = self.transformer.wte.weight  # not lm_head: it may be a quantized Linear
-        return KVCache(self.config, batch_size, device=w.device, dtype=w.dtype)
+        return KVCache(self.config, batch_size, device=self.device, dtype=self.transformer.wte.weight.dtype)
 
     def forward(
         self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None, cache: Optional[KVCache] = None

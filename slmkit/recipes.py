@@ -9,9 +9,11 @@ from typing import Optional
 from .config import RunConfig, list_recipes, load_recipe
 from .data import sources
 from .model import count_parameters
+from .tokenizer import bpe, gpt2, word
 
-FIXED_VOCAB = {"gpt2": 50257}  # tokenizers whose vocabulary does not depend on the corpus
-DEFAULT_VOCAB = {"word": 10000, "bpe": 30000, "wordpiece": 30000}  # tokenizer.vocab_size=0 means these
+FIXED_VOCAB = {"gpt2": gpt2.VOCAB_SIZE}  # tokenizers whose vocabulary does not depend on the corpus
+# tokenizer.vocab_size=0 means these
+DEFAULT_VOCAB = {"word": word.DEFAULT_VOCAB_SIZE, "bpe": bpe.DEFAULT_VOCAB_SIZE, "wordpiece": bpe.DEFAULT_VOCAB_SIZE}
 
 
 @dataclass
@@ -44,8 +46,7 @@ def _local_char_source(cfg: RunConfig) -> Optional[str]:
     if source == "kjv":
         return "built in"
     if source == "tinyshakespeare":
-        cached = sources.cache_dir() / "tinyshakespeare.txt"
-        return "cached" if cached.is_file() and cached.stat().st_size == sources.TINYSHAKESPEARE_SIZE else None
+        return "cached" if sources.tinyshakespeare_cached() else None
     if source.startswith("hf:"):
         return None
     return "local" if Path(source).exists() or any(c in source for c in "*?[") else None

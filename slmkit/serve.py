@@ -76,9 +76,8 @@ class Job:
     """One validated request, ready for generate.stream."""
 
     prompt: str
-    kwargs: dict[str, Any]
-    stop: list[str]
-    max_tokens: int
+    prompt_tokens: int
+    kwargs: dict[str, Any]  # generate.stream's arguments besides the model, tokenizer and prompt
 
 
 class Server:
@@ -117,16 +116,17 @@ class Server:
         stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
         if len(stop) > MAX_STOP_STRINGS or any(s == "" for s in stop):
             raise RequestError(422, f"stop: give up to {MAX_STOP_STRINGS} non-empty strings", "stop")
+        prompt_tokens = 0
         if prompt:
             try:
-                self.run.tokenizer.encode(prompt)
+                prompt_tokens = len(self.run.tokenizer.encode(prompt))
             except SlmError as e:
                 raise RequestError(422, f"prompt: {e}", "prompt") from None
         kwargs = dict(
             max_new_tokens=req.max_tokens, temperature=req.temperature, top_k=req.top_k, top_p=req.top_p,
             repetition_penalty=req.repetition_penalty, stop=stop or None, seed=req.seed,
         )
-        return Job(prompt=prompt, kwargs=kwargs, stop=stop, max_tokens=req.max_tokens)
+        return Job(prompt=prompt, prompt_tokens=prompt_tokens, kwargs=kwargs)
 
     def _generate(self, job: Job, cancelled: threading.Event) -> Iterator[str]:
         """Text pieces for `job`, one generation at a time; stops early once `cancelled` is set."""
@@ -172,10 +172,9 @@ class Server:
 
     def usage(self, job: Job, text: str) -> dict[str, int]:
         """Token counts (the completion re-encoded, so exact for char tokenizers, close for others)."""
-        encode = self.run.tokenizer.encode
-        prompt_tokens = len(encode(job.prompt)) if job.prompt else 0
+        prompt_tokens = job.prompt_tokens
         try:
-            completion_tokens = len(encode(text)) if text else 0
+            completion_tokens = len(self.run.tokenizer.encode(text)) if text else 0
         except SlmError:
             completion_tokens = len(text)
         return {
@@ -186,7 +185,8 @@ class Server:
 
     def finish_reason(self, job: Job, usage: dict[str, int]) -> str:
         """'length' when max_tokens ran out, 'stop' when a stop string (or the model) ended the text first."""
-        return "stop" if job.stop and usage["completion_tokens"] < job.max_tokens else "length"
+        stopped_early = usage["completion_tokens"] < job.kwargs["max_new_tokens"]
+        return "stop" if job.kwargs["stop"] and stopped_early else "length"
 
 
 async def read_body(request: Request, limit: int) -> bytes:

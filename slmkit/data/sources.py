@@ -100,12 +100,18 @@ def fetch_verified(url: str, dest: Path, size: int, sha256: str) -> Path:
     return dest
 
 
+def tinyshakespeare_cached() -> Optional[Path]:
+    """The cached tinyshakespeare.txt if one of the right size is there (not yet hash-checked), else None."""
+    dest = cache_dir() / "tinyshakespeare.txt"
+    return dest if dest.is_file() and dest.stat().st_size == TINYSHAKESPEARE_SIZE else None
+
+
 def tinyshakespeare_path() -> Path:
     """tinyshakespeare's input.txt in the cache, downloaded and verified the first time."""
+    cached = tinyshakespeare_cached()
+    if cached and hashlib.sha256(cached.read_bytes()).hexdigest() == TINYSHAKESPEARE_SHA256:
+        return cached
     dest = cache_dir() / "tinyshakespeare.txt"
-    if dest.is_file() and dest.stat().st_size == TINYSHAKESPEARE_SIZE:
-        if hashlib.sha256(dest.read_bytes()).hexdigest() == TINYSHAKESPEARE_SHA256:
-            return dest
     url = os.environ.get("SLMKIT_TINYSHAKESPEARE_URL") or TINYSHAKESPEARE_URL
     return fetch_verified(url, dest, TINYSHAKESPEARE_SIZE, TINYSHAKESPEARE_SHA256)
 
