@@ -27,7 +27,7 @@ from .config import ModelConfig, RunConfig, TokenizerConfig
 from .errors import ExportError, SlmError
 from .model import GPT
 from .tokenizer import GPT2Tokenizer, HFTokenizer, Tokenizer, load_tokenizer
-from .tokenizer.gpt2 import ENCODER_JSON, EOT, check_files, gpt2_data_dir
+from .tokenizer.gpt2 import ENCODER_JSON, EOT, VOCAB_SIZE, check_files, gpt2_data_dir
 
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 # Model options (added by later slmkit versions) and the one value GPT-2 can represent.
@@ -37,17 +37,13 @@ LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, used by our model
 
 
 def _d_ff(cfg: ModelConfig) -> int:
-    return getattr(cfg, "d_ff", 0) or 4 * cfg.n_embd
-
-
-def _tied(cfg: ModelConfig) -> bool:
-    return bool(getattr(cfg, "tie_embeddings", True))
+    return cfg.d_ff or 4 * cfg.n_embd
 
 
 def check_gpt2_compatible(cfg: ModelConfig) -> None:
     """Raise ExportError naming the first model option GPT-2 cannot represent."""
     for key, value in GPT2_ONLY.items():
-        actual = getattr(cfg, key, value)
+        actual = getattr(cfg, key)
         if actual != value:
             raise ExportError(
                 f"model.{key}={actual!r} has no Hugging Face GPT-2 equivalent (GPT-2 needs {value!r}); "
@@ -75,7 +71,7 @@ def gpt2_config(cfg: ModelConfig, eot_id: int) -> dict:
         "scale_attn_weights": True,
         "scale_attn_by_inverse_layer_idx": False,
         "reorder_and_upcast_attn": False,
-        "tie_word_embeddings": _tied(cfg),
+        "tie_word_embeddings": cfg.tie_embeddings,
         "use_cache": True,
         "bos_token_id": eot_id,
         "eos_token_id": eot_id,
@@ -90,7 +86,7 @@ def to_gpt2_state(model: GPT) -> dict[str, torch.Tensor]:
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     out: dict[str, torch.Tensor] = {}
     for name, tensor in state.items():
-        if name == "lm_head.weight" and _tied(cfg):
+        if name == "lm_head.weight" and cfg.tie_embeddings:
             continue  # tied to transformer.wte.weight; transformers ties it again on load
         out[name] = (tensor.t() if name.endswith(CONV1D) else tensor).contiguous()
     # GPT-2 always has biases; a zero bias computes exactly what no bias does
@@ -103,7 +99,7 @@ def to_gpt2_state(model: GPT) -> dict[str, torch.Tensor]:
     expected = {"transformer.wte.weight", "transformer.wpe.weight", "transformer.ln_f.weight", "transformer.ln_f.bias"}
     for i in range(cfg.n_layer):
         expected |= {f"transformer.h.{i}.{layer}.{p}" for layer in layer_biases for p in ("weight", "bias")}
-    if not _tied(cfg):
+    if not cfg.tie_embeddings:
         expected.add("lm_head.weight")
     unmapped = sorted(set(out) - expected)
     if unmapped or expected - set(out):
@@ -185,10 +181,6 @@ def model_config_from_gpt2(hf: dict, origin: str) -> ModelConfig:
          f"layer_norm_epsilon {hf.get('layer_norm_epsilon')} (slmkit uses {LAYER_NORM_EPS})"),
         (hf.get("scale_attn_weights", True), "scale_attn_weights false"),
         (not hf.get("scale_attn_by_inverse_layer_idx", False), "scale_attn_by_inverse_layer_idx true"),
-        (hf.get("n_inner") in (None, 4 * n_embd) or hasattr(ModelConfig, "d_ff"),
-         f"n_inner {hf.get('n_inner')} (this slmkit's MLP is 4 x n_embd wide)"),
-        (hf.get("tie_word_embeddings", True) or hasattr(ModelConfig, "tie_embeddings"),
-         "untied input and output embeddings"),
     ]
     for ok, what in checks:
         if not ok:
@@ -200,12 +192,10 @@ def model_config_from_gpt2(hf: dict, origin: str) -> ModelConfig:
         block_size=int(hf.get("n_positions", 1024)),
         dropout=float(hf.get("resid_pdrop", 0.0)),
         bias=True,
-        vocab_size=int(hf.get("vocab_size", 50257)),
+        vocab_size=int(hf.get("vocab_size", VOCAB_SIZE)),
+        d_ff=0 if hf.get("n_inner") in (None, 4 * n_embd) else int(hf["n_inner"]),
+        tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
     )
-    if hf.get("n_inner") not in (None, 4 * n_embd):
-        cfg.d_ff = int(hf["n_inner"])  # type: ignore[attr-defined]
-    if not hf.get("tie_word_embeddings", True):
-        cfg.tie_embeddings = False  # type: ignore[attr-defined]
     cfg.validate()
     return cfg
 
@@ -236,7 +226,7 @@ def from_gpt2_state(hf_state: dict[str, torch.Tensor], cfg: ModelConfig, origin:
             name = f"transformer.{name}"  # saved from GPT2Model rather than GPT2LMHeadModel
         state[name] = tensor.t() if name.endswith(CONV1D) else tensor
     model = GPT(cfg)
-    tied = _tied(cfg)
+    tied = cfg.tie_embeddings
     if tied:
         state.pop("lm_head.weight", None)  # the same tensor as transformer.wte.weight
     try:
@@ -265,7 +255,7 @@ def _read_tokenizer(folder: Path) -> Tokenizer:
         return GPT2Tokenizer()
     if (folder / "tokenizer.json").is_file():
         tokenizer = load_tokenizer(folder / "tokenizer.json")
-        if tokenizer.vocab_size == 50257 and isinstance(tokenizer, HFTokenizer) and tokenizer.kind == "bpe":
+        if tokenizer.vocab_size == VOCAB_SIZE and isinstance(tokenizer, HFTokenizer) and tokenizer.kind == "bpe":
             try:
                 if tokenizer.backend.get_vocab() == json.loads(
                     (gpt2_data_dir() / ENCODER_JSON).read_text(encoding="utf-8")

@@ -43,8 +43,9 @@ def _quiet() -> Iterator[None]:
         yield
 
 
-def quantize_model(model: GPT) -> nn.Module:
-    """A copy of `model` with every nn.Linear of its blocks as a dynamic int8 Linear (lm_head stays fp32)."""
+def quantize_model(model: GPT, inplace: bool = False) -> nn.Module:
+    """A copy of `model` (or `model` itself, inplace) with every nn.Linear of its blocks as a dynamic
+    int8 Linear (lm_head stays fp32)."""
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
     torch.backends.quantized.engine = "fbgemm" if "fbgemm" in torch.backends.quantized.supported_engines else "qnnpack"
@@ -54,7 +55,7 @@ def quantize_model(model: GPT) -> nn.Module:
         if isinstance(m, nn.Linear) and name != "lm_head"
     }
     with _quiet():
-        return quantize_dynamic(model.cpu().eval(), spec, dtype=torch.qint8)
+        return quantize_dynamic(model.cpu().eval(), spec, dtype=torch.qint8, inplace=inplace)
 
 
 def _quantized_linears(qmodel: nn.Module) -> dict[str, nn.Module]:
@@ -69,7 +70,7 @@ def int8_state(model: GPT) -> dict[str, torch.Tensor]:
     linears = _quantized_linears(qmodel)
     out: dict[str, torch.Tensor] = {}
     for name, param in model.state_dict().items():
-        if name.rpartition(".")[0] not in linears and not (name == "lm_head.weight" and _tied(model)):
+        if name.rpartition(".")[0] not in linears and not (name == "lm_head.weight" and model.config.tie_embeddings):
             out[name] = param.detach().contiguous()  # embeddings, norms, lm_head (stored once when tied)
     for name, layer in linears.items():
         with _quiet():
@@ -80,10 +81,6 @@ def int8_state(model: GPT) -> dict[str, torch.Tensor]:
         if bias is not None:
             out[f"{name}.bias"] = bias.detach().contiguous()
     return out
-
-
-def _tied(model: GPT) -> bool:
-    return model.lm_head.weight is model.transformer.wte.weight
 
 
 def save_int8(model: GPT, path: Path) -> None:
@@ -109,13 +106,13 @@ def load_int8(config: ModelConfig, path: Path) -> nn.Module:
     floats = {k: v for k, v in tensors.items() if v.dtype != torch.int8 and not k.endswith(".weight_scale")}
     linear_weights = {k for k, v in tensors.items() if v.dtype == torch.int8}
     missing, unexpected = model.load_state_dict(floats, strict=False)
-    missing = [k for k in missing if k not in linear_weights and not (k == "lm_head.weight" and _tied(model))]
+    missing = [k for k in missing if k not in linear_weights and not (k == "lm_head.weight" and model.config.tie_embeddings)]
     if missing or unexpected:
         raise CheckpointError(
             f"{path} does not fit the model in config.yaml (missing {sorted(missing)[:3]}, "
             f"unexpected {sorted(unexpected)[:3]}); re-run `slm quantize`"
         )
-    qmodel = quantize_model(model)
+    qmodel = quantize_model(model, inplace=True)  # `model` was built here for this alone
     for name, layer in _quantized_linears(qmodel).items():
         if f"{name}.weight" not in tensors:
             raise CheckpointError(f"{path} lacks {name}.weight; re-run `slm quantize`")

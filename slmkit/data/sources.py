@@ -364,7 +364,9 @@ class Corpus:
         self.cfg = cfg
         self.source = cfg.source
         self._files: Optional[list[Path]] = None
-        self._count: Optional[int] = None
+        self._counts: Optional[list[int]] = None  # documents per local file (records, or 1 for a text file)
+        self._verses: Optional[list[str]] = None  # the KJV, read once
+        self._hf_splits: Any = None  # the loaded dataset's splits, loaded once
         self._chars: Optional[int] = None
         if cfg.source.startswith("hf:"):
             hf_dataset_id(cfg.source)  # a malformed id fails now
@@ -423,23 +425,28 @@ class Corpus:
 
     # -- local sources: documents are iterables of raw text pieces
 
+    def _kjv(self) -> list[str]:
+        if self._verses is None:
+            self._verses = read_kjv()
+        return self._verses
+
+    def _file_counts(self) -> list[int]:
+        assert self._files is not None
+        if self._counts is None:
+            self._counts = [_count_records(p) if p.suffix in RECORD_SUFFIXES else 1 for p in self._files]
+        return self._counts
+
     def _document_count(self) -> int:
-        if self._count is None:
-            if self._files is None:
-                self._count = len(read_kjv())
-            else:
-                self._count = sum(_count_records(p) if p.suffix in RECORD_SUFFIXES else 1 for p in self._files)
-        return self._count
+        return len(self._kjv()) if self._files is None else sum(self._file_counts())
 
     def _raw_documents(self, skip: int = 0) -> Iterator[Iterable[str]]:
         """Each document as an iterable of raw pieces; the first `skip` ones are not read."""
         if self._files is None:
-            yield from ([verse] for verse in read_kjv()[skip:])
+            yield from ([verse] for verse in self._kjv()[skip:])
             return
         index = 0
-        for path in self._files:
+        for path, n in zip(self._files, self._file_counts()):
             if path.suffix in RECORD_SUFFIXES:
-                n = _count_records(path)
                 if index + n <= skip:
                     index += n
                     continue
@@ -475,7 +482,9 @@ class Corpus:
 
     def _hf_documents(self, split: str) -> Iterator[str]:
         repo, config, streaming = hf_dataset_id(self.source)
-        splits = load_hf(repo, config, streaming)
+        if self._hf_splits is None:  # a streamed split is iterable again from its start
+            self._hf_splits = load_hf(repo, config, streaming)
+        splits = self._hf_splits
         if "train" not in splits:
             raise DataError(f"Hugging Face dataset {repo!r} has no train split (it has {', '.join(splits)})")
         val_name = next((name for name in HF_VAL_SPLITS if name in splits), None)
