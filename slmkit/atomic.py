@@ -24,6 +24,13 @@ def _free_bytes(folder: Path) -> int:
         return 2**62
 
 
+def current_umask() -> int:
+    """The process umask (reading it means setting it, so it is set back at once)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def write_failure(path: Path | str, exc: BaseException) -> WriteError:
     """A one-line WriteError for a failed write of `path`, naming the cause and the fix."""
     path = Path(path)
@@ -57,9 +64,7 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
         raise write_failure(path, e) from None
     os.close(fd)
     tmp_path = Path(tmp)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
+    os.chmod(tmp_path, 0o666 & ~current_umask())  # mkstemp makes 0600; give the file the usual permissions
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as f:

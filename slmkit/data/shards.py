@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..atomic import atomic_path, atomic_write_text
+from ..atomic import atomic_path, atomic_write_text, current_umask
 from ..config import RunConfig
 from ..errors import DataError
 from ..tokenizer import Tokenizer, fit_tokenizer, load_tokenizer
@@ -47,6 +47,10 @@ def dtype_for(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
 
 
+def _header(vocab_size: int, count: int) -> bytes:
+    return HEADER.pack(MAGIC, VERSION, dtype_for(vocab_size).itemsize, vocab_size, count)
+
+
 def write_shard(path: Path | str, tokens: np.ndarray, vocab_size: int) -> None:
     """Write `tokens` with a header, atomically."""
     dtype = dtype_for(vocab_size)
@@ -55,7 +59,7 @@ def write_shard(path: Path | str, tokens: np.ndarray, vocab_size: int) -> None:
         raise DataError(f"{path}: token ids outside [0, {vocab_size}); the tokenizer and vocab size disagree")
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
-            f.write(HEADER.pack(MAGIC, VERSION, dtype.itemsize, vocab_size, tokens.size))
+            f.write(_header(vocab_size, tokens.size))
             f.write(tokens.astype(dtype, copy=False).tobytes())
 
 
@@ -178,14 +182,13 @@ def _encoded(batches: Iterator[tuple[str, list[Piece]]], pool: Any, workers: int
 
 def write_splits(folder: Path, corpus: Corpus, vocab_size: int, pool: Any, workers: int, bar: Any) -> dict[str, Any]:
     """Stream the encoded corpus into `folder`/{train,val}.bin, each header patched with its count at the end."""
-    dtype = dtype_for(vocab_size)
     stats = {split: {"tokens": 0, "documents": 0, "bytes": 0} for split in SPLITS}
     with ExitStack() as stack:
         files = {}
         for split in SPLITS:
             tmp = stack.enter_context(atomic_path(folder / f"{split}.bin"))
             files[split] = stack.enter_context(open(tmp, "wb"))
-            files[split].write(HEADER.pack(MAGIC, VERSION, dtype.itemsize, vocab_size, 0))
+            files[split].write(_header(vocab_size, 0))
         for split, (ids, documents, nbytes) in _encoded(_batches(corpus), pool, workers):
             if ids.size and int(ids.max()) >= vocab_size:
                 raise DataError(
@@ -197,7 +200,7 @@ def write_splits(folder: Path, corpus: Corpus, vocab_size: int, pool: Any, worke
             bar.update(nbytes)
         for split, f in files.items():
             f.seek(0)
-            f.write(HEADER.pack(MAGIC, VERSION, dtype.itemsize, vocab_size, stats[split]["tokens"]))
+            f.write(_header(vocab_size, stats[split]["tokens"]))
             f.close()  # before atomic_path fsyncs and renames it
     return stats
 
@@ -241,9 +244,7 @@ def prepare(
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(out)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes 0700; give the folder the usual permissions
+    os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes 0700; give the folder the usual permissions
     try:
         tokenizer.save(staging / "tokenizer.json")
         manifest: dict[str, Any] = {
