@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 from .checkpoint import BEST
 from .config import RunConfig, apply_override, load_config
-from .data.shards import prepare, shard_dir_for
+from .data.shards import shard_dir_for
 from .errors import ConfigError
 from .tokenizer import load_tokenizer
 from .train import TrainResult, train
@@ -51,5 +51,6 @@ def finetune(
     if not cfg.data.shard_dir:  # not shards/<...>: those hold a tokenizer fitted on the new text
         digest = hashlib.sha256((from_dir / "tokenizer.json").read_bytes()).hexdigest()[:8]
         cfg.data.shard_dir = str(shard_dir_for(cfg)) + f"-tok{digest}"
-    prepare(cfg, tokenizer=tokenizer)
-    return train(cfg, out=out or Path("runs") / cfg.name, progress_bar=progress_bar, init_weights=from_dir / BEST)
+    return train(
+        cfg, out=out or Path("runs") / cfg.name, progress_bar=progress_bar, init_weights=from_dir / BEST, tokenizer=tokenizer
+    )

@@ -29,7 +29,7 @@ from .checkpoint import (
     save_weights,
     write_run_files,
 )
-from .config import RunConfig, apply_override, load_config
+from .config import RunConfig, SampleConfig, apply_override, load_config
 from .data.shards import BatchSampler, load_prepared, prepare, shard_dir_for
 from .errors import CheckpointError, ConfigError, TrainingError
 from .evaluate import mean_loss, report
@@ -37,6 +37,7 @@ from .generate import generate
 from .model import GPT
 from .optim import early_stop_update, lr_multiplier, make_optimizers, plateau_update
 from .plot import plot_runs
+from .tokenizer import Tokenizer
 
 METRICS_FIELDS = [
     "step", "epoch", "tokens", "lr", "train_loss", "val_loss", "perplexity", "tokens_per_second", "elapsed", "event",
@@ -215,17 +216,24 @@ def _checkpoint(run_dir: Path, model: GPT, state: dict[str, Any], keep_last_k: i
             old.with_name(old.name.replace(".safetensors", ".state.pt")).unlink(missing_ok=True)
 
 
+def _sample(model: GPT, tokenizer: Tokenizer, sc: SampleConfig) -> str:
+    """A sample of the recipe's `sample` section (during and after training)."""
+    return generate(model, tokenizer, sc.prompt, sc.max_new_tokens, sc.temperature, sc.top_k, seed=sc.seed)
+
+
 def train(
     cfg: Optional[RunConfig] = None,
     out: Optional[Path | str] = None,
     resume: Optional[Path | str] = None,
     progress_bar: bool = True,
     init_weights: Optional[Path | str] = None,
+    tokenizer: Optional[Tokenizer] = None,
 ) -> TrainResult:
     """Train a GPT as `cfg` says into run folder `out` (default runs/<name>).
 
     With `resume`, continue that run folder from its last checkpoint (cfg defaults to its config.yaml).
-    With `init_weights`, start from those safetensors weights instead of a random init (fine-tuning).
+    With `init_weights`, start from those safetensors weights instead of a random init, and with
+    `tokenizer`, tokenize the data with it instead of fitting one (fine-tuning).
     Under torchrun, every rank runs this; rank 0 alone writes files.
     """
     if resume is not None:
@@ -245,7 +253,7 @@ def train(
     torch.manual_seed(tc.seed)
 
     if rank == 0:
-        prepare(cfg)
+        prepare(cfg, tokenizer=tokenizer)
     if world > 1:
         dist.barrier()  # the other ranks wait for rank 0's shards
     tokenizer, shards, _ = load_prepared(shard_dir_for(cfg))
@@ -347,7 +355,8 @@ def train(
     start = time.perf_counter() - progress["elapsed"]
     window_start, window_tokens = time.perf_counter(), 0
     loss_sum, loss_count = 0.0, 0
-    while not done():
+    last = done()  # under DDP each call is a collective: once per step, and again after an eval
+    while not last:
         step = progress["step"]
         multiplier = lr_multiplier(tc, step, fraction(), step // steps_per_epoch, progress["plateau_scale"])
         for optimizer in optimizers:
@@ -369,18 +378,17 @@ def train(
         step_loss /= tc.grad_accum_steps
         for optimizer in optimizers:
             scaler.unscale_(optimizer)
+        checked = [step_loss]  # with fp16 the scaler skips overflowing steps itself; a NaN/inf loss is always an error
         if tc.grad_clip:
             grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
-        else:
-            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-        train_loss_value = step_loss.item()
-        # with fp16 the scaler skips overflowing steps itself; a NaN/inf loss is always an error
-        nonfinite = not math.isfinite(train_loss_value) or (
-            not scaler.is_enabled() and not math.isfinite(grad_norm.item())
-        )
+            checked += [] if scaler.is_enabled() else [grad_norm]
+        elif not scaler.is_enabled():
+            checked.append(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
+        values = torch.stack(checked).tolist()  # one host-device sync for all of them
+        train_loss_value = values[0]
+        nonfinite = not all(math.isfinite(v) for v in values)
         if _any_rank(nonfinite, device):
             progress["nonfinite"] += 1
-            scaler.update()
             if progress["nonfinite"] >= tc.max_nonfinite_steps:
                 log.close()
                 raise TrainingError(
@@ -392,9 +400,9 @@ def train(
             progress["nonfinite"] = 0
             for optimizer in optimizers:
                 scaler.step(optimizer)
-            scaler.update()
             loss_sum += train_loss_value
             loss_count += 1
+        scaler.update()
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
         progress["step"] = step + 1
@@ -406,10 +414,9 @@ def train(
         log_now = progress["step"] % tc.log_interval == 0 or last
         eval_now = progress["step"] % tc.eval_interval == 0 or last
         if rank == 0 and tc.sample_interval and progress["step"] % tc.sample_interval == 0:
-            sc = cfg.sample  # a seeded generator of its own: the training RNG is untouched
-            text = generate(model, tokenizer, sc.prompt, sc.max_new_tokens, sc.temperature, sc.top_k, seed=sc.seed)
+            text = _sample(model, tokenizer, cfg.sample)  # a seeded generator of its own: training RNG untouched
             model.train()
-            log.info(f"sample at step {progress['step']}:\n{sc.prompt}{text}")
+            log.info(f"sample at step {progress['step']}:\n{cfg.sample.prompt}{text}")
         if not (log_now or eval_now):
             continue
         train_loss = loss_sum / loss_count if loss_count else float("nan")
@@ -439,10 +446,11 @@ def train(
                     progress["stopped"] = "reached"
                     progress["reached"] = {k: progress[k] for k in ("step", "tokens", "elapsed")}
                 events += [progress["stopped"]] if progress["stopped"] else []
-                ranks = [_rank_state(sampler)]
+                mine = _rank_state(sampler)
+                ranks = [mine]
                 if world > 1:
                     ranks = [None] * world
-                    dist.all_gather_object(ranks, _rank_state(sampler))
+                    dist.all_gather_object(ranks, mine)
                 if rank == 0:
                     state = {
                         "optimizers": [o.state_dict() for o in optimizers],
@@ -467,6 +475,7 @@ def train(
             log.info(f"stopping at step {progress['step']}: {progress['stopped'].replace('_', ' ')}")
         # time spent on evaluation and checkpoints counts against the budget
         progress["elapsed"] = time.perf_counter() - start
+        last = done()
     if bar is not None:
         bar.close()
         log.bar = None
@@ -484,16 +493,15 @@ def train(
         load_weights(model, run_dir / BEST)
         val_tokens = shards["val"].tokens
         loss = mean_loss(model, val_tokens, batch_size=tc.batch_size)
-        final = report(loss, len(val_tokens) - 1, len(tokenizer.decode(val_tokens[1:].tolist()).encode("utf-8")))
+        final = report(loss, len(val_tokens) - 1, tokenizer.token_bytes(val_tokens[1:].tolist()))
         per_char = f", {final['bits_per_token']:.4f} bits/char" if tokenizer.kind == "char" else ""
         log.info(
             f"done: {progress['step']} steps, {progress['tokens']:,} tokens in {progress['elapsed']:.0f}s; "
             f"full val split: loss {final['loss']:.4f} nats/token{per_char}, {final['bits_per_byte']:.4f} bits/byte, "
             f"perplexity {final['perplexity']:.2f}"
         )
-        sc = cfg.sample
-        text = generate(model, tokenizer, sc.prompt, sc.max_new_tokens, sc.temperature, sc.top_k, seed=sc.seed)
-        log.info(f"sample from the best model:\n{sc.prompt}{text}")
+        text = _sample(model, tokenizer, cfg.sample)
+        log.info(f"sample from the best model:\n{cfg.sample.prompt}{text}")
         plot_runs([run_dir], run_dir / "loss.png")
     log.close()
     if world > 1:
