@@ -52,33 +52,18 @@ class DataConfig:
 
 @dataclass
 class TokenizerConfig:
-    """Which tokenizer to fit (or load) for the corpus."""
+    """Which tokenizer to fit on the train split (or load) for the corpus."""
 
-    kind: str = "char"  # char | word | bpe | wordpiece | gpt2 (fixed, needs no training)
-    vocab_size: int = 0  # 0 = the kind's default: char all characters, word 10000, bpe/wordpiece 30000
+    kind: str = "char"  # a kind declared in slmkit/tokenizer/ (`slm` lists them): char | word | bpe | wordpiece | gpt2
+    vocab_size: int = 0  # 0 = the kind's default (char: every character of the train split)
     min_frequency: int = 2  # word/bpe/wordpiece: tokens seen fewer times are not learned
 
     def validate(self) -> None:
-        if self.kind not in TOKENIZER_KINDS:
-            raise ConfigError(f"tokenizer.kind={self.kind!r} is not known; valid: {', '.join(TOKENIZER_KINDS)}")
-        if self.vocab_size < 0:
-            raise ConfigError(f"tokenizer.vocab_size={self.vocab_size} must be >= 0")
-        least = MIN_VOCAB_SIZE.get(self.kind, 0)
-        if 0 < self.vocab_size < least:
-            raise ConfigError(
-                f"tokenizer.vocab_size={self.vocab_size} is too small for a {self.kind} tokenizer: "
-                f"it needs at least {least} (its special tokens and base alphabet); use 0 for the default"
-            )
-        if self.kind == "gpt2" and self.vocab_size not in (0, 50257):
-            raise ConfigError(f"tokenizer.vocab_size={self.vocab_size}: gpt2's vocabulary is fixed at 50257; use 0")
+        from .tokenizer.registry import get_kind  # the kinds declare their own vocabulary limits
+
+        get_kind(self.kind).check_vocab_size(self.vocab_size)
         if self.min_frequency < 0:
             raise ConfigError(f"tokenizer.min_frequency={self.min_frequency} must be >= 0")
-
-
-TOKENIZER_KINDS = ("char", "word", "bpe", "wordpiece", "gpt2")
-# Smallest tokenizer.vocab_size each trained kind can hold: word and wordpiece need <|endoftext|>,
-# <unk> and one token; byte-level bpe needs <|endoftext|> and its 256 byte tokens.
-MIN_VOCAB_SIZE = {"word": 3, "wordpiece": 3, "bpe": 257}
 
 
 POS_EMBEDDINGS = ("learned", "sinusoidal", "rotary", "none")

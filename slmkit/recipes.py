@@ -9,11 +9,7 @@ from typing import Optional
 from .config import RunConfig, list_recipes, load_recipe
 from .data import sources
 from .model import count_parameters
-from .tokenizer import bpe, gpt2, word
-
-FIXED_VOCAB = {"gpt2": gpt2.VOCAB_SIZE}  # tokenizers whose vocabulary does not depend on the corpus
-# tokenizer.vocab_size=0 means these
-DEFAULT_VOCAB = {"word": word.DEFAULT_VOCAB_SIZE, "bpe": bpe.DEFAULT_VOCAB_SIZE, "wordpiece": bpe.DEFAULT_VOCAB_SIZE}
+from .tokenizer import get_kind
 
 
 @dataclass
@@ -57,17 +53,14 @@ def recipe_vocab_size(cfg: RunConfig) -> tuple[Optional[int], str]:
     tk = cfg.tokenizer
     if cfg.model.vocab_size:
         return cfg.model.vocab_size, "model.vocab_size"
-    if tk.kind in FIXED_VOCAB:
-        return FIXED_VOCAB[tk.kind], ""
-    if tk.kind != "char":
+    kind = get_kind(tk.kind)
+    if kind.vocab_size(tk.vocab_size) is not None:
         # A trained tokenizer reaches its vocab_size on any real corpus (a tiny one may give fewer).
-        return tk.vocab_size or DEFAULT_VOCAB[tk.kind], ""
+        return kind.vocab_size(tk.vocab_size), ""
     where = _local_char_source(cfg)
     if where is None:
-        return None, f"char vocabulary of {cfg.data.source}: download it with `slm prepare --recipe {cfg.name}`"
-    from .tokenizer import CharTokenizer
-
-    chars = CharTokenizer.fit(sources.Corpus(cfg.data).texts()).vocab_size
+        return None, f"{tk.kind} vocabulary of {cfg.data.source}: download it with `slm prepare --recipe {cfg.name}`"
+    chars = kind.fit(sources.Corpus(cfg.data).texts(), tk.vocab_size, tk.min_frequency).vocab_size
     return chars, f"{chars} characters of {cfg.data.source}, {where}"
 
 
