@@ -344,7 +344,8 @@ def test_config_validates_against_the_registry(monkeypatch):
         name="toy", fit=lambda texts, v, f: CharTokenizer.fit(texts), load=CharTokenizer.from_dict,
         default_vocab_size=100, min_vocab_size=50,
     )  # fmt: skip
-    monkeypatch.setattr(registry, "kinds", lambda: {**registry.kinds.__wrapped__(), "toy": toy})
+    declared = {**registry.kinds(), "toy": toy}
+    monkeypatch.setattr(registry, "kinds", lambda: declared)
     assert load_recipe("kjv-char", {"tokenizer.kind": "toy"}).tokenizer.kind == "toy"
     with pytest.raises(ConfigError, match="at least 50"):
         load_recipe("kjv-char", {"tokenizer.kind": "toy", "tokenizer.vocab_size": 10})
