@@ -9,7 +9,7 @@ import argparse
 import time
 
 from slmkit.config import TokenizerConfig
-from slmkit.data.sources import read_kjv
+from slmkit.data.sources.kjv import read_kjv
 from slmkit.tokenizer import fit_tokenizer, kinds
 
 

@@ -109,7 +109,7 @@ def _cmd_finetune(args: argparse.Namespace, overrides: dict) -> None:
 
 def _cmd_prepare(args: argparse.Namespace, overrides: dict) -> None:
     from .config import load_recipe
-    from .data.shards import prepare
+    from .data.prepare import prepare
 
     out = prepare(load_recipe(args.recipe, overrides), force=args.force)
     print(out)

@@ -36,6 +36,8 @@ class DataConfig:
     collapse_whitespace: bool = False
     drop_empty_lines: bool = False
     errors: str = "strict"  # strict | replace: what to do with bytes that are not UTF-8
+    keep_crlf: bool = False  # keep Windows line endings (\r\n); by default they become \n
+    unknown: str = "error"  # error | drop: characters a char tokenizer lacks (eval and fine-tune on other text)
     shard_dir: str = ""  # where shards go; empty = shards/<source>-<tokenizer>-<hash>
     num_workers: int = 0  # tokenizer processes writing shards; 0 = one per CPU core
 
@@ -44,6 +46,8 @@ class DataConfig:
             raise ConfigError(f"data.val_fraction={self.val_fraction} must be between 0 and 1 (e.g. 0.1)")
         if self.errors not in ("strict", "replace"):
             raise ConfigError(f"data.errors={self.errors!r} must be 'strict' or 'replace'")
+        if self.unknown not in ("error", "drop"):
+            raise ConfigError(f"data.unknown={self.unknown!r} must be 'error' or 'drop'")
         if not self.source:
             raise ConfigError("data.source is empty: give 'kjv', a file, a folder or a glob")
         if self.num_workers < 0:

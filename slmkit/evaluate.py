@@ -13,7 +13,8 @@ import torch
 
 from .checkpoint import load_run
 from .config import RunConfig
-from .data.shards import Shard, prepare, read_manifest, shard_dir_for
+from .data.prepare import prepare, shard_dir_for
+from .data.shards import Shard, read_manifest
 from .data.sources import Corpus
 from .errors import DataError
 from .model import GPT

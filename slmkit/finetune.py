@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 from .checkpoint import BEST
 from .config import RunConfig, apply_override, load_config
-from .data.shards import shard_dir_for
+from .data.prepare import shard_dir_for
 from .errors import ConfigError
 from .tokenizer import load_tokenizer
 from .train import TrainResult, train

@@ -8,6 +8,7 @@ from typing import Optional
 
 from .config import RunConfig, list_recipes, load_recipe
 from .data import sources
+from .data.sources import tinyshakespeare
 from .model import count_parameters
 from .tokenizer import get_kind
 
@@ -42,7 +43,7 @@ def _local_char_source(cfg: RunConfig) -> Optional[str]:
     if source == "kjv":
         return "built in"
     if source == "tinyshakespeare":
-        return "cached" if sources.tinyshakespeare_cached() else None
+        return "cached" if tinyshakespeare.tinyshakespeare_cached() else None
     if source.startswith("hf:"):
         return None
     return "local" if Path(source).exists() or any(c in source for c in "*?[") else None

@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from slmkit.config import list_recipes, load_recipe
-from slmkit.data import sources
+from slmkit.data.sources import hf as hf_source
+from slmkit.data.sources import kjv
 from slmkit.model import count_parameters
 from slmkit.recipes import summarize
 from slmkit.train import train
@@ -111,7 +112,7 @@ def _local_source(name: str, source: str, tmp_path, monkeypatch) -> str:
     """Point the recipe's source at a local slice in the same format; returns the data.source to use."""
     if source.startswith("hf:"):
         key = source[3:]
-        _, _, streaming = sources.HF_DATASETS[key]
+        _, _, streaming = hf_source.HF_DATASETS[key]
         repo = tmp_path / key  # the folder name keeps "wikitext": articles are rejoined as on the hub
         if "wikitext" in key:
             _parquet(repo / "train-00000-of-00001.parquet", _wikitext_rows(12))
@@ -120,11 +121,11 @@ def _local_source(name: str, source: str, tmp_path, monkeypatch) -> str:
             stories = [f"Once upon a time there was a cat number {i}. It was happy." for i in range(40)]
             _parquet(repo / "data" / "train-00000-of-00001.parquet", stories)
             _parquet(repo / "data" / "validation-00000-of-00001.parquet", stories[:4])
-        monkeypatch.setitem(sources.HF_DATASETS, key, (str(repo), None, streaming))
+        monkeypatch.setitem(hf_source.HF_DATASETS, key, (str(repo), None, streaming))
         return source  # unchanged: the hub loader itself reads the local folder
     if source == "kjv":
         path = tmp_path / "kjv.jsonl"  # the built-in corpus' own format: one JSON verse a line
-        with open(sources.kjv_path(), encoding="utf-8") as f:
+        with open(kjv.kjv_path(), encoding="utf-8") as f:
             path.write_text("".join(next(f) for _ in range(300)), encoding="utf-8")
         return str(path)
     path = tmp_path / "input.txt"  # tinyshakespeare: one plain text file (holding the prompt's characters)

@@ -8,25 +8,25 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from slmkit.config import RunConfig
-from slmkit.data import shards, sources
-from slmkit.data.shards import (
-    HEADER_SIZE,
-    MAGIC,
-    SPLITS,
-    BatchSampler,
-    Shard,
-    describe,
-    load_prepared,
-    prepare,
-    write_shard,
-)
+from slmkit.data import prepare as prepare_module
+from slmkit.data import sources
+from slmkit.data.shards import HEADER_SIZE, MAGIC, SPLITS, Shard, ShardWriter, describe
+from slmkit.data.prepare import load_prepared, prepare
+from slmkit.data.sampler import WindowSampler
 from slmkit.errors import DataError
 from slmkit.tokenizer import CharTokenizer
 
 
+def write_shard(path, tokens, vocab_size, pieces=1):
+    """The tokens through the writer `slm prepare` uses, in `pieces` appends."""
+    with ShardWriter(path, vocab_size) as writer:
+        for part in np.array_split(np.asarray(tokens), pieces):
+            writer.write(part)
+
+
 def test_write_read_header_and_tokens(tmp_path):
     tokens = np.arange(1000) % 65
-    write_shard(tmp_path / "a.bin", tokens, vocab_size=65)
+    write_shard(tmp_path / "a.bin", tokens, vocab_size=65, pieces=7)
     raw = (tmp_path / "a.bin").read_bytes()
     magic, version, itemsize, vocab, count = struct.unpack("<8sIIQQ", raw[:HEADER_SIZE])
     assert (magic, version, itemsize, vocab, count) == (MAGIC, 1, 2, 65, 1000)
@@ -44,10 +44,13 @@ def test_large_vocab_uses_uint32(tmp_path):
     np.testing.assert_array_equal(shard.tokens, tokens)
 
 
-def test_ids_outside_vocab_are_refused(tmp_path):
-    with pytest.raises(DataError, match="outside"):
-        write_shard(tmp_path / "c.bin", np.array([1, 70]), vocab_size=65)
-    assert not (tmp_path / "c.bin").exists()
+@pytest.mark.parametrize("ids", [[1, 70], [1, -1], [65], [2**16 + 3], [-(2**40)], [2**40]])
+def test_ids_outside_vocab_are_refused_and_leave_no_file(tmp_path, ids):
+    with pytest.raises(DataError, match=r"c.bin: token ids outside \[0, 65\)"):
+        with ShardWriter(tmp_path / "c.bin", 65) as writer:
+            writer.write([0, 1, 2])  # a good piece first: the partial file must go too
+            writer.write(ids)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_wrong_magic_and_truncation_rejected(tmp_path):
@@ -70,7 +73,7 @@ def test_wrong_magic_and_truncation_rejected(tmp_path):
 def test_sampler_windows_are_shifted_and_resume_exactly(tmp_path):
     write_shard(tmp_path / "a.bin", np.arange(500) % 97, vocab_size=97)
     shard = Shard(tmp_path / "a.bin")
-    sampler = BatchSampler(shard, block_size=16, batch_size=4, seed=0)
+    sampler = WindowSampler(shard, seq_len=16, batch_size=4, seed=0)
     x, y = sampler.next()
     assert x.shape == y.shape == (4, 16)
     assert (x[:, 1:] == y[:, :-1]).all()
@@ -79,8 +82,8 @@ def test_sampler_windows_are_shifted_and_resume_exactly(tmp_path):
     sampler.set_state(state)
     again = sampler.next()
     assert (expected[0] == again[0]).all()
-    with pytest.raises(DataError, match="fewer than one block"):
-        BatchSampler(shard, block_size=500, batch_size=1, seed=0)
+    with pytest.raises(DataError, match="fewer than one window"):
+        WindowSampler(shard, seq_len=500, batch_size=1, seed=0)
 
 
 def test_prepare_splits_kjv_by_verse(tmp_path):
@@ -90,7 +93,9 @@ def test_prepare_splits_kjv_by_verse(tmp_path):
     tokenizer, shards, manifest = load_prepared(out)
     assert manifest["splits"]["train"]["documents"] == 27992  # int(0.9 * 31,103)
     assert manifest["splits"]["val"]["documents"] == 31103 - 27992  # 31,103 verses
-    assert tokenizer.vocab_size == 65
+    # fitted on the train split only: '[' and ']' occur once each in the val split and nowhere in train
+    assert tokenizer.vocab_size == 63 and tokenizer.unknown_chars("[]") == ["[", "]"]
+    assert (manifest["splits"]["train"]["dropped_chars"], manifest["splits"]["val"]["dropped_chars"]) == (0, 2)
     assert tokenizer.decode(shards["train"].tokens[:55].tolist()) == "In the beginning God created the heaven and the earth.\n"
     assert tokenizer.decode(shards["val"].tokens[-58:].tolist()).endswith("The grace of our Lord Jesus Christ be with you all. Amen.\n")
     # a complete folder is reused, an incomplete one (no manifest) is rebuilt
@@ -133,7 +138,7 @@ def test_sampler_reads_through_a_memmap_so_memory_does_not_grow_with_the_corpus(
     """The sampler keeps the shard's memmap (no in-memory copy) and copies only its windows per batch."""
     write_shard(tmp_path / "a.bin", np.arange(200_000) % 97, vocab_size=97)
     shard = Shard(tmp_path / "a.bin")
-    sampler = BatchSampler(shard, block_size=16, batch_size=4, seed=0)
+    sampler = WindowSampler(shard, seq_len=16, batch_size=4, seed=0)
     assert isinstance(shard.tokens, np.memmap) and sampler.tokens is shard.tokens
     assert not shard.tokens.flags.writeable and Path(shard.tokens.filename) == (tmp_path / "a.bin").resolve()
     x, _ = sampler.next()
@@ -157,7 +162,7 @@ def gpt2_config(source, shard_dir, workers):
 
 
 def test_parallel_streaming_prepare_equals_encoding_each_document(tmp_path, monkeypatch):
-    monkeypatch.setattr(shards, "BATCH_CHARS", 200)  # many batches, so the worker pool and ordering are exercised
+    monkeypatch.setattr(prepare_module, "BATCH_CHARS", 200)  # many batches, so the worker pool and ordering are exercised
     folder = corpus_folder(tmp_path)
     one = prepare(gpt2_config(folder, tmp_path / "one", 1), log=lambda *_: None)
     two = prepare(gpt2_config(folder, tmp_path / "two", 2), log=lambda *_: None)
@@ -170,14 +175,15 @@ def test_parallel_streaming_prepare_equals_encoding_each_document(tmp_path, monk
         "tokens": len(tokenizer.encode(docs[10])) + len(tokenizer.encode(docs[11])) + 2,
         "documents": 2,
         "bytes": len(docs[10]) + len(docs[11]),
+        "dropped_chars": 0,
     }
     for split in SPLITS:
         assert (one / f"{split}.bin").read_bytes() == (two / f"{split}.bin").read_bytes()
 
 
 def test_big_single_file_streams_in_pieces(tmp_path, monkeypatch):
-    monkeypatch.setattr(sources, "CHUNK_BYTES", 2000)
-    monkeypatch.setattr(shards, "BATCH_CHARS", 5000)
+    monkeypatch.setattr(sources.files, "CHUNK_BYTES", 2000)
+    monkeypatch.setattr(prepare_module, "BATCH_CHARS", 5000)
     text = "".join(f"Verse {i}. And God saw the light, that it was good.\n" for i in range(3000))
     (tmp_path / "big.txt").write_text(text, encoding="utf-8")
     out = prepare(gpt2_config(tmp_path / "big.txt", tmp_path / "s", 2), log=lambda *_: None)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from tokenizers import ByteLevelBPETokenizer
 
 from slmkit.config import RunConfig, TokenizerConfig, load_recipe
-from slmkit.data.shards import load_prepared, prepare
+from slmkit.data.prepare import load_prepared, prepare
 from slmkit.errors import ConfigError, DataError
 from slmkit.tokenizer import CharTokenizer, GPT2Tokenizer, HFTokenizer, fit_tokenizer, load_tokenizer
 from slmkit.tokenizer import gpt2 as gpt2_module

@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 
 from slmkit.cli import main
 from slmkit.config import load_recipe
-from slmkit.data.shards import BatchSampler, Shard
+from slmkit.data.sampler import WindowSampler
+from slmkit.data.shards import Shard
 from slmkit.tokenizer import GPT2Tokenizer, load_tokenizer
 from slmkit.train import train
 
@@ -59,7 +60,7 @@ def test_resume_is_bitwise_identical(tmp_path, tiny_overrides, monkeypatch):
     full = train(cfg, out=tmp_path / "full", progress_bar=False)
 
     calls = {"n": 0}
-    original = BatchSampler.next
+    original = WindowSampler.next
 
     def crash_at_step_15(self):
         if self.batch_size == 8 and calls["n"] == 15 + 2:  # +2: the fixed val batches are drawn first
@@ -67,10 +68,10 @@ def test_resume_is_bitwise_identical(tmp_path, tiny_overrides, monkeypatch):
         calls["n"] += 1
         return original(self)
 
-    monkeypatch.setattr(BatchSampler, "next", crash_at_step_15)
+    monkeypatch.setattr(WindowSampler, "next", crash_at_step_15)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(load_recipe("kjv-char", tiny_overrides), out=tmp_path / "crashed", progress_bar=False)
-    monkeypatch.setattr(BatchSampler, "next", original)
+    monkeypatch.setattr(WindowSampler, "next", original)
 
     resumed = train(resume=tmp_path / "crashed", progress_bar=False)
     assert resumed.steps == full.steps == 20
