@@ -248,7 +248,7 @@ class RunConfig:
     """A whole recipe: every stage's section."""
 
     name: str = DEFAULT_RECIPE
-    seed: str = ""  # the seed system this recipe reproduces (its number in ../shared/seeds), if any
+    reproduces: str = ""  # the number of the seed system this recipe reproduces, if any (not an RNG seed: train.seed)
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -271,6 +271,7 @@ class RunConfig:
 
 
 SECTIONS = ("data", "tokenizer", "model", "train", "sample", "serve")
+LABELS = ("name", "reproduces")  # top-level keys that are plain strings
 
 
 def _coerce(value: Any, kind: Any, key: str) -> Any:
@@ -321,7 +322,7 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
 
 def apply_override(cfg: RunConfig, key: str, value: Any) -> None:
     """Set dotted `key` (e.g. 'train.lr') on cfg, checking that it exists and its type."""
-    if key in ("name", "seed"):
+    if key in LABELS:
         setattr(cfg, key, _coerce(value, str, key))
         return
     section, _, name = key.partition(".")
@@ -343,11 +344,11 @@ def from_dict(raw: Any, origin: str = "recipe") -> RunConfig:
         raise ConfigError(f"{origin}: expected a mapping of sections (data, model, train, ...), got {type(raw).__name__}")
     cfg = RunConfig()
     for section, body in raw.items():
-        if section in ("name", "seed"):
+        if section in LABELS:
             apply_override(cfg, section, body)
             continue
         if section not in SECTIONS:
-            raise ConfigError(f"{origin}: unknown section {section!r}; valid: name, seed, {', '.join(SECTIONS)}")
+            raise ConfigError(f"{origin}: unknown section {section!r}; valid: {', '.join(LABELS + SECTIONS)}")
         if body is None:
             continue
         if not isinstance(body, dict):
@@ -382,7 +383,8 @@ def find_recipe(name_or_path: str) -> Path:
 
 
 def load_recipe(name_or_path: Optional[str] = None, overrides: Optional[dict[str, Any]] = None) -> RunConfig:
-    """Load a recipe (default: kjv-char), apply `{"section.key": value}` overrides, validate."""
+    """Load a recipe (default: kjv-char, then named after its data and tokenizer), apply
+    `{"section.key": value}` overrides, validate."""
     path = find_recipe(name_or_path or DEFAULT_RECIPE)
     if path.stat().st_size > MAX_RECIPE_BYTES:  # parsing megabytes of YAML takes seconds for nothing
         raise ConfigError(
@@ -399,7 +401,17 @@ def load_recipe(name_or_path: Optional[str] = None, overrides: Optional[dict[str
         cfg.name = path.stem
     for key, value in (overrides or {}).items():
         apply_override(cfg, key, value)
-    return cfg.validate()
+    cfg.validate()
+    if name_or_path is None and "name" not in (overrides or {}):
+        cfg.name = run_name(cfg)
+    return cfg
+
+
+def run_name(cfg: RunConfig) -> str:
+    """The name of a run given no recipe: its data and tokenizer, e.g. `kjv-char` or `sotu-bpe`."""
+    from .data.sources import source_kind  # the source kinds name their data
+
+    return f"{source_kind(cfg.data.source).label(cfg.data.source)}-{cfg.tokenizer.kind}"
 
 
 def parse_overrides(args: list[str]) -> dict[str, Any]:
@@ -443,4 +455,6 @@ def load_config(path: Path) -> RunConfig:
         raise ConfigError(f"{path} is not valid YAML; restore it from the recipe") from None
     if not raw:  # an empty file would silently become the default recipe
         raise ConfigError(f"{path} is empty; restore it from the recipe the run was trained with")
+    if isinstance(raw, dict) and "seed" in raw:  # run folders written before the label was renamed
+        raw["reproduces"] = raw.pop("seed")
     return from_dict(raw, origin=str(path)).validate()

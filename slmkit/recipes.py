@@ -1,4 +1,4 @@
-"""`slm recipes`: every shipped recipe with its seed, data, tokenizer, model shape and exact parameter count."""
+"""`slm recipes`: every shipped recipe with the seed system it reproduces, its data, tokenizer, model shape and exact parameter count."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ class RecipeSummary:
     """One row of `slm recipes`."""
 
     name: str
-    seed: str
+    reproduces: str
     source: str
     tokenizer: str
     shape: str
@@ -32,7 +32,7 @@ class RecipeSummary:
         vocab = f"vocab {self.vocab_size:,}" if self.vocab_size is not None else "vocab ?"
         note = f" ({self.vocab_note})" if self.vocab_note else ""
         return (
-            f"{self.name:26s} seed={self.seed or '-':4s} data={self.source:22s} tokenizer={self.tokenizer:9s} "
+            f"{self.name:26s} reproduces={self.reproduces or '-':4s} data={self.source:22s} tokenizer={self.tokenizer:9s} "
             f"{self.shape:34s} {vocab:13s} {params}{note}"
         )
 
@@ -71,7 +71,7 @@ def summarize(cfg: RunConfig) -> RecipeSummary:
     shape = f"{m.n_layer}x{m.n_embd} h{m.n_head} ff{m.d_ff or 4 * m.n_embd} ctx{m.block_size} {m.pos_embedding}"
     vocab, note = recipe_vocab_size(cfg)
     params = count_parameters(m, vocab) if vocab is not None else None
-    return RecipeSummary(cfg.name, cfg.seed, cfg.data.source, cfg.tokenizer.kind, shape, vocab, params, note)
+    return RecipeSummary(cfg.name, cfg.reproduces, cfg.data.source, cfg.tokenizer.kind, shape, vocab, params, note)
 
 
 def summarize_recipes() -> list[RecipeSummary]:

@@ -11,11 +11,13 @@ from __future__ import annotations
 import functools
 import importlib
 import pkgutil
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
-from ...config import DataConfig
 from ...errors import DataError
 from .base import Piece, Source, SourceKind, normalize, normalized_pieces
+
+if TYPE_CHECKING:  # config validates against the source kinds: no import back at run time
+    from ...config import DataConfig
 
 __all__ = ["Corpus", "Piece", "Source", "SourceKind", "kinds", "source_kind", "normalize", "normalized_pieces"]
 

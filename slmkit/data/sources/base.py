@@ -12,10 +12,12 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Optional, Protocol, TypeVar
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Optional, Protocol, TypeVar
 
-from ...config import DataConfig
 from ...errors import DataError
+
+if TYPE_CHECKING:  # config validates against the source kinds: no import back at run time
+    from ...config import DataConfig
 
 Piece = tuple[str, bool]  # (text, ends_document)
 T = TypeVar("T")

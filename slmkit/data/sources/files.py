@@ -10,11 +10,13 @@ import glob
 import json
 import re
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
+from typing import TYPE_CHECKING, Iterable, Iterator, Optional
 
-from ...config import DataConfig
 from ...errors import DataError
 from .base import DocumentSource, SourceKind
+
+if TYPE_CHECKING:  # config validates against the source kinds: no import back at run time
+    from ...config import DataConfig
 
 TEXT_SUFFIXES = (".txt", ".md")
 RECORD_SUFFIXES = (".jsonl", ".parquet")

@@ -7,11 +7,13 @@ A dataset uses its own validation split when it has one, else every k-th documen
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional
 
-from ...config import DataConfig
 from ...errors import DataError
 from .base import Piece, SourceKind, normalized_pieces
+
+if TYPE_CHECKING:  # config validates against the source kinds: no import back at run time
+    from ...config import DataConfig
 
 # hf:<name> shortcuts -> (hub id, config, stream it)
 HF_DATASETS = {

@@ -5,11 +5,13 @@ from __future__ import annotations
 import importlib.metadata
 import json
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
+from typing import TYPE_CHECKING, Iterable, Iterator, Optional
 
-from ...config import DataConfig
 from ...errors import DataError
 from .base import DocumentSource, SourceKind
+
+if TYPE_CHECKING:  # config validates against the source kinds: no import back at run time
+    from ...config import DataConfig
 
 
 def kjv_path() -> Path:

@@ -7,13 +7,15 @@ import os
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from ...atomic import atomic_path
-from ...config import DataConfig
 from ...errors import DataError
 from .base import SourceKind
 from .files import FileSource
+
+if TYPE_CHECKING:  # config validates against the source kinds: no import back at run time
+    from ...config import DataConfig
 
 TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 TINYSHAKESPEARE_SIZE = 1_115_394
