@@ -257,3 +257,81 @@ def test_a_bad_file_found_while_encoding_leaves_nothing(tmp_path):
     with pytest.raises(DataError, match=r"99.txt is not UTF-8 text \(bad byte at offset 16\)"):
         prepare(gpt2_config(folder, tmp_path / "new" / "shards", 2), log=lambda *_: None)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus"]
+
+
+# --- issue 23: honest splits, small corpora, line endings, one shard folder per text ------------------
+
+
+def word_config(source, shard_dir, **tokenizer):
+    cfg = RunConfig()
+    cfg.data.source, cfg.data.shard_dir, cfg.data.num_workers = str(source), str(shard_dir), 1
+    cfg.data.val_fraction = 0.25
+    cfg.tokenizer.kind, cfg.tokenizer.min_frequency = "word", 1
+    for key, value in tokenizer.items():
+        setattr(cfg.tokenizer, key, value)
+    return cfg.validate()
+
+
+@pytest.mark.parametrize("kind", ["word", "wordpiece", "bpe"])
+def test_tokenizer_is_fitted_on_the_train_split_only(tmp_path, kind):
+    """Issue 23.2: a word that only the val split holds is not in the vocabulary."""
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"{i}.txt").write_text("the earth was without form and void\n" * 20, encoding="utf-8")
+    (folder / "3.txt").write_text("zyzzyva quagga\n" * 20, encoding="utf-8")  # the val split (last quarter)
+    out = prepare(word_config(folder, tmp_path / "shards", kind=kind, vocab_size=300), log=lambda *_: None)
+    tokenizer, split_shards, _ = load_prepared(out)
+    vocab = tokenizer.backend.get_vocab()
+    assert "earth" in vocab or "Ġearth" in vocab
+    assert not any("zyzzyva" in piece or "quagga" in piece for piece in vocab)
+    if tokenizer.unk_id is not None:
+        assert tokenizer.unk_id in split_shards["val"].tokens.tolist()
+
+
+@pytest.mark.parametrize("kind, asked", [("bpe", 4000), ("wordpiece", 4000), ("word", 4000)])
+def test_a_fit_that_learns_fewer_tokens_than_asked_says_so(tmp_path, kind, asked):
+    """Issue 23.7: one short text cannot give 4,000 tokens; prepare says how many it got."""
+    (tmp_path / "one.txt").write_text("and the earth was without form\n" * 50, encoding="utf-8")
+    lines = []
+    out = prepare(word_config(tmp_path / "one.txt", tmp_path / "s", kind=kind, vocab_size=asked), log=lines.append)
+    vocab = load_prepared(out)[0].vocab_size
+    assert vocab < asked
+    assert any(f"tokenizer.vocab_size={asked:,} asked" in line and f"only {vocab:,} {kind} tokens" in line for line in lines)
+    lines.clear()
+    prepare(word_config(tmp_path / "one.txt", tmp_path / "t", kind=kind, vocab_size=vocab), log=lines.append)
+    assert not any("asked" in line for line in lines)  # a reachable size says nothing
+
+
+def test_crlf_becomes_lf_unless_kept(tmp_path):
+    """Issue 23.8: Windows line endings give the same tokens as Unix ones by default."""
+    (tmp_path / "unix.txt").write_bytes(b"first line\nsecond line\n" * 30)
+    (tmp_path / "windows.txt").write_bytes(b"first line\r\nsecond line\r\n" * 30)
+    char = {"kind": "char"}
+    unix = load_prepared(prepare(word_config(tmp_path / "unix.txt", tmp_path / "u", **char), log=lambda *_: None))
+    windows = load_prepared(prepare(word_config(tmp_path / "windows.txt", tmp_path / "w", **char), log=lambda *_: None))
+    assert "\r" not in windows[0].chars
+    np.testing.assert_array_equal(unix[1]["train"].tokens, windows[1]["train"].tokens)
+    kept = word_config(tmp_path / "windows.txt", tmp_path / "k", **char)
+    kept.data.keep_crlf = True
+    tokenizer, split_shards, _ = load_prepared(prepare(kept, log=lambda *_: None))
+    assert "\r" in tokenizer.chars and tokenizer.decode(split_shards["train"].tokens[:13].tolist()) == "first line\r\ns"
+
+
+def test_folder_and_glob_forms_of_one_source_share_a_shard_folder(tmp_path, monkeypatch):
+    """Issue 23.9: `sotu`, `sotu/` and `sotu/*.txt` are the same files, so one shard folder; the run is named after them."""
+    from slmkit.config import load_recipe
+    from slmkit.data.prepare import shard_dir_for
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sotu").mkdir()
+    for i in range(3):
+        (tmp_path / "sotu" / f"{i}.txt").write_text(f"speech {i}\n", encoding="utf-8")
+    cfgs = [load_recipe(None, {"data.source": s, "tokenizer.kind": "bpe"}) for s in ("sotu", "sotu/", "sotu/*.txt")]
+    assert len({shard_dir_for(cfg) for cfg in cfgs}) == 1 and shard_dir_for(cfgs[0]).name.startswith("sotu-bpe-")
+    assert {cfg.name for cfg in cfgs} == {"sotu-bpe"}
+    assert load_recipe(None).name == "kjv-char" and load_recipe("shakespeare-char").name == "shakespeare-char"
+    (tmp_path / "sotu" / "notes.md").write_text("not a speech\n", encoding="utf-8")  # now the forms differ
+    assert shard_dir_for(load_recipe(None, {"data.source": "sotu"})) != shard_dir_for(
+        load_recipe(None, {"data.source": "sotu/*.txt"})
+    )
