@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 from .config import RunConfig, list_recipes, load_recipe
-from .data import sources
-from .data.sources import tinyshakespeare
+from .data.sources import Corpus, source_kind
 from .model import count_parameters
 from .tokenizer import get_kind
 
@@ -25,28 +23,18 @@ class RecipeSummary:
     vocab_size: Optional[int]  # None: a char vocabulary whose corpus is not on this machine
     parameters: Optional[int]
     vocab_note: str = ""
+    download: str = ""  # what its data source downloads the first time ("" = nothing)
 
     def line(self) -> str:
         """The row as printed by `slm recipes`."""
         params = f"{self.parameters:,} params" if self.parameters is not None else "params need the corpus"
         vocab = f"vocab {self.vocab_size:,}" if self.vocab_size is not None else "vocab ?"
-        note = f" ({self.vocab_note})" if self.vocab_note else ""
+        notes = [self.vocab_note] * bool(self.vocab_note) + [f"downloads {self.download}"] * bool(self.download)
+        note = f" ({'; '.join(notes)})" if notes else ""
         return (
             f"{self.name:26s} reproduces={self.reproduces or '-':4s} data={self.source:22s} tokenizer={self.tokenizer:9s} "
             f"{self.shape:34s} {vocab:13s} {params}{note}"
         )
-
-
-def _local_char_source(cfg: RunConfig) -> Optional[str]:
-    """Why a char recipe's corpus is readable here without a download, or None when it is not."""
-    source = cfg.data.source
-    if source == "kjv":
-        return "built in"
-    if source == "tinyshakespeare":
-        return "cached" if tinyshakespeare.tinyshakespeare_cached() else None
-    if source.startswith("hf:"):
-        return None
-    return "local" if Path(source).exists() or any(c in source for c in "*?[") else None
 
 
 def recipe_vocab_size(cfg: RunConfig) -> tuple[Optional[int], str]:
@@ -58,11 +46,14 @@ def recipe_vocab_size(cfg: RunConfig) -> tuple[Optional[int], str]:
     if kind.vocab_size(tk.vocab_size) is not None:
         # A trained tokenizer reaches its vocab_size on any real corpus (a tiny one may give fewer).
         return kind.vocab_size(tk.vocab_size), ""
-    where = _local_char_source(cfg)
-    if where is None:
-        return None, f"{tk.kind} vocabulary of {cfg.data.source}: download it with `slm prepare --recipe {cfg.name}`"
-    chars = kind.fit(sources.Corpus(cfg.data).texts(), tk.vocab_size, tk.min_frequency).vocab_size
-    return chars, f"{chars} characters of {cfg.data.source}, {where}"
+    source = source_kind(cfg.data.source)  # the vocabulary is the characters of its train split
+    if not source.download(cfg.data.source):
+        chars = kind.fit(Corpus(cfg.data).texts(), tk.vocab_size, tk.min_frequency).vocab_size
+        return chars, f"{chars} characters of {cfg.data.source}"
+    if source.pinned_chars:  # lowercasing is the only normalization that merges characters
+        chars = len({c.lower() if cfg.data.lowercase else c for c in source.pinned_chars})
+        return chars, f"{chars} characters of the pinned {cfg.data.source}"
+    return None, f"{tk.kind} vocabulary of {cfg.data.source}: download it with `slm prepare --recipe {cfg.name}`"
 
 
 def summarize(cfg: RunConfig) -> RecipeSummary:
@@ -71,7 +62,8 @@ def summarize(cfg: RunConfig) -> RecipeSummary:
     shape = f"{m.n_layer}x{m.n_embd} h{m.n_head} ff{m.d_ff or 4 * m.n_embd} ctx{m.block_size} {m.pos_embedding}"
     vocab, note = recipe_vocab_size(cfg)
     params = count_parameters(m, vocab) if vocab is not None else None
-    return RecipeSummary(cfg.name, cfg.reproduces, cfg.data.source, cfg.tokenizer.kind, shape, vocab, params, note)
+    download = source_kind(cfg.data.source).download(cfg.data.source)
+    return RecipeSummary(cfg.name, cfg.reproduces, cfg.data.source, cfg.tokenizer.kind, shape, vocab, params, note, download)
 
 
 def summarize_recipes() -> list[RecipeSummary]:

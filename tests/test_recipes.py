@@ -165,6 +165,7 @@ def test_slm_recipes_prints_every_recipe_with_its_count(tmp_path, monkeypatch, c
     for name in RECIPES:
         seed, vocab, params = EXPECTED[name]
         assert f"reproduces={seed or '-'}" in lines[name]
-        if load_recipe(name).data.source != "tinyshakespeare":  # not downloaded here: reported, not guessed
-            assert f"{params:,} params" in lines[name] and f"vocab {vocab:,}" in lines[name]
-    assert "params need the corpus" in lines["shakespeare-char"]
+        # tinyshakespeare is not downloaded here: its pinned file's characters are counted (issue 20.5)
+        assert f"{params:,} params" in lines[name] and f"vocab {vocab:,}" in lines[name]
+    assert "(65 characters of the pinned tinyshakespeare; downloads 1.1 MB)" in lines["shakespeare-char"]
+    assert "downloads 13 MB" in lines["wikitext2-word"] and "downloads" not in lines["kjv-char"]

@@ -50,6 +50,8 @@ class SourceKind:
     label: Callable[[str], str]  # a short name for shard folders and runs
     identity: Callable[[str], str] = str  # equal for data.source strings naming the same text (shard folder key)
     fallback: bool = False  # tried after every other kind (local paths)
+    download: Callable[[str], str] = lambda source: ""  # what its first use downloads ("" = nothing, or it is here)
+    pinned_chars: str = ""  # the characters of its train split, when the text is pinned by its hash
 
 
 # ---------------------------------------------------------------- normalization

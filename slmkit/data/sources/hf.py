@@ -21,6 +21,7 @@ HF_DATASETS = {
     "wikitext-103-raw-v1": ("Salesforce/wikitext", "wikitext-103-raw-v1", True),
     "tinystories": ("roneneldan/TinyStories", None, True),
 }
+DOWNLOADS = {"wikitext-2-raw-v1": "13 MB", "wikitext-103-raw-v1": "~300 MB, streamed", "tinystories": "~1.9 GB, streamed"}
 HF_VAL_SPLITS = ("validation", "valid", "val")
 WIKITEXT_TITLE = re.compile(r"^ = [^=].* = \n?$")  # " = Title = ": a new article starts
 
@@ -123,5 +124,10 @@ def label(source: str) -> str:
 
 
 KIND = SourceKind(
-    name="hf", form="'hf:<dataset>'", claims=lambda source: source.startswith("hf:"), open=HFSource, label=label
+    name="hf",
+    form="'hf:<dataset>'",
+    claims=lambda source: source.startswith("hf:"),
+    open=HFSource,
+    label=label,
+    download=lambda source: DOWNLOADS.get(source[len("hf:") :], "a Hugging Face dataset"),
 )
