@@ -8,12 +8,12 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from slmkit.checkpoint import load_run, save_weights, write_run_files  # noqa: E402
 from slmkit.config import RunConfig, TokenizerConfig  # noqa: E402
 from slmkit.errors import ExportError  # noqa: E402
 from slmkit.export import check_gpt2_compatible, export_hf, import_hf  # noqa: E402
 from slmkit.generate import sample_ids  # noqa: E402
 from slmkit.model import GPT  # noqa: E402
+from slmkit.runs import load_run, save_weights, write_run_files  # noqa: E402
 from slmkit.tokenizer import fit_tokenizer  # noqa: E402
 from slmkit.tokenizer.gpt2 import gpt2_data_dir  # noqa: E402
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors import SafetensorError
 
-from slmkit import atomic, checkpoint
-from slmkit.checkpoint import LAST, STATE, load_run, load_state, save_state, save_weights
+from slmkit import atomic, runs
 from slmkit.cli import main
 from slmkit.errors import CheckpointError, WriteError
+from slmkit.runs import LAST, STATE, load_run, load_state, save_state, save_weights
 
 
 def digests(folder: Path) -> dict[str, str]:
@@ -79,7 +79,7 @@ def test_disk_full_while_saving_weights_keeps_the_old_file(tmp_path, trained_run
     def full(*args, **kwargs):  # what safetensors raises when the disk fills
         raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
-    monkeypatch.setattr(checkpoint, "save_model", full)
+    monkeypatch.setattr(runs, "save_model", full)
     with pytest.raises(WriteError) as info:
         save_weights(model, path)
     message = str(info.value)
