@@ -186,6 +186,12 @@ CASES = [
          damage=replace(CONFIG, bytes(range(256)))),
     Case("resume-with-recipe", ["train", "--resume", "{run}", "--recipe", "kjv-char"], "drop --recipe"),
     Case("resume-changes-model", ["train", "--resume", "{run}", "--model.n_layer=3"], "cannot change when resuming"),
+    Case("resume-with-overwrite", ["train", "--resume", "{run}", "--overwrite"], "drop --overwrite"),
+    # an existing run folder given as the --out of a new run
+    Case("train-out-existing-run", ["train", "--out", "{run}", *DATA], "holds a run; continue it with `slm train --resume",
+         subprocess=True),
+    Case("finetune-out-existing-run", ["finetune", "--from", "{run}", "--out", "{run}", *DATA],
+         "give a new --out, or add --overwrite to replace it"),
 ]
 
 
