@@ -50,10 +50,10 @@ def test_resume_is_bitwise_identical_for_every_schedule(tmp_path, tiny_overrides
         if state["step"] == crash_step:
             raise RuntimeError("simulated crash")
 
-    monkeypatch.setattr(engine, "_checkpoint", checkpoint_then_crash)
+    monkeypatch.setattr(engine, "save_checkpoint", checkpoint_then_crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(load_recipe("kjv-char", overrides), out=tmp_path / "crashed", progress_bar=False)
-    monkeypatch.setattr(engine, "_checkpoint", original)
+    monkeypatch.setattr(engine, "save_checkpoint", original)
 
     resumed = train(resume=tmp_path / "crashed", progress_bar=False)
     assert resumed.steps == full.steps and resumed.best_val_loss == full.best_val_loss
