@@ -11,13 +11,13 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .checkpoint import load_run
 from .config import RunConfig
 from .data.prepare import prepare, shard_dir_for
 from .data.shards import Shard, read_manifest
 from .data.sources import Corpus
 from .errors import DataError
 from .model import GPT
+from .runs import load_run
 from .tokenizer import Tokenizer
 
 
