@@ -85,7 +85,9 @@ def test_seed_numbers():
 
 def test_char_vocab_is_counted_from_the_corpus_or_reported_missing(tmp_path, monkeypatch):
     monkeypatch.setenv("SLMKIT_CACHE", str(tmp_path))  # no tinyshakespeare here: no download is attempted
-    row = summarize(load_recipe("shakespeare-char"))
+    row = summarize(load_recipe("shakespeare-char"))  # the pinned file's characters: no download needed
+    assert (row.vocab_size, row.parameters, row.download) == (65, 818_048, "1.1 MB")
+    row = summarize(load_recipe("shakespeare-char", {"data.source": "hf:wikitext-2-raw-v1"}))
     assert row.parameters is None and "slm prepare --recipe shakespeare-char" in row.vocab_note
     (tmp_path / "shakes.txt").write_text("abc\nab", encoding="utf-8")
     row = summarize(load_recipe("shakespeare-char", {"data.source": str(tmp_path / "shakes.txt")}))
