@@ -116,7 +116,7 @@ BAD_INPUTS = [
     (["prepare", "--data.source=missing/*.txt"], "glob missing/*.txt matches no files"),
     (["prepare", "--data.source=empty.txt"], "data.source 'empty.txt' has no text"),
     (["prepare", "--data.source=latin1.txt"], "latin1.txt is not UTF-8 text (bad byte at offset 3)"),
-    (["train", "--data.source=short.txt", "--model.block_size=64"], "fewer than one block of 64 + 1"),
+    (["train", "--data.source=short.txt", "--model.block_size=64"], "fewer than one window of 64 + 1"),
     (["prepare", "--data.source=corpus.txt", "--tokenizer.kind=bpe", "--tokenizer.vocab_size=100"], "too small"),
     (["train", "--data.source=corpus.txt", "--data.shard_dir=swapped"], "holds a 'gpt2' tokenizer, expected 'char'"),
     (["data", "info", "bad.bin"], "bad.bin is not an slmkit shard (bad magic)"),
