@@ -11,6 +11,7 @@ import pytest
 
 from slmkit import cli
 from slmkit.config import load_recipe, parse_overrides
+from slmkit.errors import SlmError
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -99,8 +100,23 @@ def test_readme_command_line_parses(line, argv, capsys):
         _dry_run(argv)
     except SystemExit:  # argparse's error
         pytest.fail(f"README line {line!r} does not parse as `slm {shlex.join(argv)}`: {capsys.readouterr().err}")
-    except Exception as e:
+    except (AssertionError, SlmError) as e:
         pytest.fail(f"README line {line!r} is refused as `slm {shlex.join(argv)}`: {e}")
+
+
+@pytest.mark.parametrize("argv", [
+    ["sample", "--prompt", "And"],  # --run is required
+    ["sample", "--run", "runs/x", "--promt", "And"],
+    ["eval", "--run", "runs/x", "--train.lr=1"],  # eval takes no overrides
+    ["train", "--train.no_such_key=1"],
+    ["train", "--model.n_layer=two"],
+    ["train", "--recipe", "no-such-recipe"],
+    ["train", "--train.threads=1", "..."],
+])  # fmt: skip
+def test_the_dry_run_refuses_what_slm_refuses(argv, capsys):
+    with pytest.raises((SystemExit, AssertionError, SlmError)):
+        _dry_run(argv)
+    capsys.readouterr()
 
 
 def test_quick_start_is_the_makefiles_two_commands():
