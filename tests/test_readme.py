@@ -39,6 +39,8 @@ def _code_lines(text: str) -> list[str]:
 
 def _slm_args(line: str):
     """The `slm` arguments of a shell line (`slm ...`, or `-m slmkit ...` under torchrun/python), else None."""
+    if not (line == "slm" or line.startswith("slm ") or " -m slmkit " in line):
+        return None  # not a command: a file tree's line, another tool's
     words = shlex.split(line, comments=True)
     if words[:1] == ["slm"]:
         return words[1:]
