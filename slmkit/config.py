@@ -409,9 +409,9 @@ def load_recipe(name_or_path: Optional[str] = None, overrides: Optional[dict[str
 
 def run_name(cfg: RunConfig) -> str:
     """The name of a run given no recipe: its data and tokenizer, e.g. `kjv-char` or `sotu-bpe`."""
-    from .data.sources import source_kind  # the source kinds name their data
+    from .data.sources import source_label  # the source kinds name their data
 
-    return f"{source_kind(cfg.data.source).label(cfg.data.source)}-{cfg.tokenizer.kind}"
+    return f"{source_label(cfg.data.source)}-{cfg.tokenizer.kind}"
 
 
 def parse_overrides(args: list[str]) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from .base import Piece, Source, SourceKind, normalize, normalized_pieces
 if TYPE_CHECKING:  # config validates against the source kinds: no import back at run time
     from ...config import DataConfig
 
-__all__ = ["Corpus", "Piece", "Source", "SourceKind", "kinds", "source_kind", "normalize", "normalized_pieces"]
+__all__ = ["Corpus", "Piece", "Source", "SourceKind", "kinds", "source_kind", "source_label", "normalize", "normalized_pieces"]
 
 FIT_CHARS = 1 << 16  # HF trainers parallelize over texts: fit on smaller ones (2x faster than 1 MB)
 
@@ -42,6 +42,12 @@ def source_kind(source: str) -> SourceKind:
             return kind
     forms = [kind.form for kind in kinds().values()]
     raise DataError(f"data.source {source!r} is not {', '.join(forms[:-1])} nor {forms[-1]}")
+
+
+def source_label(source: str) -> str:
+    """A short name of `data.source` for runs: its kind's label (a path that does not exist yet is named by the path)."""
+    kind = next((k for k in kinds().values() if k.claims(source)), None)
+    return (kind or next(k for k in kinds().values() if k.fallback)).label(source)
 
 
 def _split_at_lines(text: str, size: int) -> Iterator[str]:

@@ -164,7 +164,7 @@ def label(source: str) -> str:
     """The folder's, file's (without suffix) or glob's folder name: `sotu`, `sotu/` and `sotu/*.txt` give `sotu`."""
     path = _glob_base(source) if any(c in source for c in GLOB_CHARS) else Path(source).expanduser()
     name = path.resolve().name if path.is_dir() or not path.suffix else path.stem
-    return re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-")[:40] or "data"
+    return re.sub(r"[^A-Za-z0-9_]+", "-", name).strip("-")[:40] or "data"
 
 
 def identity(source: str) -> str:

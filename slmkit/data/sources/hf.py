@@ -120,7 +120,7 @@ class HFSource:
 def label(source: str) -> str:
     """`hf:tinystories` -> tinystories, `hf:user/repo:cfg` -> repo-cfg."""
     name = source[len("hf:") :]
-    return re.sub(r"[^A-Za-z0-9]+", "-", name.split("/")[-1]).strip("-")[:40] or "hf"
+    return re.sub(r"[^A-Za-z0-9_]+", "-", name.split("/")[-1]).strip("-")[:40] or "hf"
 
 
 KIND = SourceKind(
