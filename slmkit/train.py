@@ -35,7 +35,9 @@ from .runs import (
     PLOT,
     STATE,
     TENSORBOARD,
+    TOKENIZER,
     check_new_run,
+    check_tokenizer,
     load_state,
     load_state_weights,
     load_weights,
@@ -230,6 +232,8 @@ def train(
     if world > 1:
         dist.barrier()  # the other ranks wait for rank 0's shards
     tokenizer, shards, _ = load_prepared(shard_dir_for(cfg))
+    if resume is not None:  # the shards may have been rebuilt with another tokenizer since
+        check_tokenizer(run_dir, shard_dir_for(cfg) / TOKENIZER)
     cfg.model.vocab_size = tokenizer.vocab_size
     model = GPT(cfg.model).to(device)
     if init_weights is not None:
