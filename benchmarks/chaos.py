@@ -158,7 +158,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     rng = random.Random(args.seed)
-    from slmkit.data.sources import read_kjv
+    from slmkit.data.sources.kjv import read_kjv
 
     results = []
     with tempfile.TemporaryDirectory() as tmp:

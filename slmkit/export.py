@@ -21,7 +21,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .atomic import atomic_path, atomic_write_text
+from .atomic import atomic_path, atomic_write_text, staged_folder
 from .config import ModelConfig, RunConfig, TokenizerConfig
 from .errors import ExportError, SlmError
 from .model import GPT
@@ -144,14 +144,14 @@ def export_hf(run_dir: Path | str, out: Path | str) -> ExportResult:
     run = load_run(run_dir)
     out = Path(out)
     state = to_gpt2_state(run.model)  # raises before anything is written
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "model.safetensors") as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt"})  # transformers wants format=pt
-    config = gpt2_config(run.config.model, run.tokenizer.eot_id)
-    atomic_write_text(out / "generation_config.json", json.dumps(
-        {"bos_token_id": run.tokenizer.eot_id, "eos_token_id": run.tokenizer.eot_id}, indent=2))
-    note = _write_tokenizer(run.tokenizer, out, run.config.model.block_size)
-    atomic_write_text(out / "config.json", json.dumps(config, indent=2))
+    with staged_folder(out, last="config.json") as stage:  # a failed export (disk full) leaves `out` as it was
+        with atomic_path(stage / "model.safetensors") as tmp:
+            save_file(state, str(tmp), metadata={"format": "pt"})  # transformers wants format=pt
+        config = gpt2_config(run.config.model, run.tokenizer.eot_id)
+        atomic_write_text(stage / "generation_config.json", json.dumps(
+            {"bos_token_id": run.tokenizer.eot_id, "eos_token_id": run.tokenizer.eot_id}, indent=2))
+        note = _write_tokenizer(run.tokenizer, stage, run.config.model.block_size)
+        atomic_write_text(stage / "config.json", json.dumps(config, indent=2))
     return ExportResult(out, note)
 
 

@@ -61,11 +61,8 @@ RESUME_KEYS = (
 
 def save_weights(model: GPT, path: Path, metadata: Optional[dict[str, str]] = None) -> None:
     """Model weights to safetensors (tied weights stored once), atomically."""
-    with atomic_path(path) as tmp:
-        try:
-            save_model(model, str(tmp), metadata=metadata)
-        except SafetensorError as e:  # its I/O errors (e.g. disk full) arrive as SafetensorError
-            raise write_failure(path, e) from None
+    with atomic_path(path) as tmp:  # translates safetensors' I/O errors (e.g. disk full)
+        save_model(model, str(tmp), metadata=metadata)
 
 
 def load_weights(model: GPT, path: Path) -> None:
@@ -271,10 +268,7 @@ def save_int8(model: GPT, path: Path) -> None:
     """Quantize `model` and write its int8 safetensors file atomically."""
     tensors = int8_state(model)
     with atomic_path(path) as tmp:
-        try:
-            save_file(tensors, str(tmp), metadata={"format": "pt", "quantization": SCHEME, "torch": torch.__version__})
-        except SafetensorError as e:
-            raise write_failure(path, e) from None
+        save_file(tensors, str(tmp), metadata={"format": "pt", "quantization": SCHEME, "torch": torch.__version__})
 
 
 def load_int8(config: ModelConfig, path: Path) -> torch.nn.Module:
