@@ -20,6 +20,7 @@ import yaml
 
 from .atomic import atomic_write_text
 from .errors import ConfigError
+from .sampling import FIELDS, SamplingParams
 
 DEFAULT_RECIPE = "kjv-char"
 MAX_RECIPE_BYTES = 1_000_000  # a recipe is a page of YAML
@@ -212,7 +213,7 @@ SCHEDULES = ("constant", "cosine", "exponential", "plateau")
 
 @dataclass
 class SampleConfig:
-    """Defaults for the sample printed after training and for `slm sample`."""
+    """The sample printed during and after training, and `slm sample`'s defaults (see SamplingParams)."""
 
     prompt: str = ""
     max_new_tokens: int = 300
@@ -222,17 +223,12 @@ class SampleConfig:
     top_p: float = 1.0  # nucleus sampling: the smallest set of tokens holding this much probability; 1 = off
     repetition_penalty: float = 1.0  # > 1 makes tokens already in the context less likely (CTRL); 1 = off
 
+    def params(self) -> SamplingParams:
+        """These options as the SamplingParams generate takes (not validated: validate() does that)."""
+        return SamplingParams(**{key: getattr(self, key) for key in FIELDS if hasattr(self, key)})
+
     def validate(self) -> None:
-        if self.max_new_tokens < 0:
-            raise ConfigError(f"sample.max_new_tokens={self.max_new_tokens} must be >= 0")
-        if self.temperature < 0:
-            raise ConfigError(f"sample.temperature={self.temperature} must be >= 0 (0 = greedy)")
-        if self.top_k < 0:
-            raise ConfigError(f"sample.top_k={self.top_k} must be >= 0 (0 = off)")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ConfigError(f"sample.top_p={self.top_p} must be in (0, 1] (1 = off)")
-        if not self.repetition_penalty > 0.0:
-            raise ConfigError(f"sample.repetition_penalty={self.repetition_penalty} must be > 0 (1 = off)")
+        self.params().validate(prefix="sample.")
 
 
 @dataclass

@@ -218,7 +218,7 @@ def _checkpoint(run_dir: Path, model: GPT, state: dict[str, Any], keep_last_k: i
 
 def _sample(model: GPT, tokenizer: Tokenizer, sc: SampleConfig) -> str:
     """A sample of the recipe's `sample` section (during and after training)."""
-    return generate(model, tokenizer, sc.prompt, sc.max_new_tokens, sc.temperature, sc.top_k, seed=sc.seed)
+    return generate(model, tokenizer, sc.prompt, sc.params())
 
 
 def train(
