@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -31,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prepare", help="corpus -> tokenizer -> train/val shards", epilog=EPILOG)
     p.add_argument("--recipe", default=None, help="recipe name in recipes/ or a YAML path (default: kjv-char)")
+    p.add_argument("--out", default=None, metavar="DIR", help="shard folder to write (= --data.shard_dir)")
     p.add_argument("--force", action="store_true", help="rebuild the shards even if they are complete")
 
     p = sub.add_parser("sample", help="stream text from a trained run")
@@ -112,8 +114,11 @@ def _cmd_prepare(args: argparse.Namespace, overrides: dict) -> None:
     from .config import load_recipe
     from .data.shards import prepare
 
-    out = prepare(load_recipe(args.recipe, overrides), force=args.force)
-    print(out)
+    if args.out is not None:
+        if "data.shard_dir" in overrides:
+            raise ConfigError("--out and --data.shard_dir both name the shard folder; give one")
+        overrides = {**overrides, "data.shard_dir": args.out}
+    print(prepare(load_recipe(args.recipe, overrides), force=args.force))
 
 
 def _cmd_sample(args: argparse.Namespace) -> None:
@@ -218,6 +223,17 @@ _COMMANDS = {
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Entry point of `slm`; returns the exit code."""
+    try:
+        return _run(argv)
+    except BrokenPipeError:
+        # The reader of stdout has gone (`slm sample ... | head`): end quietly, as cat does. Point
+        # stdout at /dev/null so the interpreter's last flush does not fail again on the way out.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE: the status a shell reports for cat in the same place
+
+
+def _run(argv: Optional[list[str]]) -> int:
+    """Parse argv, run the command; SlmError becomes one line on stderr and exit code 1."""
     from .config import parse_overrides
 
     parser = _parser()

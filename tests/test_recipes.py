@@ -2,17 +2,21 @@
 model has the exact parameter count written here, and it trains a few steps on a small local slice
 of data in its real source's format (hub loaders pointed at local parquet folders)."""
 
+import dataclasses
 import math
+import shutil
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 import yaml
 
 from slmkit.config import list_recipes, load_recipe
 from slmkit.data import sources
-from slmkit.model import count_parameters
-from slmkit.recipes import summarize
+from slmkit.model import GPT
+from slmkit.recipes import PINNED_CHARS, parameter_count, summarize
 from slmkit.train import train
 
 from conftest import TINY_TEXT  # tests/ is on sys.path: rootdir conftest
@@ -41,6 +45,27 @@ def by_hand(m, vocab: int) -> int:
     return vocab * d + pos + m.n_layer * block + (d + b * d) + head
 
 
+def built_count(m, vocab: int) -> int:
+    """The parameters of the GPT itself, built on the meta device (no memory)."""
+    with torch.device("meta"):
+        return GPT(dataclasses.replace(m, vocab_size=vocab)).num_parameters()
+
+
+OPTIONS = [
+    {}, {"bias": False}, {"norm": "rmsnorm"}, {"norm": "rmsnorm", "bias": False}, {"mlp": "swiglu", "d_ff": 344},
+    {"mlp": "relu2", "qk_norm": True}, {"tie_embeddings": False}, {"pos_embedding": "rotary"},
+    {"pos_embedding": "sinusoidal", "mlp": "swiglu", "bias": False, "tie_embeddings": False}, {"pos_embedding": "none"},
+]
+
+
+@pytest.mark.parametrize("name", [p.stem for p in list_recipes()])
+def test_parameter_count_without_torch_equals_the_built_model(name):
+    model = load_recipe(name).model
+    for options in OPTIONS:
+        m = dataclasses.replace(model, **options)
+        assert parameter_count(m, 97) == built_count(m, 97), options
+
+
 def test_every_seed_has_its_recipe():
     assert sorted(RECIPES) == sorted(EXPECTED)
     assert {EXPECTED[r][0] for r in RECIPES} == {"", "000", "001", "002", "003", "004"}
@@ -51,7 +76,7 @@ def test_recipe_loads_with_its_seed_and_exact_parameter_count(name):
     cfg = load_recipe(name)
     seed, vocab, params = EXPECTED[name]
     assert cfg.seed == seed
-    assert count_parameters(cfg.model, vocab) == params == by_hand(cfg.model, vocab)
+    assert built_count(cfg.model, vocab) == parameter_count(cfg.model, vocab) == params == by_hand(cfg.model, vocab)
 
 
 def test_seed_numbers():
@@ -83,7 +108,9 @@ def test_seed_numbers():
 
 def test_char_vocab_is_counted_from_the_corpus_or_reported_missing(tmp_path, monkeypatch):
     monkeypatch.setenv("SLMKIT_CACHE", str(tmp_path))  # no tinyshakespeare here: no download is attempted
-    row = summarize(load_recipe("shakespeare-char"))
+    row = summarize(load_recipe("shakespeare-char"))  # the pinned file's vocabulary is known
+    assert (row.vocab_size, row.parameters) == (65, 818_048) and row.download == "downloads 1.1 MB"
+    row = summarize(load_recipe("shakespeare-char", {"data.val_fraction": 0.5}))  # a split the table does not cover
     assert row.parameters is None and "slm prepare --recipe shakespeare-char" in row.vocab_note
     (tmp_path / "shakes.txt").write_text("abc\nab", encoding="utf-8")
     row = summarize(load_recipe("shakespeare-char", {"data.source": str(tmp_path / "shakes.txt")}))
@@ -158,12 +185,37 @@ def test_recipe_trains_a_few_steps_on_a_local_slice(name, tmp_path, monkeypatch)
 def test_slm_recipes_prints_every_recipe_with_its_count(tmp_path, monkeypatch, capsys):
     from slmkit.cli import main
 
-    monkeypatch.setenv("SLMKIT_CACHE", str(tmp_path))
+    monkeypatch.setenv("SLMKIT_CACHE", str(tmp_path))  # nothing downloaded: still every count, and what to fetch
     assert main(["recipes"]) == 0
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert sorted(lines) == sorted(p.stem for p in list_recipes())
     for name in RECIPES:
         seed, vocab, params = EXPECTED[name]
         assert f"seed={seed or '-'}" in lines[name]
-        if load_recipe(name).data.source != "tinyshakespeare":  # not downloaded here: reported, not guessed
-            assert f"{params:,} params" in lines[name] and f"vocab {vocab:,}" in lines[name]
-    assert "params need the corpus" in lines["shakespeare-char"]
+        assert f"{params:,} params" in lines[name] and f"vocab {vocab:,}" in lines[name]
+    for name in ("shakespeare-char", "speedrun-cpu"):
+        assert "downloads 1.1 MB" in lines[name]
+    assert "downloads" not in lines["kjv-char"] and "downloads 315.5 MB" in lines["wikitext103-bpe-tiny"]
+
+
+PINNED_FILE = Path("/work/shared/data/tinyshakespeare.txt")  # this machine's copy of the pinned file, if any
+
+
+@pytest.mark.parametrize("source, lowercase", sorted(PINNED_CHARS))
+def test_pinned_vocabularies_are_what_prepare_fits(source, lowercase, tmp_path, monkeypatch):
+    if source == "tinyshakespeare":
+        if not (sources.tinyshakespeare_cached() or PINNED_FILE.is_file()):
+            pytest.skip("tinyshakespeare is not on this machine")
+        if not sources.tinyshakespeare_cached():
+            monkeypatch.setenv("SLMKIT_CACHE", str(tmp_path / "cache"))
+            (tmp_path / "cache").mkdir()
+            shutil.copy(PINNED_FILE, tmp_path / "cache" / "tinyshakespeare.txt")
+        sources.tinyshakespeare_path()  # the copy has the pinned SHA-256
+    from slmkit.data.shards import prepare
+    from slmkit.tokenizer import load_tokenizer
+
+    cfg = load_recipe("kjv-char", {
+        "data.source": source, "data.lowercase": lowercase, "data.shard_dir": str(tmp_path / "shards"),
+        "data.num_workers": 1,
+    })  # fmt: skip
+    assert load_tokenizer(prepare(cfg)).vocab_size == PINNED_CHARS[source, lowercase] == summarize(cfg).vocab_size
