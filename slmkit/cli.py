@@ -48,7 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--temperature", type=float, default=None, help="0 = greedy")
     s.add_argument("--top-k", dest="top_k", type=int, default=None, help="0 = off")
     s.add_argument("--top-p", dest="top_p", type=float, default=None, help="nucleus sampling mass; 1 = off")
-    s.add_argument("--repetition-penalty", dest="repetition_penalty", type=float, default=None, help="> 1 discourages repeats; 1 = off")
+    s.add_argument(
+        "--repetition-penalty", dest="repetition_penalty", type=float, default=None, help="> 1 discourages repeats; 1 = off"
+    )
     s.add_argument("--stop", action="append", default=None, metavar="TEXT", help="end before this text (repeatable)")
     s.add_argument("--seed", type=int, default=None)
 
@@ -131,7 +133,8 @@ def _cmd_sample(args: argparse.Namespace) -> None:
     run = load_run(args.run, weights=LAST if args.last else BEST, int8=args.int8)
     flags = {key: getattr(args, key) for key in FIELDS if getattr(args, key) is not None}
     params = run.config.sample.params().replace(**flags).validate(prefix="sample.")
-    for prompt in _prompts_from_stdin() if args.interactive else [run.config.sample.prompt if args.prompt is None else args.prompt]:
+    prompt = run.config.sample.prompt if args.prompt is None else args.prompt
+    for prompt in _prompts_from_stdin() if args.interactive else [prompt]:
         unknown = getattr(run.tokenizer, "unknown_chars", lambda _: [])(prompt)
         if unknown:
             print(f"slm: note: dropping characters the tokenizer has never seen: {''.join(unknown)!r}", file=sys.stderr)

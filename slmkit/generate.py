@@ -180,7 +180,8 @@ class StopMatcher:
             self.stopped, self.held = True, ""
             return held[: min(found)]
         # the longest end of `held` that is the start of a stop string stays held
-        keep = max((k for s in self.stops for k in range(1, min(len(s), len(held) + 1)) if held.endswith(s[:k])), default=0)
+        starts = (k for s in self.stops for k in range(1, min(len(s), len(held) + 1)) if held.endswith(s[:k]))
+        keep = max(starts, default=0)
         self.held = held[len(held) - keep :]
         return held[: len(held) - keep]
 

@@ -59,7 +59,9 @@ class SamplingParams:
                 raise SamplingError(field, getattr(self, field), rule, prefix)
 
         check(_is_int(self.max_new_tokens) and self.max_new_tokens >= 0, "max_new_tokens", "must be an integer >= 0")
-        check(_is_number(self.temperature) and self.temperature >= 0, "temperature", "must be a finite number >= 0 (0 = greedy)")
+        check(
+            _is_number(self.temperature) and self.temperature >= 0, "temperature", "must be a finite number >= 0 (0 = greedy)"
+        )
         check(_is_int(self.top_k) and self.top_k >= 0, "top_k", "must be an integer >= 0 (0 = off)")
         check(_is_number(self.top_p) and 0.0 < self.top_p <= 1.0, "top_p", "must be in (0, 1] (1 = off)")
         check(
@@ -67,7 +69,8 @@ class SamplingParams:
             "repetition_penalty", "must be a finite number > 0 (1 = off)",
         )  # fmt: skip
         check(all(isinstance(s, str) and s for s in self.stop), "stop", "must be non-empty strings")
-        check(self.seed is None or (_is_int(self.seed) and 0 <= self.seed <= MAX_SEED), "seed", f"must be in [0, {MAX_SEED}]")
+        seed_ok = self.seed is None or (_is_int(self.seed) and 0 <= self.seed <= MAX_SEED)
+        check(seed_ok, "seed", f"must be None or an integer in [0, {MAX_SEED}]")
         return self
 
     def replace(self, **options: Any) -> "SamplingParams":

@@ -50,7 +50,8 @@ def test_cache_gives_the_uncached_logits_and_ids_past_the_block_size(pos_embeddi
 
     for penalty in (1.0, 2.0):  # the penalty keeps greedy decoding of random weights from repeating one token
         greedy = list(sample_ids(model, prompt, max_new_tokens=3 * BLOCK, temperature=0, repetition_penalty=penalty))
-        assert greedy == list(sample_ids(model, prompt, max_new_tokens=3 * BLOCK, temperature=0, repetition_penalty=penalty, use_cache=False))
+        greedy_params = SamplingParams(max_new_tokens=3 * BLOCK, temperature=0, repetition_penalty=penalty)
+        assert greedy == list(sample_ids(model, prompt, greedy_params, use_cache=False))
     assert len(set(greedy)) > 5
 
 
@@ -78,10 +79,13 @@ def test_top_k_keeps_the_k_largest():
 def test_top_p_keeps_the_smallest_set_holding_p():
     probs = torch.tensor([0.05, 0.5, 0.15, 0.3])
     logits = probs.log()
-    kept = torch.isfinite(process_logits(logits, SamplingParams(temperature=1.0, top_p=0.9)))
-    assert kept.tolist() == [False, True, True, True]  # 0.5 + 0.3 < 0.9, so 0.15 is needed too
-    assert torch.isfinite(process_logits(logits, SamplingParams(temperature=1.0, top_p=0.5))).tolist() == [False, True, False, False]
-    assert torch.isfinite(process_logits(logits, SamplingParams(temperature=1.0, top_p=0.01))).sum() == 1  # the top token always stays
+
+    def kept(top_p):
+        return torch.isfinite(process_logits(logits, SamplingParams(temperature=1.0, top_p=top_p))).tolist()
+
+    assert kept(0.9) == [False, True, True, True]  # 0.5 + 0.3 < 0.9, so 0.15 is needed too
+    assert kept(0.5) == [False, True, False, False]
+    assert sum(kept(0.01)) == 1  # the top token always stays
 
 
 def test_repetition_penalty_and_temperature():
@@ -216,9 +220,11 @@ def test_params_object_and_keyword_options_give_the_same_text():
     model = tiny_model(vocab_size=tok.vocab_size)
     params = SamplingParams(max_new_tokens=30, temperature=1.0, top_k=4, repetition_penalty=1.5, seed=4)
     text = generate(model, tok, "ab", params)
-    assert text == generate(model, tok, "ab", max_new_tokens=30, temperature=1.0, top_k=4, repetition_penalty=1.5, seed=4)
+    same = dict(max_new_tokens=30, temperature=1.0, top_k=4, repetition_penalty=1.5, seed=4)
+    assert text == generate(model, tok, "ab", **same)
     assert text == "".join(stream(model, tok, "ab", params))
-    assert generate(model, tok, "ab", params, temperature=0) == generate(model, tok, "ab", params.replace(temperature=0))
+    greedy = generate(model, tok, "ab", params.replace(temperature=0))
+    assert generate(model, tok, "ab", params, temperature=0) == greedy
 
 
 def test_per_sequence_state_is_independent():

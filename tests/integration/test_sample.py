@@ -66,11 +66,12 @@ def test_a_reader_that_stops_early_ends_the_output_quietly(tmp_path, tiny_overri
     """`slm sample ... | head -c 20` (and the other commands that print a lot): no traceback, cat's exit status."""
     run = str(tmp_path / "run")
     train(load_recipe("kjv-char", dict(tiny_overrides, **{"train.max_steps": 5})), out=run, progress_bar=False)
+    overrides = [f"--{k}={v}" for k, v in tiny_overrides.items()]
     cases = [
         (["sample", "--run", run, "--max-new-tokens", "20000"], 20, b""),
         (["sample", "--run", run, "--interactive", "--max-new-tokens", "100"], 20, b"And God\n" * 200),
         (["eval", "--run", run], 0, b""),
-        (["train", "--no-progress", "--out", str(tmp_path / "again"), *[f"--{k}={v}" for k, v in tiny_overrides.items()]], 10, b""),
+        (["train", "--no-progress", "--out", str(tmp_path / "again"), *overrides], 10, b""),
     ]
     for argv, read, stdin in cases:
         code, err = head(argv, tmp_path, read, stdin)

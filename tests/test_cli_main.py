@@ -76,6 +76,7 @@ def test_a_closed_stdout_ends_quietly(argv, tmp_path, tiny_corpus):
     read, write = os.pipe()
     os.close(read)  # a real pipe whose reader has closed it
     with os.fdopen(write, "wb") as stdout:
-        result = subprocess.run([sys.executable, "-m", "slmkit", *argv], stdout=stdout, stderr=subprocess.PIPE, env=ENV, timeout=120)
+        argv = [sys.executable, "-m", "slmkit", *argv]
+        result = subprocess.run(argv, stdout=stdout, stderr=subprocess.PIPE, env=ENV, timeout=120)
     assert result.stderr.decode() == ""
     assert result.returncode == 141  # 128 + SIGPIPE, as a shell reports for cat
