@@ -58,19 +58,17 @@ class SamplingParams:
             if not ok:
                 raise SamplingError(field, getattr(self, field), rule, prefix)
 
-        check(_is_int(self.max_new_tokens) and self.max_new_tokens >= 0, "max_new_tokens", "must be an integer >= 0")
-        check(
-            _is_number(self.temperature) and self.temperature >= 0, "temperature", "must be a finite number >= 0 (0 = greedy)"
-        )
-        check(_is_int(self.top_k) and self.top_k >= 0, "top_k", "must be an integer >= 0 (0 = off)")
+        finite = "a finite number"
+        check(_is_int(self.max_new_tokens) and self.max_new_tokens >= 0, "max_new_tokens", "must be >= 0")
+        temperature_ok = _is_number(self.temperature) and self.temperature >= 0
+        check(temperature_ok, "temperature", f"must be {finite} >= 0 (0 = greedy)")
+        check(_is_int(self.top_k) and self.top_k >= 0, "top_k", "must be >= 0 (0 = off)")
         check(_is_number(self.top_p) and 0.0 < self.top_p <= 1.0, "top_p", "must be in (0, 1] (1 = off)")
-        check(
-            _is_number(self.repetition_penalty) and self.repetition_penalty > 0,
-            "repetition_penalty", "must be a finite number > 0 (1 = off)",
-        )  # fmt: skip
+        penalty_ok = _is_number(self.repetition_penalty) and self.repetition_penalty > 0
+        check(penalty_ok, "repetition_penalty", f"must be {finite} > 0 (1 = off)")
         check(all(isinstance(s, str) and s for s in self.stop), "stop", "must be non-empty strings")
         seed_ok = self.seed is None or (_is_int(self.seed) and 0 <= self.seed <= MAX_SEED)
-        check(seed_ok, "seed", f"must be None or an integer in [0, {MAX_SEED}]")
+        check(seed_ok, "seed", f"must be in [0, {MAX_SEED}]")
         return self
 
     def replace(self, **options: Any) -> "SamplingParams":
