@@ -57,8 +57,8 @@ def process_logits(logits: torch.Tensor, params: SamplingParams, seen: Optional[
 class TokenSampler:
     """One sequence's sampling state: its params, its seeded generator and the ids it has seen.
 
-    A batch of sequences holds one each, so every sequence draws from its own generator exactly
-    as it would alone.
+    A batch of sequences holds one each (with a PieceDecoder and a StopMatcher), so every
+    sequence draws from its own generator exactly as it would alone.
     """
 
     def __init__(self, params: SamplingParams, vocab_size: int, context: list[int], device: torch.device):
@@ -137,26 +137,47 @@ def sample_ids(
         steps.close()  # puts the model back in its mode, even when the caller stops early
 
 
-def decode_pieces(tokenizer: Tokenizer, ids: Iterable[int], context: Optional[list[int]] = None) -> Iterator[str]:
-    """Text of the ids as they arrive, holding back the tokens of an incomplete multi-byte character.
+class PieceDecoder:
+    """One sequence's text decoding: each token's text as it arrives, holding back the tokens of
+    an incomplete multi-byte character.
 
     Each piece is decoded after the token before it (the last `context` id at first), so decoders
     that join tokens (spaces between words, WordPiece's ##) place the boundary right.
     """
-    prev = list(context[-1:]) if context else []
-    prev_text = tokenizer.decode(prev)
-    pending: list[int] = []
+
+    def __init__(self, tokenizer: Tokenizer, context: Optional[list[int]] = None):
+        self.tokenizer = tokenizer
+        self.prev = list(context[-1:]) if context else []
+        self.prev_text = tokenizer.decode(self.prev)
+        self.pending: list[int] = []
+
+    def push(self, token: int) -> str:
+        """The text `token` completes ("" while a character's other bytes are still to come)."""
+        self.pending.append(token)
+        text = self.tokenizer.decode(self.prev + self.pending)
+        if text.endswith(REPLACEMENT) and len(self.pending) < MAX_CHAR_TOKENS:
+            return ""
+        return self._emit(text)
+
+    def flush(self) -> str:
+        """The text of the tokens still held when the sequence ends."""
+        return self._emit(self.tokenizer.decode(self.prev + self.pending)) if self.pending else ""
+
+    def _emit(self, text: str) -> str:
+        piece = text[len(self.prev_text) :] if text.startswith(self.prev_text) else self.tokenizer.decode(self.pending)
+        self.prev, self.pending = self.pending[-1:], []
+        self.prev_text = self.tokenizer.decode(self.prev)
+        return piece
+
+
+def decode_pieces(tokenizer: Tokenizer, ids: Iterable[int], context: Optional[list[int]] = None) -> Iterator[str]:
+    """The text of the ids as they arrive (see PieceDecoder)."""
+    decoder = PieceDecoder(tokenizer, context)
     for token in ids:
-        pending.append(token)
-        text = tokenizer.decode(prev + pending)
-        if text.endswith(REPLACEMENT) and len(pending) < MAX_CHAR_TOKENS:
-            continue  # the character's other bytes are still to come
-        yield text[len(prev_text) :] if text.startswith(prev_text) else tokenizer.decode(pending)
-        prev, pending = pending[-1:], []
-        prev_text = tokenizer.decode(prev)
-    if pending:
-        text = tokenizer.decode(prev + pending)
-        yield text[len(prev_text) :] if text.startswith(prev_text) else tokenizer.decode(pending)
+        if piece := decoder.push(token):
+            yield piece
+    if rest := decoder.flush():
+        yield rest
 
 
 class StopMatcher:

@@ -5,7 +5,7 @@ import torch
 
 from slmkit.config import POS_EMBEDDINGS, ConfigError
 from slmkit.generate import (
-    StopMatcher, TokenSampler, decode_pieces, generate, next_logits, process_logits, sample_ids, stream, until_stop,
+    PieceDecoder, StopMatcher, TokenSampler, decode_pieces, generate, next_logits, process_logits, sample_ids, stream, until_stop,
 )
 from slmkit.sampling import SamplingParams
 from slmkit.model import GPT, GPTConfig
@@ -246,3 +246,14 @@ def test_per_sequence_state_is_independent():
     a, b = StopMatcher(["STOP"]), StopMatcher(["\n\n"])
     assert [a.push("xS"), b.push("y\n"), a.push("TOP z"), b.push("w"), b.push("\n\nq")] == ["x", "y", "", "\nw", ""]
     assert a.stopped and b.stopped and a.push("more") == ""
+
+    tok = GPT2Tokenizer()  # two texts whose characters span several byte tokens, decoded in turn
+    texts = [tok.encode("Fox 🦊 and 日本"), tok.encode("é 🦊🦊 ok")]
+    decoders = [PieceDecoder(tok), PieceDecoder(tok)]
+    pieces: list[list[str]] = [[], []]
+    for step in range(max(map(len, texts))):
+        for i in (0, 1):
+            if step < len(texts[i]) and (piece := decoders[i].push(texts[i][step])):
+                pieces[i].append(piece)
+    assert pieces == [list(decode_pieces(tok, ids)) for ids in texts]
+    assert ["".join(p) for p in pieces] == ["Fox 🦊 and 日本", "é 🦊🦊 ok"]
