@@ -6,10 +6,10 @@
 
 The pipeline, one module per stage, data flowing one way: data/sources.py (where text comes
 from) -> tokenizer/ (char, word, bpe, wordpiece, gpt2) -> data/shards.py (binary token shards)
--> model.py (the GPT and its KV cache) -> train.py (the loop) -> checkpoint.py (run folders)
--> evaluate.py, generate.py (sampling; its options are sampling.SamplingParams), quantize.py,
-export.py, serve.py; config.py holds one typed section per stage, recipes/ the YAML recipes,
-cli.py the `slm` command.
+-> model.py (the GPT and its KV cache; quantize.py its int8 form) -> train.py (the loop) ->
+runs.py (the run folder: every file in it, saving, loading, resuming) -> evaluate.py, generate.py
+(sampling; its options are sampling.SamplingParams), export.py, serve.py; config.py holds one
+typed section per stage, recipes/ the YAML recipes, cli.py the `slm` command.
 
 The names below are imported on first use (module __getattr__), so `import slmkit` and the
 CLI's --help do not pay for torch.
@@ -24,7 +24,7 @@ from typing import Any
 _EXPORTS = {
     "GPT": "model",
     "GPTConfig": "model",
-    "Run": "checkpoint",
+    "Run": "runs",
     "RunConfig": "config",
     "SamplingParams": "sampling",
     "SlmError": "errors",
@@ -35,11 +35,11 @@ _EXPORTS = {
     "generate": "generate",
     "import_hf": "export",
     "load_recipe": "config",
-    "load_run": "checkpoint",
+    "load_run": "runs",
     "load_tokenizer": "tokenizer",
     "plot_runs": "plot",
     "prepare": "data.shards",
-    "quantize_run": "quantize",
+    "quantize_run": "runs",
     "stream": "generate",
     "train": "train",
 }
