@@ -117,6 +117,13 @@ def next_logits(model: GPT, ids: list[int], max_new_tokens: int, use_cache: bool
         model.train(was_training)
 
 
+def chosen(params: Optional[SamplingParams], options: dict[str, Any]) -> SamplingParams:
+    """`params` (default SamplingParams()) with the keyword `options` changed, validated."""
+    if params is not None and not isinstance(params, SamplingParams):
+        raise TypeError(f"params must be a SamplingParams, not {type(params).__name__}; give max_new_tokens=N by keyword")
+    return (params or SamplingParams()).replace(**options).validate()
+
+
 @torch.no_grad()
 def sample_ids(
     model: GPT, ids: list[int], params: Optional[SamplingParams] = None, use_cache: bool = True, **options: Any
@@ -125,7 +132,7 @@ def sample_ids(
 
     `options` change fields of `params` (default SamplingParams()); stop strings are for the text (see stream).
     """
-    params = (params or SamplingParams()).replace(**options).validate()
+    params = chosen(params, options)
     steps = next_logits(model, ids, params.max_new_tokens, use_cache)
     sampler = TokenSampler(params, model.config.vocab_size, ids, model.device)
     token = None
@@ -238,7 +245,7 @@ def stream(
     `params` says how (default SamplingParams(): see it for each option); keyword `options`
     change its fields, e.g. stream(model, tok, "And", temperature=0, max_new_tokens=50).
     """
-    params = (params or SamplingParams()).replace(**options).validate()  # bad options fail here, not at next()
+    params = chosen(params, options)  # bad options fail here, not at the first next()
     ids = tokenizer.encode(prompt) if prompt else [tokenizer.eot_id]
     return until_stop(decode_pieces(tokenizer, sample_ids(model, ids, params, use_cache), ids), params.stop)
 
@@ -259,6 +266,6 @@ def generate(
     """
     if num_samples < 1:
         raise ValueError(f"num_samples={num_samples} must be >= 1")
-    params = (params or SamplingParams()).replace(**options).validate()
+    params = chosen(params, options)
     texts = ["".join(stream(model, tokenizer, prompt, params.nth(i), use_cache)) for i in range(num_samples)]
     return texts[0] if num_samples == 1 else texts

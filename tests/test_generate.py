@@ -257,3 +257,8 @@ def test_per_sequence_state_is_independent():
                 pieces[i].append(piece)
     assert pieces == [list(decode_pieces(tok, ids)) for ids in texts]
     assert ["".join(p) for p in pieces] == ["Fox 🦊 and 日本", "é 🦊🦊 ok"]
+
+
+def test_a_positional_token_count_is_refused_with_the_keyword_to_use():
+    with pytest.raises(TypeError, match="max_new_tokens=N by keyword"):
+        list(sample_ids(tiny_model(), [1], 12))
