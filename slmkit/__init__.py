@@ -4,8 +4,8 @@
     run = slmkit.load_run("runs/kjv-char")
     print(slmkit.generate(run.model, run.tokenizer, "In the beginning", max_new_tokens=100))
 
-The pipeline, one module per stage, data flowing one way: data/sources.py (where text comes
-from) -> tokenizer/ (char, word, bpe, wordpiece, gpt2) -> data/shards.py (binary token shards)
+The pipeline, one module per stage, data flowing one way: data/sources/ (where text comes
+from) -> tokenizer/ (char, word, bpe, wordpiece, gpt2) -> data/prepare.py, shards.py (binary token shards)
 -> model.py (the GPT and its KV cache; quantize.py its int8 form) -> train.py (the loop) ->
 runs.py (the run folder: every file in it, saving, loading, resuming) -> evaluate.py, generate.py
 (sampling; its options are sampling.SamplingParams), export.py, serve.py; config.py holds one
@@ -38,7 +38,7 @@ _EXPORTS = {
     "load_run": "runs",
     "load_tokenizer": "tokenizer",
     "plot_runs": "plot",
-    "prepare": "data.shards",
+    "prepare": "data.prepare",
     "quantize_run": "runs",
     "stream": "generate",
     "train": "train",

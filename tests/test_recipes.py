@@ -14,9 +14,10 @@ import torch
 import yaml
 
 from slmkit.config import list_recipes, load_recipe
-from slmkit.data import sources
+from slmkit.data.sources import hf as hf_source
+from slmkit.data.sources import kjv
 from slmkit.model import GPT
-from slmkit.recipes import PINNED_CHARS, parameter_count, summarize
+from slmkit.recipes import parameter_count, summarize
 from slmkit.runs import CONFIG
 from slmkit.train import train
 
@@ -24,9 +25,9 @@ from conftest import TINY_TEXT  # tests/ is on sys.path: rootdir conftest
 
 RECIPES = [p.stem for p in list_recipes() if not p.stem.startswith("speedrun-")]
 
-# recipe -> (seed, vocab size the full-size model is counted with, exact parameter count)
+# recipe -> (seed system it reproduces, vocab size the full-size model is counted with, exact parameter count)
 EXPECTED = {
-    "kjv-char": ("", 65, 818_048),
+    "kjv-char": ("", 63, 817_792),  # the characters of the train split
     "shakespeare-char": ("002", 65, 818_048),
     "shakespeare-char-nodecay": ("002", 65, 818_048),
     "shakespeare-char-lower": ("003", 39, 814_720),  # lowercased: 65 - 26 letters
@@ -76,7 +77,7 @@ def test_every_seed_has_its_recipe():
 def test_recipe_loads_with_its_seed_and_exact_parameter_count(name):
     cfg = load_recipe(name)
     seed, vocab, params = EXPECTED[name]
-    assert cfg.seed == seed
+    assert cfg.reproduces == seed
     assert built_count(cfg.model, vocab) == parameter_count(cfg.model, vocab) == params == by_hand(cfg.model, vocab)
 
 
@@ -109,9 +110,9 @@ def test_seed_numbers():
 
 def test_char_vocab_is_counted_from_the_corpus_or_reported_missing(tmp_path, monkeypatch):
     monkeypatch.setenv("SLMKIT_CACHE", str(tmp_path))  # no tinyshakespeare here: no download is attempted
-    row = summarize(load_recipe("shakespeare-char"))  # the pinned file's vocabulary is known
-    assert (row.vocab_size, row.parameters) == (65, 818_048) and row.download == "downloads 1.1 MB"
-    row = summarize(load_recipe("shakespeare-char", {"data.val_fraction": 0.5}))  # a split the table does not cover
+    row = summarize(load_recipe("shakespeare-char"))  # the pinned file's characters: no download needed
+    assert (row.vocab_size, row.parameters, row.download) == (65, 818_048, "1.1 MB")
+    row = summarize(load_recipe("shakespeare-char", {"data.source": "hf:wikitext-2-raw-v1"}))
     assert row.parameters is None and "slm prepare --recipe shakespeare-char" in row.vocab_note
     (tmp_path / "shakes.txt").write_text("abc\nab", encoding="utf-8")
     row = summarize(load_recipe("shakespeare-char", {"data.source": str(tmp_path / "shakes.txt")}))
@@ -139,7 +140,7 @@ def _local_source(name: str, source: str, tmp_path, monkeypatch) -> str:
     """Point the recipe's source at a local slice in the same format; returns the data.source to use."""
     if source.startswith("hf:"):
         key = source[3:]
-        _, _, streaming = sources.HF_DATASETS[key]
+        _, _, streaming = hf_source.HF_DATASETS[key]
         repo = tmp_path / key  # the folder name keeps "wikitext": articles are rejoined as on the hub
         if "wikitext" in key:
             _parquet(repo / "train-00000-of-00001.parquet", _wikitext_rows(12))
@@ -148,11 +149,11 @@ def _local_source(name: str, source: str, tmp_path, monkeypatch) -> str:
             stories = [f"Once upon a time there was a cat number {i}. It was happy." for i in range(40)]
             _parquet(repo / "data" / "train-00000-of-00001.parquet", stories)
             _parquet(repo / "data" / "validation-00000-of-00001.parquet", stories[:4])
-        monkeypatch.setitem(sources.HF_DATASETS, key, (str(repo), None, streaming))
+        monkeypatch.setitem(hf_source.HF_DATASETS, key, (str(repo), None, streaming))
         return source  # unchanged: the hub loader itself reads the local folder
     if source == "kjv":
         path = tmp_path / "kjv.jsonl"  # the built-in corpus' own format: one JSON verse a line
-        with open(sources.kjv_path(), encoding="utf-8") as f:
+        with open(kjv.kjv_path(), encoding="utf-8") as f:
             path.write_text("".join(next(f) for _ in range(300)), encoding="utf-8")
         return str(path)
     path = tmp_path / "input.txt"  # tinyshakespeare: one plain text file (holding the prompt's characters)
@@ -179,7 +180,7 @@ def test_recipe_trains_a_few_steps_on_a_local_slice(name, tmp_path, monkeypatch)
     result = train(cfg, out=tmp_path / "run", progress_bar=False)
     assert result.steps == 3 and math.isfinite(result.final_val["loss"])
     saved = yaml.safe_load((tmp_path / "run" / CONFIG).read_text())
-    assert saved["seed"] == recipe.seed and saved["model"]["n_layer"] == recipe.model.n_layer
+    assert saved["reproduces"] == recipe.reproduces and saved["model"]["n_layer"] == recipe.model.n_layer
     assert saved["model"]["d_ff"] == recipe.model.d_ff and saved["model"]["n_embd"] == recipe.model.n_embd
 
 
@@ -192,31 +193,8 @@ def test_slm_recipes_prints_every_recipe_with_its_count(tmp_path, monkeypatch, c
     assert sorted(lines) == sorted(p.stem for p in list_recipes())
     for name in RECIPES:
         seed, vocab, params = EXPECTED[name]
-        assert f"seed={seed or '-'}" in lines[name]
+        assert f"reproduces={seed or '-'}" in lines[name]
+        # tinyshakespeare is not downloaded here: its pinned file's characters are counted (issue 20.5)
         assert f"{params:,} params" in lines[name] and f"vocab {vocab:,}" in lines[name]
-    for name in ("shakespeare-char", "speedrun-cpu"):
-        assert "downloads 1.1 MB" in lines[name]
-    assert "downloads" not in lines["kjv-char"] and "downloads 315.5 MB" in lines["wikitext103-bpe-tiny"]
-
-
-PINNED_FILE = Path("/work/shared/data/tinyshakespeare.txt")  # this machine's copy of the pinned file, if any
-
-
-@pytest.mark.parametrize("source, lowercase", sorted(PINNED_CHARS))
-def test_pinned_vocabularies_are_what_prepare_fits(source, lowercase, tmp_path, monkeypatch):
-    if source == "tinyshakespeare":
-        if not (sources.tinyshakespeare_cached() or PINNED_FILE.is_file()):
-            pytest.skip("tinyshakespeare is not on this machine")
-        if not sources.tinyshakespeare_cached():
-            monkeypatch.setenv("SLMKIT_CACHE", str(tmp_path / "cache"))
-            (tmp_path / "cache").mkdir()
-            shutil.copy(PINNED_FILE, tmp_path / "cache" / "tinyshakespeare.txt")
-        sources.tinyshakespeare_path()  # the copy has the pinned SHA-256
-    from slmkit.data.shards import prepare
-    from slmkit.tokenizer import load_tokenizer
-
-    cfg = load_recipe("kjv-char", {
-        "data.source": source, "data.lowercase": lowercase, "data.shard_dir": str(tmp_path / "shards"),
-        "data.num_workers": 1,
-    })  # fmt: skip
-    assert load_tokenizer(prepare(cfg)).vocab_size == PINNED_CHARS[source, lowercase] == summarize(cfg).vocab_size
+    assert "(65 characters of the pinned tinyshakespeare; downloads 1.1 MB)" in lines["shakespeare-char"]
+    assert "downloads 13 MB" in lines["wikitext2-word"] and "downloads" not in lines["kjv-char"]
