@@ -99,10 +99,13 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
 def staged_folder(out: Path | str, last: str) -> Iterator[Path]:
     """Yield a hidden staging folder beside `out` to write files into; on success they replace their
     namesakes in `out` (other files there stay), `last` moved last and first removed from `out`, so a
-    folder holding `last` is complete. On failure (disk full) `out` is untouched and the staging gone."""
+    folder holding `last` is complete. On failure (disk full) `out` is untouched and the staging gone.
+    The staging folders of killed runs are deleted first (call only where no other writer of `out` runs)."""
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
+        for stale in out.parent.glob(f".{out.name}.*.tmp"):  # staging folders of killed runs
+            shutil.rmtree(stale, ignore_errors=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     except OSError as e:
         raise write_failure(out, e) from None

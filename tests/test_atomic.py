@@ -54,7 +54,7 @@ def full_disk_open(room: int):
     def opener(path, mode="r", *args, **kwargs):
         if "w" not in mode and "+" not in mode and "a" not in mode:
             return open(path, mode, *args, **kwargs)
-        return FullDisk(path, mode.replace("b", "").replace("t", "") or "w")
+        return io.BufferedWriter(FullDisk(path, "w"))  # buffered, as open() is: close() flushes (and may fail)
 
     return opener
 

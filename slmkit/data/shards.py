@@ -76,8 +76,9 @@ class ShardWriter:
                 self._write(self._header())
             try:
                 self._file.close()  # before atomic_path fsyncs and renames it (or removes it after an error)
-            except OSError as e:  # the last buffered bytes did not fit
-                raise write_failure(self.path, e) from None
+            except OSError as e:  # the last buffered bytes did not fit: an error of ours, unless one came first
+                if exc[0] is None:
+                    raise write_failure(self.path, e) from None
         except WriteError as e:
             self._atomic.__exit__(WriteError, e, None)  # removes the temp file, raises e
             raise

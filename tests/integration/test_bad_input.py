@@ -63,7 +63,7 @@ def other_char_tokenizer(run: Path) -> None:
 
 
 def permuted_tokenizer(run: Path) -> None:
-    """The run's characters in another order: the same vocabulary size, other ids (issue 19.4)."""
+    """tokenizer.json swapped: the run's characters in another order (same vocabulary size, other ids)"""
     data = json.loads((run / TOKENIZER).read_text(encoding="utf-8"))
     data["chars"] = [data["chars"][0], *reversed(data["chars"][1:])]
     (run / TOKENIZER).write_text(json.dumps(data), encoding="utf-8")
