@@ -12,8 +12,8 @@ from slmkit.checkpoint import load_state
 from slmkit.config import ModelConfig, TrainConfig, load_recipe
 from slmkit.errors import ConfigError, TrainingError
 from slmkit.model import GPT
-from slmkit.optim import Muon, early_stop_update, lr_multiplier, make_optimizers, plateau_update
-from slmkit.train import resolve_precision, resume_config, train
+from slmkit.optim import Muon, early_stop_update, lr_multiplier, make_optimizers, plateau_update, warmup_progress
+from slmkit.train import TrainState, resolve_precision, resume_config, train
 
 
 def tiny_model() -> GPT:
@@ -30,44 +30,55 @@ def metrics(run_dir) -> list[dict]:
 
 def test_warmup_then_cosine_exact_values():
     cfg = TrainConfig(lr=1e-3, min_lr=1e-4, warmup_steps=10, schedule="cosine")
-    assert lr_multiplier(cfg, 0, 0.0, 0, 1.0) == pytest.approx(0.1)
-    assert lr_multiplier(cfg, 9, 0.0, 0, 1.0) == pytest.approx(1.0)
-    assert lr_multiplier(cfg, 10, 0.0, 0, 1.0) == pytest.approx(1.0)
-    assert lr_multiplier(cfg, 50, 0.5, 0, 1.0) == pytest.approx(0.55)  # halfway between 1 and min_lr/lr
-    assert lr_multiplier(cfg, 99, 1.0, 0, 1.0) == pytest.approx(0.1)
-    assert lr_multiplier(cfg, 99, 1.7, 0, 1.0) == pytest.approx(0.1)  # progress is clamped
+    warm = lambda step: warmup_progress(cfg, step, 0.0, time_budget=False)  # noqa: E731
+    assert lr_multiplier(cfg, warm(0), 0.0, 0, 1.0) == pytest.approx(0.1)
+    assert lr_multiplier(cfg, warm(9), 0.0, 0, 1.0) == pytest.approx(1.0)
+    assert lr_multiplier(cfg, warm(10), 0.0, 0, 1.0) == pytest.approx(1.0)
+    assert lr_multiplier(cfg, warm(50), 0.5, 0, 1.0) == pytest.approx(0.55)  # halfway between 1 and min_lr/lr
+    assert lr_multiplier(cfg, warm(99), 1.0, 0, 1.0) == pytest.approx(0.1)
+    assert lr_multiplier(cfg, warm(99), 1.7, 0, 1.0) == pytest.approx(0.1)  # progress is clamped
 
 
-def test_constant_exponential_and_plateau_schedules():
-    constant = TrainConfig(warmup_steps=0, schedule="constant")
-    assert [lr_multiplier(constant, s, s / 10, 0, 1.0) for s in range(0, 10, 3)] == [1.0] * 4
-    exponential = TrainConfig(warmup_steps=0, schedule="exponential", gamma=0.95)
-    assert lr_multiplier(exponential, 500, 0.5, 0, 1.0) == 1.0
-    assert lr_multiplier(exponential, 500, 0.5, 3, 1.0) == pytest.approx(0.95**3)
-    plateau = TrainConfig(warmup_steps=2, schedule="plateau")
-    assert lr_multiplier(plateau, 0, 0.0, 0, 0.25) == pytest.approx(0.5)  # warmup first
-    assert lr_multiplier(plateau, 5, 0.0, 0, 0.25) == 0.25
+def test_cooldown_fraction_is_constant_then_cosine():
+    cfg = TrainConfig(lr=1e-3, min_lr=1e-4, schedule="cosine", cooldown_fraction=0.3)
+    at = lambda fraction: lr_multiplier(cfg, 1.0, fraction, 0, 1.0)  # noqa: E731
+    assert [at(f) for f in (0.0, 0.35, 0.7)] == [1.0, 1.0, 1.0]  # stable until the last 30%
+    assert at(0.85) == pytest.approx(0.55) and at(1.0) == pytest.approx(0.1)  # then the cosine to min_lr
+    whole = TrainConfig(lr=1e-3, min_lr=1e-4, schedule="cosine", cooldown_fraction=1.0)
+    assert lr_multiplier(whole, 1.0, 0.5, 0, 1.0) == pytest.approx(0.55)  # 1.0: the cosine over the whole run
+
+
+def test_warmup_fraction_and_the_time_budget_cap():
+    by_fraction = TrainConfig(warmup_steps=100, warmup_fraction=0.2)
+    assert warmup_progress(by_fraction, 0, 0.1, time_budget=True) == pytest.approx(0.5)  # warmup_steps ignored
+    assert warmup_progress(by_fraction, 500, 0.1, time_budget=False) == pytest.approx(0.5)
+    steps = TrainConfig(warmup_steps=100)
+    assert warmup_progress(steps, 9, 0.5, time_budget=False) == pytest.approx(0.1)  # a step budget: warmup_steps
+    # a time budget: warmup ends at warmup_steps or 10% of the budget, whichever comes first
+    assert warmup_progress(steps, 9, 0.05, time_budget=True) == pytest.approx(0.5)
+    assert warmup_progress(steps, 9, 0.1, time_budget=True) == pytest.approx(1.0)
+    assert warmup_progress(steps, 99, 0.01, time_budget=True) == pytest.approx(1.0)
 
 
 def test_plateau_halves_after_patience_evaluations_without_improvement():
     cfg = TrainConfig(plateau_factor=0.5, plateau_patience=2)
-    state = {"plateau_best": math.inf, "plateau_bad": 0, "plateau_scale": 1.0}
+    state = TrainState()
     scales = []
     for loss in [3.0, 2.0, 2.5, 2.1, 2.2, 1.9, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0]:
         plateau_update(state, loss, cfg)
-        scales.append(state["plateau_scale"])
+        scales.append(state.plateau_scale)
     # bad evals after 2.0: 2.5, 2.1 (patience), 2.2 -> halve; 1.9 improves; then three bad -> halve, three -> halve
     assert scales == [1, 1, 1, 1, 0.5, 0.5, 0.5, 0.5, 0.25, 0.25, 0.25, 0.125]
 
 
 def test_early_stopping_counts_evaluations_without_min_delta_improvement():
     cfg = TrainConfig(early_stop_patience=2, early_stop_min_delta=0.1)
-    state = {"early_stop_best": math.inf, "early_stop_bad": 0}
+    state = TrainState()
     stops = [early_stop_update(state, loss, cfg) for loss in [3.0, 2.5, 2.45, 2.3, 2.35, 2.39]]
     # 2.45 is not 0.1 better than 2.5 (bad 1); 2.3 is (reset); 2.35, 2.39 bad -> stop
     assert stops == [False, False, False, False, False, True]
     off = TrainConfig(early_stop_patience=0)
-    state = {"early_stop_best": 1.0, "early_stop_bad": 0}
+    state = TrainState(early_stop_best=1.0)
     assert not any(early_stop_update(state, 5.0, off) for _ in range(10))
 
 
@@ -213,7 +224,7 @@ def test_muon_adam_full_eval_and_samples_train(tmp_path, tiny_overrides):
     rows = metrics(tmp_path / "muon")
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
     # eval_batches=0: evaluations use the whole val split, as the final report does (same best weights)
-    assert result.best_val_loss == pytest.approx(result.final_val["loss"], rel=1e-5)
+    assert result.best_val_loss == result.final_val.metrics["loss"]  # reused: no second pass over the split
     assert (tmp_path / "muon" / "train.log").read_text().count("sample at step") == 2
 
 
