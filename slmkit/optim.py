@@ -11,15 +11,12 @@ Also here: building the optimizers train.optimizer names, and the learning-rate 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .config import TrainConfig
-
-if TYPE_CHECKING:  # for annotations only: train.py imports this module
-    from .train import TrainState
 
 
 def orthogonalize(G: Tensor, steps: int = 5, eps: float = 1e-7) -> Tensor:
@@ -168,9 +165,12 @@ def lr_multiplier(cfg: TrainConfig, warmup: float, fraction: float, epoch: int, 
     return 1.0
 
 
-def plateau_update(state: TrainState, val_loss: float, cfg: TrainConfig) -> bool:
+def plateau_update(state: Any, val_loss: float, cfg: TrainConfig) -> bool:
     """Reduce-on-plateau after an evaluation: state.plateau_scale *= factor once `patience` evals pass
-    without improvement (as torch's ReduceLROnPlateau: on the (patience+1)-th bad one). True if reduced."""
+    without improvement (as torch's ReduceLROnPlateau: on the (patience+1)-th bad one). True if reduced.
+
+    `state` is the run's train.TrainState (not imported: train imports this module).
+    """
     if val_loss < state.plateau_best:
         state.plateau_best, state.plateau_bad = val_loss, 0
         return False
@@ -182,9 +182,9 @@ def plateau_update(state: TrainState, val_loss: float, cfg: TrainConfig) -> bool
     return False
 
 
-def early_stop_update(state: TrainState, val_loss: float, cfg: TrainConfig) -> bool:
-    """Early stopping after an evaluation: True once `early_stop_patience` evals in a row have not
-    beaten state.early_stop_best by more than early_stop_min_delta."""
+def early_stop_update(state: Any, val_loss: float, cfg: TrainConfig) -> bool:
+    """Early stopping after an evaluation (`state`: the run's train.TrainState): True once
+    `early_stop_patience` evals in a row have not beaten state.early_stop_best by more than early_stop_min_delta."""
     if val_loss < state.early_stop_best - cfg.early_stop_min_delta:
         state.early_stop_best, state.early_stop_bad = val_loss, 0
         return False

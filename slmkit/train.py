@@ -26,18 +26,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from .atomic import atomic_write_text, remove_temp_files
-from .checkpoint import (
-    BEST,
-    LAST,
-    STATE,
-    load_state,
-    load_state_weights,
-    load_weights,
-    save_state,
-    save_weights,
-    write_run_files,
-)
-from .config import RunConfig, SampleConfig, apply_override, load_config
+from .config import RunConfig, SampleConfig
 from .data.shards import BatchSampler, Shard, load_prepared, prepare, shard_dir_for
 from .errors import CheckpointError, ConfigError, TrainingError
 from .evaluate import EvalResult, evaluate_tokens, mean_loss, split_tokens
@@ -45,6 +34,23 @@ from .generate import generate
 from .model import GPT
 from .optim import early_stop_update, lr_multiplier, make_optimizers, plateau_update, warmup_progress
 from .plot import plot_runs
+from .runs import (
+    BEST,
+    LAST,
+    LOG,
+    METRICS,
+    PLOT,
+    STATE,
+    TENSORBOARD,
+    check_new_run,
+    load_state,
+    load_state_weights,
+    load_weights,
+    resume_config,
+    save_checkpoint,
+    save_weights,
+    write_run_files,
+)
 from .tokenizer import Tokenizer
 
 METRICS_FIELDS = [
@@ -75,25 +81,6 @@ def resolve_precision(name: str, device: torch.device) -> Optional[torch.dtype]:
             return None  # bf16 on a CPU without bf16 matrix units is ~100x slower than fp32
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
-
-
-# keys a resumed run may change: its budget and cadence, never its model or data
-RESUME_KEYS = (
-    "train.max_steps", "train.max_minutes", "train.max_epochs", "train.eval_interval", "train.log_interval",
-    "train.sample_interval", "train.keep_last_k", "train.tensorboard", "train.device", "train.threads",
-)  # fmt: skip
-
-def resume_config(run_dir: Path | str, overrides: Optional[dict[str, Any]] = None) -> RunConfig:
-    """The config of a run folder to resume, with budget/cadence overrides applied."""
-    run_dir = Path(run_dir)
-    if not (run_dir / STATE).is_file():
-        raise CheckpointError(f"{run_dir} has no {STATE} to resume from; start it with `slm train --out {run_dir}`")
-    cfg = load_config(run_dir / "config.yaml")
-    for key, value in (overrides or {}).items():
-        if key not in RESUME_KEYS:
-            raise ConfigError(f"--{key} cannot change when resuming; only {', '.join(RESUME_KEYS)} can")
-        apply_override(cfg, key, value)
-    return cfg.validate()
 
 
 @dataclass
@@ -215,12 +202,12 @@ class _Logger:
             except ImportError:
                 raise ConfigError("train.tensorboard=true needs the tensorboard package: pip install tensorboard (or slmkit[tensorboard])") from None
             # purge_step: TensorBoard hides the events a killed run logged after its checkpoint
-            self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=None if resumed_at is None else resumed_at + 1)
-        path = run_dir / "metrics.csv"
+            self.tb = SummaryWriter(str(run_dir / TENSORBOARD), purge_step=None if resumed_at is None else resumed_at + 1)
+        path = run_dir / METRICS
         if resumed_at is not None and path.exists():
             _drop_rows_after(path, resumed_at)
         new = not path.exists()
-        self.log = open(run_dir / "train.log", "a", encoding="utf-8")
+        self.log = open(run_dir / LOG, "a", encoding="utf-8")
         self.metrics_file = open(path, "a", newline="", encoding="utf-8")
         self.metrics = csv.DictWriter(self.metrics_file, fieldnames=METRICS_FIELDS)
         if new:
@@ -326,25 +313,6 @@ def _set_rank_state(state: dict[str, Any], sampler: BatchSampler) -> None:
     kind, key, pos, has_gauss, cached = state["numpy_rng"]
     np.random.set_state((kind, key.numpy().astype(np.uint32), pos, has_gauss, cached))
     random.setstate(state["python_rng"])
-
-
-def _checkpoint(run_dir: Path, model: GPT, state: dict[str, Any], keep_last_k: int) -> None:
-    """last.safetensors + state.pt: everything needed to continue exactly; and the last k copies.
-
-    state.pt holds its own copy of the weights: a kill between the two writes must not pair
-    the optimizer of one step with the weights of the next.
-    """
-    step = state["step"]
-    state = {**state, "model": model.state_dict()}
-    save_weights(model, run_dir / LAST, metadata={"step": str(step)})
-    save_state(state, run_dir / STATE)
-    if keep_last_k:
-        folder = run_dir / "checkpoints"
-        save_weights(model, folder / f"step-{step:07d}.safetensors", metadata={"step": str(step)})
-        save_state(state, folder / f"step-{step:07d}.state.pt")
-        for old in sorted(folder.glob("step-*.safetensors"))[:-keep_last_k]:
-            old.unlink()
-            old.with_name(old.name.replace(".safetensors", ".state.pt")).unlink(missing_ok=True)
 
 
 def _sample(model: GPT, tokenizer: Tokenizer, sc: SampleConfig) -> str:
@@ -542,7 +510,7 @@ def _save_checkpoint(run: _Run, state: TrainState) -> None:
         dist.all_gather_object(state.ranks, mine)
     if run.rank == 0:
         saved = {**asdict(state), "optimizers": [o.state_dict() for o in run.optimizers], "scaler": run.scaler.state_dict()}
-        _checkpoint(run.run_dir, run.model, saved, run.cfg.train.keep_last_k)
+        save_checkpoint(run.run_dir, run.model, saved, run.cfg.train.keep_last_k)
 
 
 def _metrics_row(
@@ -650,7 +618,7 @@ def _final_report(run: _Run, state: TrainState, log: _Logger) -> tuple[EvalResul
     )
     text = _sample(run.model, run.tokenizer, run.cfg.sample)
     log.info(f"sample from the best model:\n{run.cfg.sample.prompt}{text}")
-    plot_runs([run.run_dir], run.run_dir / "loss.png")
+    plot_runs([run.run_dir], run.run_dir / PLOT)
     return final, text
 
 
@@ -664,12 +632,15 @@ def train(
     progress_bar: bool = True,
     init_weights: Optional[Path | str] = None,
     tokenizer: Optional[Tokenizer] = None,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train a GPT as `cfg` says into run folder `out` (default runs/<name>).
 
     With `resume`, continue that run folder from its last checkpoint (cfg defaults to its config.yaml).
     With `init_weights`, start from those safetensors weights instead of a random init, and with
     `tokenizer`, tokenize the data with it instead of fitting one (fine-tuning).
+    A folder `out` that is not empty is refused (nothing in it touched) unless `overwrite`: then the
+    earlier run's files are deleted when the new run writes its first ones.
     Under torchrun, every rank runs this; rank 0 alone writes files.
     """
     if resume is not None:
@@ -678,6 +649,7 @@ def train(
     else:
         cfg = cfg or RunConfig()
         run_dir = Path(out) if out is not None else Path("runs") / cfg.name
+        check_new_run(run_dir, overwrite)
     distributed = _init_distributed()
     log: Optional[_Logger] = None
     try:
@@ -687,7 +659,7 @@ def train(
         else:
             state = TrainState()
             if run.rank == 0:
-                write_run_files(run_dir, cfg, run.tokenizer)
+                write_run_files(run_dir, cfg, run.tokenizer, overwrite)
         resumed_at = state.step if resume is not None else None
         log = _Logger(run_dir, run.rank == 0, cfg.train.tensorboard, progress_bar, resumed_at, run.budget.steps or None)
         log.info(_start_message(run, state, resumed=resume is not None))

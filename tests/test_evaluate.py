@@ -6,12 +6,12 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from slmkit.checkpoint import load_run
 from slmkit.config import ModelConfig, load_recipe
 from slmkit.data.sources import Corpus
 from slmkit.errors import DataError
 from slmkit.evaluate import evaluate_run, mean_loss, report, split_tokens, text_tokens
 from slmkit.model import GPT
+from slmkit.runs import LOG, load_run
 from slmkit.tokenizer.hf import UNK, WORD_PATTERN, HFTokenizer
 from slmkit.train import train
 
@@ -66,7 +66,7 @@ def test_evaluate_run_on_val_split_matches_training_report(tiny_run):
     assert result.metrics["bits_per_byte"] == pytest.approx(result.metrics["loss"] / math.log(2) * result.tokens / manifest_bytes)
     assert result.unknown_share is None  # char: lossless
     # the end of training printed exactly these numbers
-    assert f"on the {result.summary()}\n" in (tiny_run / "train.log").read_text()
+    assert f"on the {result.summary()}\n" in (tiny_run / LOG).read_text()
 
 
 def test_a_lossy_tokenizer_reports_the_bytes_it_could_not_represent(tmp_path, tiny_overrides, monkeypatch):
@@ -85,7 +85,7 @@ def test_a_lossy_tokenizer_reports_the_bytes_it_could_not_represent(tmp_path, ti
     assert 0 < result.unknown_share == pytest.approx(unknown / result.text_bytes)
     assert f"not comparable across tokenizers: {result.unknown_share:.2%} of the bytes" in result.summary()
     assert trained.final_val.unknown_share == result.unknown_share
-    assert f"on the {result.summary()}\n" in (tmp_path / "run" / "train.log").read_text()
+    assert f"on the {result.summary()}\n" in (tmp_path / "run" / LOG).read_text()
 
 
 def test_test_split_missing_is_a_clear_error(tiny_run):

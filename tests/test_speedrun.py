@@ -5,9 +5,9 @@ import math
 
 import pytest
 
-from slmkit.checkpoint import load_run, load_state
 from slmkit.config import load_recipe
 from slmkit.model import GPT
+from slmkit.runs import METRICS, STATE, load_run, load_state
 from slmkit.train import train
 
 
@@ -35,13 +35,13 @@ def test_speedrun_recipe_builds_its_model_and_trains(name, tiny_corpus, tmp_path
     }
     result = train(load_recipe(name, overrides), out=tmp_path / "run", progress_bar=False)
     assert result.steps == 10
-    with open(tmp_path / "run" / "metrics.csv", newline="") as f:
+    with open(tmp_path / "run" / METRICS, newline="") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["step"]) for r in rows] == [5, 10]
     # it learns: a fresh model predicts the corpus's 31 characters about uniformly (ln 31 = 3.43 nats)
     assert result.final_val.metrics["loss"] < math.log(31) - 0.5
     # with the recipe's optimizer: Muon (momentum for every block matrix) beside AdamW, or AdamW alone
-    optimizers = load_state(tmp_path / "run" / "state.pt")["optimizers"]
+    optimizers = load_state(tmp_path / "run" / STATE)["optimizers"]
     block_matrices = [p for n, p in load_run(tmp_path / "run").model.named_parameters() if ".h." in n and p.dim() == 2]
     if cfg.train.optimizer == "muon":
         assert len(optimizers) == 2 and len(optimizers[1]["state"]) == len(block_matrices)

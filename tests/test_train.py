@@ -10,12 +10,12 @@ import yaml
 from safetensors.torch import load_file
 from tqdm import tqdm
 
-from slmkit.checkpoint import load_state
 from slmkit.config import ModelConfig, TrainConfig, load_recipe
 from slmkit.errors import ConfigError, TrainingError
 from slmkit.model import GPT
 from slmkit.optim import Muon, early_stop_update, lr_multiplier, make_optimizers, plateau_update, warmup_progress
-from slmkit.train import TrainState, resolve_precision, resume_config, train
+from slmkit.runs import CHECKPOINTS, CONFIG, LAST, LOG, METRICS, STATE, TENSORBOARD, load_state, resume_config
+from slmkit.train import TrainState, resolve_precision, train
 
 
 def tiny_model() -> GPT:
@@ -23,7 +23,7 @@ def tiny_model() -> GPT:
 
 
 def metrics(run_dir) -> list[dict]:
-    with open(run_dir / "metrics.csv", newline="") as f:
+    with open(run_dir / METRICS, newline="") as f:
         return list(csv.DictReader(f))
 
 
@@ -148,7 +148,7 @@ def test_accumulation_equals_a_bigger_batch(tmp_path, tiny_overrides):
         progress_bar=False,
     )
     assert big.tokens == acc.tokens == 3 * 16 * 32
-    a, b = load_file(tmp_path / "big" / "last.safetensors"), load_file(tmp_path / "acc" / "last.safetensors")
+    a, b = load_file(tmp_path / "big" / LAST), load_file(tmp_path / "acc" / LAST)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
 
@@ -193,26 +193,26 @@ def test_early_stop_and_stop_at_val_loss(tmp_path, tiny_overrides):
 def test_nonfinite_steps_are_skipped_then_the_run_stops(tmp_path, tiny_overrides):
     run = tmp_path / "run"
     train(load_recipe("kjv-char", tiny_overrides), out=run, progress_bar=False)
-    good = load_file(run / "last.safetensors")
-    config = yaml.safe_load((run / "config.yaml").read_text())
+    good = load_file(run / LAST)
+    config = yaml.safe_load((run / CONFIG).read_text())
     config["train"]["lr"] = 1e30  # absurd: the first update makes every later loss NaN
-    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    (run / CONFIG).write_text(yaml.safe_dump(config))
     with pytest.raises(TrainingError, match="5 steps in a row had a NaN/inf loss") as err:
         train(resume_config(run, {"train.max_steps": 40}), resume=run, progress_bar=False)
     assert "\n" not in str(err.value)
-    after = load_file(run / "last.safetensors")  # the step-20 checkpoint is intact
+    after = load_file(run / LAST)  # the step-20 checkpoint is intact
     assert all(good[k].equal(after[k]) for k in good)
-    assert "non-finite loss or gradient norm, step skipped" in (run / "train.log").read_text()
+    assert "non-finite loss or gradient norm, step skipped" in (run / LOG).read_text()
 
 
 def test_keep_last_k(tmp_path, tiny_overrides):
     overrides = dict(tiny_overrides, **{"train.eval_interval": 5, "train.keep_last_k": 2})
     train(load_recipe("kjv-char", overrides), out=tmp_path / "run", progress_bar=False)
-    kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    kept = sorted(p.name for p in (tmp_path / "run" / CHECKPOINTS).iterdir())
     assert kept == [
         "step-0000015.safetensors", "step-0000015.state.pt", "step-0000020.safetensors", "step-0000020.state.pt",
     ]  # fmt: skip
-    a, b = load_file(tmp_path / "run" / "last.safetensors"), load_file(tmp_path / "run" / "checkpoints" / kept[2])
+    a, b = load_file(tmp_path / "run" / LAST), load_file(tmp_path / "run" / CHECKPOINTS / kept[2])
     assert all(a[k].equal(b[k]) for k in a)
 
 
@@ -227,7 +227,7 @@ def test_muon_adam_full_eval_and_samples_train(tmp_path, tiny_overrides):
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
     # eval_batches=0: evaluations use the whole val split, as the final report does (same best weights)
     assert result.best_val_loss == result.final_val.metrics["loss"]  # reused: no second pass over the split
-    assert (tmp_path / "muon" / "train.log").read_text().count("sample at step") == 2
+    assert (tmp_path / "muon" / LOG).read_text().count("sample at step") == 2
 
 
 def test_compile_trains_like_eager(tmp_path, tiny_overrides):
@@ -236,7 +236,7 @@ def test_compile_trains_like_eager(tmp_path, tiny_overrides):
     eager = train(load_recipe("kjv-char", overrides), out=tmp_path / "eager", progress_bar=False)
     compiled = train(load_recipe("kjv-char", dict(overrides, **{"train.compile": True})), out=tmp_path / "compiled",
                      progress_bar=False)  # fmt: skip
-    a, b = load_file(tmp_path / "eager" / "last.safetensors"), load_file(tmp_path / "compiled" / "last.safetensors")
+    a, b = load_file(tmp_path / "eager" / LAST), load_file(tmp_path / "compiled" / LAST)
     assert a.keys() == b.keys()  # no "_orig_mod." prefixes
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
@@ -261,7 +261,7 @@ def test_fp16_uses_a_grad_scaler_whose_state_is_checkpointed(tmp_path, tiny_over
     overrides = dict(tiny_overrides, **{"train.precision": "fp16", "train.max_steps": 4, "train.eval_interval": 4})
     result = train(load_recipe("kjv-char", overrides), out=tmp_path / "run", progress_bar=False)
     assert math.isfinite(result.best_val_loss)
-    scaler = load_state(tmp_path / "run" / "state.pt")["scaler"]
+    scaler = load_state(tmp_path / "run" / STATE)["scaler"]
     assert scaler["scale"] == 65536.0 and scaler["_growth_tracker"] == 4  # four steps without overflow
 
 
@@ -324,7 +324,7 @@ def test_tensorboard_holds_the_logged_scalars_once_per_step(tmp_path, tiny_overr
         train(load_recipe("kjv-char", overrides), out=tmp_path / "run", progress_bar=False)
     monkeypatch.undo()
     train(resume=tmp_path / "run", progress_bar=False)
-    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events = EventAccumulator(str(tmp_path / "run" / TENSORBOARD))
     events.Reload()
     rows = metrics(tmp_path / "run")
     for tag in ("lr", "train_loss", "val_loss", "perplexity"):
@@ -387,7 +387,7 @@ def test_an_evaluation_bigger_than_the_split_covers_it_once(tmp_path, tiny_overr
     val_tokens = result.final_val.tokens + 1
     assert passes == [val_tokens, val_tokens]  # the evaluations at steps 10 and 20, and no pass after them
     assert result.final_val.metrics["loss"] == result.best_val_loss
-    log = (tmp_path / "run" / "train.log").read_text()
+    log = (tmp_path / "run" / LOG).read_text()
     assert f"evaluated on the whole val split ({val_tokens:,} tokens)" in log
     assert f"step 20: end of the budget, final evaluation on the whole val split ({val_tokens:,} tokens)" in log
 
@@ -396,6 +396,6 @@ def test_sampled_evaluations_are_followed_by_one_whole_split_pass(tmp_path, tiny
     passes = whole_split_passes(monkeypatch)  # tiny_overrides: 2 fixed batches of 8 x 32 tokens
     result = train(load_recipe("kjv-char", tiny_overrides), out=tmp_path / "run", progress_bar=False)
     assert passes == [result.final_val.tokens + 1]
-    log = (tmp_path / "run" / "train.log").read_text()
+    log = (tmp_path / "run" / LOG).read_text()
     assert "step 20: end of the budget, final evaluation on 2 fixed val batches" in log
     assert f"final evaluation: the best weights on the whole val split ({passes[0]:,} tokens)" in log
