@@ -26,7 +26,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from .atomic import atomic_write_text, remove_temp_files
-from .config import RunConfig, SampleConfig
+from .config import RunConfig, SampleConfig, TrainConfig
 from .data.shards import BatchSampler, Shard, load_prepared, prepare, shard_dir_for
 from .errors import CheckpointError, ConfigError, TrainingError
 from .evaluate import EvalResult, evaluate_tokens, mean_loss, split_tokens
@@ -134,7 +134,7 @@ class _Budget:
     tokens_per_step: int
 
     @classmethod
-    def of(cls, tc: Any, train_tokens: int, seq_len: int, world: int) -> _Budget:
+    def of(cls, tc: TrainConfig, train_tokens: int, seq_len: int, world: int) -> _Budget:
         tokens_per_step = tc.batch_size * seq_len * tc.grad_accum_steps * world
         steps_per_epoch = max(1, train_tokens // tokens_per_step)
         limits = [n for n in (tc.max_steps, tc.max_epochs * steps_per_epoch) if n]

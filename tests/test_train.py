@@ -3,6 +3,7 @@
 import csv
 import importlib
 import math
+import shutil
 
 import pytest
 import torch
@@ -399,3 +400,19 @@ def test_sampled_evaluations_are_followed_by_one_whole_split_pass(tmp_path, tiny
     log = (tmp_path / "run" / LOG).read_text()
     assert "step 20: end of the budget, final evaluation on 2 fixed val batches" in log
     assert f"final evaluation: the best weights on the whole val split ({passes[0]:,} tokens)" in log
+
+
+def test_a_state_file_of_the_previous_version_still_resumes(tmp_path, tiny_overrides):
+    """state.pt files written before TrainState had epoch and best_step resume as the new ones do."""
+    overrides = dict(tiny_overrides, **{"train.schedule": "constant"})
+    train(load_recipe("kjv-char", overrides), out=tmp_path / "new", progress_bar=False)
+    shutil.copytree(tmp_path / "new", tmp_path / "old")
+    state = load_state(tmp_path / "old" / STATE)
+    assert {"epoch", "best_step"} <= state.keys()
+    torch.save({k: v for k, v in state.items() if k not in ("epoch", "best_step")}, tmp_path / "old" / STATE)
+    for name in ("new", "old"):
+        assert train(resume_config(tmp_path / name, {"train.max_steps": 30}), resume=tmp_path / name,
+                     progress_bar=False).steps == 30  # fmt: skip
+    a, b = load_file(tmp_path / "new" / LAST), load_file(tmp_path / "old" / LAST)
+    assert all(a[k].equal(b[k]) for k in a)
+    assert load_state(tmp_path / "old" / STATE)["epoch"] == load_state(tmp_path / "new" / STATE)["epoch"]
