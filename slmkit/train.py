@@ -607,7 +607,9 @@ def _final_report(run: _Run, state: TrainState, log: _Logger) -> tuple[EvalResul
     """The best weights on the whole val split (as `slm eval` reports them), a sample of them, the loss plot."""
     load_weights(run.model, run.run_dir / BEST)
     tokens, text_bytes = split_tokens(run.cfg, "val")
-    known = state.best_val_loss if run.val_batches is None else None  # the evaluations covered the whole split
+    # the evaluations covered the whole split: reuse the best one's loss (best_step 0: a state.pt of the
+    # previous version, whose best may have come from fixed batches)
+    known = state.best_val_loss if run.val_batches is None and state.best_step else None
     if known is None:
         log.info(f"final evaluation: the best weights on the whole val split ({len(tokens):,} tokens)")
     final = evaluate_tokens(run.model, run.tokenizer, tokens, text_bytes, "val split", run.cfg.train.batch_size, known)
