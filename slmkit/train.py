@@ -27,7 +27,9 @@ from tqdm import tqdm
 
 from .atomic import atomic_write_text, remove_temp_files
 from .config import RunConfig, SampleConfig, TrainConfig
-from .data.shards import BatchSampler, Shard, load_prepared, prepare, shard_dir_for
+from .data.prepare import load_prepared, prepare, shard_dir_for
+from .data.sampler import WindowSampler
+from .data.shards import Shard
 from .errors import CheckpointError, ConfigError, TrainingError
 from .evaluate import EvalResult, evaluate_tokens, mean_loss, split_tokens
 from .generate import generate
@@ -173,7 +175,7 @@ class _Run:
     train_model: torch.nn.Module  # the model, wrapped in DDP and/or torch.compile
     optimizers: list[torch.optim.Optimizer]
     scaler: torch.amp.GradScaler
-    sampler: BatchSampler
+    sampler: WindowSampler
     val_batches: Optional[list[tuple[torch.Tensor, torch.Tensor]]]  # None: every evaluation covers the whole split
     budget: _Budget
 
@@ -293,7 +295,7 @@ def _rank_mean(value: float, device: torch.device) -> float:
     return t.item() / dist.get_world_size()
 
 
-def _rank_state(sampler: BatchSampler) -> dict[str, Any]:
+def _rank_state(sampler: WindowSampler) -> dict[str, Any]:
     """This rank's data position and every RNG state (torch, CUDA, numpy, python)."""
     kind, key, pos, has_gauss, cached = np.random.get_state()
     return {
@@ -305,7 +307,7 @@ def _rank_state(sampler: BatchSampler) -> dict[str, Any]:
     }
 
 
-def _set_rank_state(state: dict[str, Any], sampler: BatchSampler) -> None:
+def _set_rank_state(state: dict[str, Any], sampler: WindowSampler) -> None:
     sampler.set_state(state["sampler"])
     torch.set_rng_state(state["torch_rng"])
     if state["cuda_rng"] and torch.cuda.is_available():
@@ -352,8 +354,8 @@ def _build(
     optimizers = make_optimizers(model, tc, device)
     seq_len = tc.seq_len or cfg.model.block_size
     # each rank draws its own batches: the seeds differ by rank
-    sampler = BatchSampler(shards["train"], seq_len, tc.batch_size, seed=tc.seed + 7919 * rank)
-    val_sampler = BatchSampler(shards["val"], seq_len, tc.batch_size, seed=tc.seed + 1 + 7919 * rank)
+    sampler = WindowSampler(shards["train"], seq_len, tc.batch_size, seed=tc.seed + 7919 * rank)
+    val_sampler = WindowSampler(shards["val"], seq_len, tc.batch_size, seed=tc.seed + 1 + 7919 * rank)
     # fixed batches only while they are fewer tokens than the split: beyond that, the whole split is cheaper and exact
     sampled = tc.eval_batches * tc.batch_size * seq_len * world < len(shards["val"]) - 1
     whole_split = tc.eval_full or tc.eval_batches == 0 or tc.stop_at_val_loss > 0 or not sampled
