@@ -1,12 +1,14 @@
-"""Hugging Face GPT-2 folders: export a run so `transformers` loads it, and import one as a run.
+"""Hugging Face folders: export a run so `transformers` loads it, and import one as a run.
 
-Our parameter names are GPT-2's, so the mapping is the identity except that HF's Conv1D
-layers (c_attn, c_proj, c_fc) store their weights transposed, as (in, out). Writing the
-folder needs only safetensors and JSON; `transformers` is needed to load it, not to write it.
-
-A model without biases (`model.bias: false`) is exported with zero biases, which GPT-2
-computes exactly as no bias. Positions other than learned, norms other than LayerNorm,
-MLPs other than GELU and QK-norm have no GPT-2 equivalent and are a clear ExportError.
+GPT-2 shapes (learned or sinusoidal positions, LayerNorm, GELU) export as GPT2LMHeadModel:
+our parameter names are GPT-2's, so the mapping is the identity except that HF's Conv1D
+layers (c_attn, c_proj, c_fc) store their weights transposed, as (in, out); a model without
+biases gets zero biases, which GPT-2 computes exactly as none. Rotary + RMSNorm + SwiGLU
+export as LlamaForCausalLM, or Qwen3ForCausalLM with QK-norm (our weightless per-head RMSNorm
+is Qwen3's q_norm/k_norm with a gain of ones). Our rotary pairs x[i] with x[i + hs/2], as
+HF's rotate_half does, so q and k need no permutation. Anything else is an ExportError
+naming the option and the nearest exportable value. Writing a folder needs only safetensors
+and JSON; `transformers` is needed to load it, not to write it.
 """
 
 from __future__ import annotations
@@ -25,30 +27,49 @@ from .atomic import atomic_path, atomic_write_text
 from .checkpoint import BEST, LAST, load_run, save_weights, write_run_files
 from .config import ModelConfig, RunConfig, TokenizerConfig
 from .errors import ExportError, SlmError
-from .model import GPT
+from .model import GPT, RMS_EPS
 from .tokenizer import GPT2Tokenizer, HFTokenizer, Tokenizer, load_tokenizer
 from .tokenizer.gpt2 import ENCODER_JSON, EOT, VOCAB_SIZE, check_files, gpt2_data_dir
 
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-# Model options (added by later slmkit versions) and the one value GPT-2 can represent.
-GPT2_ONLY = {"pos_embedding": "learned", "norm": "layernorm", "mlp": "gelu", "qk_norm": False}
 GPT2_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")  # GPT-2's tanh GELU, the one our model uses
 LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, used by our model
+ROPE_THETA = 10000.0  # our rotary base (slmkit.model)
+# The options each Hugging Face family fixes; any other value has no equivalent there.
+GPT2_OPTIONS = {"pos_embedding": ("learned", "sinusoidal"), "norm": ("layernorm",), "mlp": ("gelu",), "qk_norm": (False,)}
+LLAMA_OPTIONS = {"pos_embedding": ("rotary",), "norm": ("rmsnorm",), "mlp": ("swiglu",)}
 
 
 def _d_ff(cfg: ModelConfig) -> int:
     return cfg.d_ff or 4 * cfg.n_embd
 
 
-def check_gpt2_compatible(cfg: ModelConfig) -> None:
-    """Raise ExportError naming the first model option GPT-2 cannot represent."""
-    for key, value in GPT2_ONLY.items():
-        actual = getattr(cfg, key)
-        if actual != value:
+def _head_size(cfg: ModelConfig) -> int:
+    return cfg.n_embd // cfg.n_head
+
+
+def hf_architecture(cfg: ModelConfig) -> str:
+    """'gpt2', 'llama' or 'qwen3': the HF class that computes exactly what `cfg` does, else ExportError.
+
+    GPT-2 holds learned or sinusoidal positions, LayerNorm and GELU; Llama holds rotary + RMSNorm +
+    SwiGLU; Qwen3 adds per-head RMSNorms on q and k (QK-norm) but has no MLP biases.
+    """
+    modern = cfg.pos_embedding == "rotary" or cfg.norm == "rmsnorm" or cfg.mlp == "swiglu"
+    family, options = ("Llama/Qwen3", LLAMA_OPTIONS) if modern else ("GPT-2", GPT2_OPTIONS)
+    for key, values in options.items():
+        if getattr(cfg, key) not in values:
             raise ExportError(
-                f"model.{key}={actual!r} has no Hugging Face GPT-2 equivalent (GPT-2 needs {value!r}); "
-                "export a model trained with the GPT-2 options or use the run's safetensors directly"
+                f"model.{key}={getattr(cfg, key)!r} has no Hugging Face equivalent; the nearest exportable "
+                f"choice is model.{key}={values[0]!r} ({family}), or use the run's safetensors directly"
             )
+    if not modern:
+        return "gpt2"
+    if cfg.qk_norm and cfg.bias:
+        raise ExportError(
+            "model.bias=true with model.qk_norm=true has no Hugging Face equivalent (Qwen3 has no MLP biases); "
+            "the nearest exportable choice is model.bias=false (Qwen3) or model.qk_norm=false (Llama)"
+        )
+    return "qwen3" if cfg.qk_norm else "llama"
 
 
 def gpt2_config(cfg: ModelConfig, eot_id: int) -> dict:
@@ -79,16 +100,52 @@ def gpt2_config(cfg: ModelConfig, eot_id: int) -> dict:
     }
 
 
+def llama_config(cfg: ModelConfig, eot_id: int, arch: str) -> dict:
+    """config.json of a LlamaForCausalLM (arch 'llama') or Qwen3ForCausalLM ('qwen3') shaped as `cfg`."""
+    config = {
+        "architectures": ["Qwen3ForCausalLM" if arch == "qwen3" else "LlamaForCausalLM"],
+        "model_type": arch,
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.n_embd,
+        "intermediate_size": _d_ff(cfg),
+        "num_hidden_layers": cfg.n_layer,
+        "num_attention_heads": cfg.n_head,
+        "num_key_value_heads": cfg.n_head,
+        "head_dim": _head_size(cfg),  # explicit: Qwen3's default is 128, not hidden_size / heads
+        "hidden_act": "silu",
+        "max_position_embeddings": cfg.block_size,
+        "rms_norm_eps": RMS_EPS,
+        "rope_theta": ROPE_THETA,  # transformers < 5 reads this key, 5 reads rope_parameters
+        "rope_parameters": {"rope_type": "default", "rope_theta": ROPE_THETA},
+        "attention_bias": cfg.bias,
+        "attention_dropout": cfg.dropout,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "use_cache": True,
+        "bos_token_id": eot_id,
+        "eos_token_id": eot_id,
+        "torch_dtype": "float32",
+    }
+    if arch == "llama":
+        config.update(mlp_bias=cfg.bias, pretraining_tp=1)
+    else:
+        config.update(use_sliding_window=False, max_window_layers=cfg.n_layer)
+    return config
+
+
+def _our_state(model: GPT) -> dict[str, torch.Tensor]:
+    """The model's tensors on the CPU, with a sinusoidal table as `transformer.wpe.weight` (GPT-2's slot)."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if model.config.pos_embedding == "sinusoidal":
+        state["transformer.wpe.weight"] = model.pos_table.detach().cpu().clone()
+    if model.config.tie_embeddings:
+        state.pop("lm_head.weight", None)  # tied to the token embedding; transformers ties it again on load
+    return state
+
+
 def to_gpt2_state(model: GPT) -> dict[str, torch.Tensor]:
-    """GPT-2 tensors of `model`: Conv1D weights transposed, zero biases where the model has none."""
+    """GPT-2 tensors of a model hf_architecture calls 'gpt2': Conv1D weights transposed, zero biases where it has none."""
     cfg = model.config
-    check_gpt2_compatible(cfg)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    out: dict[str, torch.Tensor] = {}
-    for name, tensor in state.items():
-        if name == "lm_head.weight" and cfg.tie_embeddings:
-            continue  # tied to transformer.wte.weight; transformers ties it again on load
-        out[name] = (tensor.t() if name.endswith(CONV1D) else tensor).contiguous()
+    out = {name: (t.t() if name.endswith(CONV1D) else t).contiguous() for name, t in _our_state(model).items()}
     # GPT-2 always has biases; a zero bias computes exactly what no bias does
     layer_biases = {"ln_1": cfg.n_embd, "ln_2": cfg.n_embd, "attn.c_attn": 3 * cfg.n_embd,
                     "attn.c_proj": cfg.n_embd, "mlp.c_fc": _d_ff(cfg), "mlp.c_proj": cfg.n_embd}
@@ -96,18 +153,52 @@ def to_gpt2_state(model: GPT) -> dict[str, torch.Tensor]:
         for layer, size in layer_biases.items():
             out.setdefault(f"transformer.h.{i}.{layer}.bias", torch.zeros(size))
     out.setdefault("transformer.ln_f.bias", torch.zeros(cfg.n_embd))
-    expected = {"transformer.wte.weight", "transformer.wpe.weight", "transformer.ln_f.weight", "transformer.ln_f.bias"}
-    for i in range(cfg.n_layer):
-        expected |= {f"transformer.h.{i}.{layer}.{p}" for layer in layer_biases for p in ("weight", "bias")}
-    if not cfg.tie_embeddings:
-        expected.add("lm_head.weight")
-    unmapped = sorted(set(out) - expected)
-    if unmapped or expected - set(out):
-        raise ExportError(
-            f"the model has parameters GPT-2 does not ({unmapped[:3]}) or lacks some it needs "
-            f"({sorted(expected - set(out))[:3]}); this configuration cannot be exported as GPT-2"
-        )
     return out
+
+
+def llama_names(i: int) -> dict[str, str]:
+    """Our tensor name -> Llama/Qwen3's, for layer `i` (c_attn is split into q, k, v separately)."""
+    ours, theirs = f"transformer.h.{i}.", f"model.layers.{i}."
+    names = {"ln_1.weight": "input_layernorm.weight", "ln_2.weight": "post_attention_layernorm.weight"}
+    for p in ("weight", "bias"):
+        names.update({f"attn.c_proj.{p}": f"self_attn.o_proj.{p}", f"mlp.c_gate.{p}": f"mlp.gate_proj.{p}",
+                      f"mlp.c_fc.{p}": f"mlp.up_proj.{p}", f"mlp.c_proj.{p}": f"mlp.down_proj.{p}"})
+    return {ours + k: theirs + v for k, v in names.items()}
+
+
+LLAMA_TOP = {"transformer.wte.weight": "model.embed_tokens.weight", "transformer.ln_f.weight": "model.norm.weight",
+             "lm_head.weight": "lm_head.weight"}
+
+
+def to_llama_state(model: GPT) -> dict[str, torch.Tensor]:
+    """Llama/Qwen3 tensors of `model`: c_attn split into q/k/v, QK-norm as weights of ones."""
+    cfg = model.config
+    arch = hf_architecture(cfg)
+    state = _our_state(model)
+    names = dict(LLAMA_TOP)
+    for i in range(cfg.n_layer):
+        names.update(llama_names(i))
+    out = {names[k]: v for k, v in state.items() if k in names}
+    unmapped = sorted(k for k in state if k not in names and ".attn.c_attn." not in k)
+    if unmapped:
+        raise ExportError(f"the model has tensors Llama/Qwen3 does not ({unmapped[:3]}); it cannot be exported")
+    for i in range(cfg.n_layer):
+        attn = f"model.layers.{i}.self_attn."
+        for p in ("weight", "bias") if cfg.bias else ("weight",):
+            q, k, v = state[f"transformer.h.{i}.attn.c_attn.{p}"].chunk(3, dim=0)  # (3C, ...) -> 3 x (C, ...)
+            out.update({f"{attn}q_proj.{p}": q.clone(), f"{attn}k_proj.{p}": k.clone(), f"{attn}v_proj.{p}": v.clone()})
+        if arch == "qwen3":  # our QK-norm has no weight: Qwen3's per-head RMSNorm with a gain of ones
+            out[f"{attn}q_norm.weight"] = torch.ones(_head_size(cfg))
+            out[f"{attn}k_norm.weight"] = torch.ones(_head_size(cfg))
+    return out
+
+
+def hf_state_and_config(model: GPT, eot_id: int) -> tuple[dict[str, torch.Tensor], dict]:
+    """The tensors and config.json of the HF class that holds `model` exactly (ExportError if none does)."""
+    arch = hf_architecture(model.config)
+    if arch == "gpt2":
+        return to_gpt2_state(model), gpt2_config(model.config, eot_id)
+    return to_llama_state(model), llama_config(model.config, eot_id, arch)
 
 
 def _write_tokenizer(tokenizer: Tokenizer, out: Path, max_length: int) -> Optional[str]:
@@ -139,14 +230,13 @@ class ExportResult:
 
 
 def export_hf(run_dir: Path | str, out: Path | str) -> ExportResult:
-    """Write a folder `transformers.AutoModelForCausalLM.from_pretrained(out)` loads (GPT-2 architecture)."""
+    """Write a folder `transformers.AutoModelForCausalLM.from_pretrained(out)` loads (GPT-2, Llama or Qwen3)."""
     run = load_run(run_dir)
     out = Path(out)
-    state = to_gpt2_state(run.model)  # raises before anything is written
+    state, config = hf_state_and_config(run.model, run.tokenizer.eot_id)  # raises before anything is written
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "model.safetensors") as tmp:
         save_file(state, str(tmp), metadata={"format": "pt"})  # transformers wants format=pt
-    config = gpt2_config(run.config.model, run.tokenizer.eot_id)
     atomic_write_text(out / "generation_config.json", json.dumps(
         {"bos_token_id": run.tokenizer.eot_id, "eos_token_id": run.tokenizer.eot_id}, indent=2))
     note = _write_tokenizer(run.tokenizer, out, run.config.model.block_size)

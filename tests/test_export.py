@@ -11,7 +11,7 @@ transformers = pytest.importorskip("transformers")
 from slmkit.checkpoint import load_run, save_weights, write_run_files  # noqa: E402
 from slmkit.config import RunConfig, TokenizerConfig  # noqa: E402
 from slmkit.errors import ExportError  # noqa: E402
-from slmkit.export import check_gpt2_compatible, export_hf, import_hf  # noqa: E402
+from slmkit.export import export_hf, hf_architecture, import_hf  # noqa: E402
 from slmkit.generate import sample_ids  # noqa: E402
 from slmkit.model import GPT  # noqa: E402
 from slmkit.tokenizer import fit_tokenizer  # noqa: E402
@@ -20,12 +20,17 @@ from slmkit.tokenizer.gpt2 import gpt2_data_dir  # noqa: E402
 from conftest import TINY_TEXT  # noqa: E402  (tests/ is on sys.path: rootdir conftest)
 
 
-def make_run(path, kind: str, bias: bool = True, vocab_size: int = 0):
+MODERN = {"pos_embedding": "rotary", "norm": "rmsnorm", "mlp": "swiglu"}
+
+
+def make_run(path, kind: str, bias: bool = True, vocab_size: int = 0, **model_options):
     """A run folder holding a randomly initialized tiny GPT with a `kind` tokenizer."""
     cfg = RunConfig(tokenizer=TokenizerConfig(kind=kind, vocab_size=vocab_size, min_frequency=1))
     tokenizer = fit_tokenizer(cfg.tokenizer, TINY_TEXT.splitlines())
     cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd, cfg.model.block_size = 2, 2, 32, 32
     cfg.model.bias, cfg.model.vocab_size = bias, tokenizer.vocab_size
+    for key, value in model_options.items():
+        setattr(cfg.model, key, value)
     torch.manual_seed(0)
     model = GPT(cfg.model)
     with torch.no_grad():  # random biases and norms, so a wrong mapping shows
@@ -84,11 +89,67 @@ def test_exported_tokenizer_loads_in_autotokenizer(tmp_path, kind, vocab_size):
     assert_same_model(hf_load(tmp_path / "hf"), run.model, run.config.model.vocab_size)
 
 
-def test_configurations_gpt2_cannot_represent_are_clear_errors(tmp_path):
+EXPORTABLE = [  # (model options, the HF class that holds them)
+    *[({"pos_embedding": pos, "bias": bias, "tie_embeddings": tie}, "GPT2LMHeadModel")
+      for pos in ("learned", "sinusoidal") for bias in (True, False) for tie in (True, False)],
+    *[({**MODERN, "bias": bias, "tie_embeddings": tie}, "LlamaForCausalLM") for bias in (True, False) for tie in (True, False)],
+    *[({**MODERN, "qk_norm": True, "bias": False, "tie_embeddings": tie}, "Qwen3ForCausalLM") for tie in (True, False)],
+]
+
+
+@pytest.mark.parametrize("options,hf_class", EXPORTABLE, ids=lambda v: "-".join(f"{k}={x}" for k, x in v.items())
+                         if isinstance(v, dict) else v)
+def test_every_exportable_architecture_gives_same_logits_and_greedy_ids(tmp_path, options, hf_class):
+    run_dir = make_run(tmp_path / "run", "char", d_ff=48, **options)
+    export_hf(run_dir, tmp_path / "hf")
+    hf_model = hf_load(tmp_path / "hf")
+    assert type(hf_model).__name__ == hf_class
+    assert (hf_model.lm_head.weight is hf_model.get_input_embeddings().weight) == options["tie_embeddings"]
+    run = load_run(run_dir)
+    assert_same_model(hf_model, run.model, run.config.model.vocab_size)
+
+
+def test_our_rotary_pairs_dimensions_as_hf_llama():
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    from slmkit.model import _rotate
+
     cfg = RunConfig().model
-    cfg.pos_embedding = "rotary"  # an option of later model versions
-    with pytest.raises(ExportError, match="model.pos_embedding='rotary' has no Hugging Face GPT-2 equivalent"):
-        check_gpt2_compatible(cfg)
+    cfg.n_embd, cfg.n_head, cfg.vocab_size, cfg.pos_embedding = 32, 2, 10, "rotary"
+    model = GPT(cfg)
+    q, k = torch.randn(2, 2, 7, 16), torch.randn(2, 2, 7, 16)
+    cos, sin = model.rope_cos[:7], model.rope_sin[:7]  # (T, hs/2)
+    # HF repeats the angles over both halves: dimension i and i + hs/2 share angle i (rotate_half)
+    hf_q, hf_k = apply_rotary_pos_emb(q, k, torch.cat((cos, cos), -1)[None], torch.cat((sin, sin), -1)[None])
+    assert torch.allclose(_rotate(q, cos, sin), hf_q, atol=1e-6) and torch.allclose(_rotate(k, cos, sin), hf_k, atol=1e-6)
+
+
+@pytest.mark.parametrize("options", [{}, MODERN, {**MODERN, "qk_norm": True, "bias": False}], ids=["gpt2", "llama", "qwen3"])
+def test_pipeline_generates_from_the_export(tmp_path, options):
+    run_dir = make_run(tmp_path / "run", "bpe", vocab_size=300, **options)
+    export_hf(run_dir, tmp_path / "hf")
+    pipe = transformers.pipeline("text-generation", model=str(tmp_path / "hf"))
+    run = load_run(run_dir)
+    prompt = "And God said"
+    text = pipe(prompt, max_new_tokens=8, do_sample=False)[0]["generated_text"]
+    ids = run.tokenizer.encode(prompt)
+    assert text == run.tokenizer.decode(ids + list(sample_ids(run.model, ids, 8, temperature=0)))
+
+
+@pytest.mark.parametrize("options,message", [
+    ({**MODERN, "mlp": "relu2"}, "model.mlp='relu2' has no Hugging Face equivalent; the nearest exportable choice is model.mlp='swiglu'"),
+    ({"norm": "rmsnorm"}, "model.pos_embedding='learned' has no Hugging Face equivalent; .* model.pos_embedding='rotary'"),
+    ({"pos_embedding": "none"}, "model.pos_embedding='none' .* choice is model.pos_embedding='learned' \\(GPT-2\\)"),
+    ({"mlp": "relu2"}, "model.mlp='relu2' .* choice is model.mlp='gelu' \\(GPT-2\\)"),
+    ({**MODERN, "qk_norm": True, "bias": True}, "model.bias=true with model.qk_norm=true .* model.bias=false"),
+])
+def test_configurations_no_hf_class_holds_are_one_line_errors(tmp_path, options, message):
+    cfg = RunConfig().model
+    for key, value in options.items():
+        setattr(cfg, key, value)
+    with pytest.raises(ExportError, match=message) as e:
+        hf_architecture(cfg)
+    assert "\n" not in str(e.value)
 
 
 def gpt2_folder(path, vocab_size=50257):
