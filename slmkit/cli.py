@@ -68,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="hf", choices=["hf"], help="hf: AutoModelForCausalLM-loadable GPT-2 folder")
     p.add_argument("--out", required=True, metavar="OUT", help="folder to write")
 
-    p = sub.add_parser("import-hf", help="turn a local Hugging Face GPT-2 folder into a run folder")
+    p = sub.add_parser("import-hf", help="turn a local Hugging Face GPT-2, Llama or Qwen3 folder into a run folder")
     p.add_argument("folder", metavar="DIR", help="folder with config.json, model.safetensors and tokenizer files")
     p.add_argument("--out", required=True, metavar="RUN", help="run folder to write")
 

@@ -14,6 +14,7 @@ and JSON; `transformers` is needed to load it, not to write it.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -261,8 +262,6 @@ def _read_json(path: Path) -> dict:
 
 def model_config_from_gpt2(hf: dict, origin: str) -> ModelConfig:
     """Our ModelConfig for a GPT-2 config.json, or an ExportError naming what cannot map."""
-    if hf.get("model_type") != "gpt2":
-        raise ExportError(f"{origin}: model_type {hf.get('model_type')!r} is not 'gpt2'; only GPT-2 folders import")
     n_embd = int(hf.get("n_embd", 768))
     checks = [
         (hf.get("activation_function", "gelu_new") in GPT2_ACTIVATIONS,
@@ -315,8 +314,12 @@ def from_gpt2_state(hf_state: dict[str, torch.Tensor], cfg: ModelConfig, origin:
         if not name.startswith(("transformer.", "lm_head.")):
             name = f"transformer.{name}"  # saved from GPT2Model rather than GPT2LMHeadModel
         state[name] = tensor.t() if name.endswith(CONV1D) else tensor
-    model = GPT(cfg)
-    tied = cfg.tie_embeddings
+    return _load_into(GPT(cfg), state, origin)
+
+
+def _load_into(model: GPT, state: dict[str, torch.Tensor], origin: str) -> GPT:
+    """`model` with `state` loaded (a tied lm_head may be absent), or an ExportError naming the misfit."""
+    tied = model.config.tie_embeddings
     if tied:
         state.pop("lm_head.weight", None)  # the same tensor as transformer.wte.weight
     try:
@@ -327,6 +330,88 @@ def from_gpt2_state(hf_state: dict[str, torch.Tensor], cfg: ModelConfig, origin:
     if missing or unexpected:
         raise ExportError(f"{origin}: weights do not fit config.json (missing {missing[:3]}, unexpected {unexpected[:3]})")
     return model.eval()
+
+
+def _rope_theta(hf: dict) -> Optional[float]:
+    """The rotary base of a Llama/Qwen3 config.json, None when it scales positions (YaRN, linear, ...)."""
+    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    if rope.get("rope_type", rope.get("type", "default")) != "default":
+        return None
+    return float(rope.get("rope_theta", hf.get("rope_theta", ROPE_THETA)))
+
+
+def model_config_from_llama(hf: dict, origin: str) -> ModelConfig:
+    """Our ModelConfig for a Llama or Qwen3 config.json, or an ExportError naming what cannot map."""
+    n_embd, n_head = int(hf["hidden_size"]), int(hf["num_attention_heads"])
+    n_kv = int(hf.get("num_key_value_heads") or n_head)
+    head_dim = int(hf.get("head_dim") or n_embd // n_head)
+    checks = [
+        (hf.get("hidden_act", "silu") == "silu", f"hidden_act {hf.get('hidden_act')!r} (slmkit's SwiGLU uses 'silu')"),
+        (float(hf.get("rms_norm_eps", RMS_EPS)) == RMS_EPS, f"rms_norm_eps {hf.get('rms_norm_eps')} (slmkit uses {RMS_EPS})"),
+        (_rope_theta(hf) == ROPE_THETA, f"rotary settings {hf.get('rope_parameters') or hf.get('rope_scaling')} "
+                                        f"(slmkit uses default RoPE with base {ROPE_THETA:g})"),
+        (head_dim * n_head == n_embd, f"head_dim {head_dim} x {n_head} heads != hidden_size {n_embd}"),
+        (n_head % n_kv == 0, f"{n_kv} key/value heads for {n_head} heads"),
+        (not hf.get("use_sliding_window", False), "use_sliding_window true"),
+    ]
+    for ok, what in checks:
+        if not ok:
+            raise ExportError(f"{origin}: {what} cannot be represented by an slmkit model")
+    cfg = ModelConfig(
+        n_layer=int(hf["num_hidden_layers"]), n_head=n_head, n_embd=n_embd,
+        block_size=int(hf.get("max_position_embeddings", 2048)), dropout=float(hf.get("attention_dropout", 0.0)),
+        bias=bool(hf.get("attention_bias", False) or hf.get("mlp_bias", False)), vocab_size=int(hf["vocab_size"]),
+        pos_embedding="rotary", norm="rmsnorm", mlp="swiglu", d_ff=int(hf["intermediate_size"]),
+        qk_norm=hf.get("model_type") == "qwen3", tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+    )
+    cfg.validate()
+    return cfg
+
+
+def from_llama_state(hf_state: dict[str, torch.Tensor], cfg: ModelConfig, n_kv: int, origin: str) -> GPT:
+    """A GPT filled from Llama/Qwen3 tensors: q/k/v joined into c_attn, grouped k/v heads repeated."""
+    names = {v: k for k, v in LLAMA_TOP.items()}
+    for i in range(cfg.n_layer):
+        names.update({v: k for k, v in llama_names(i).items()})
+    state = {names[k]: v for k, v in hf_state.items() if k in names}
+    hs, repeat = _head_size(cfg), cfg.n_head // n_kv
+    for i in range(cfg.n_layer):
+        attn = f"model.layers.{i}.self_attn."
+        for norm in ("q_norm", "k_norm"):
+            gain = hf_state.pop(f"{attn}{norm}.weight", None)
+            if gain is not None and not torch.equal(gain, torch.ones_like(gain)):
+                raise ExportError(f"{origin}: layer {i}'s {norm} has a learned gain; slmkit's QK-norm has none")
+        for p in ("weight", "bias"):
+            if f"{attn}q_proj.{p}" not in hf_state:
+                continue
+            q, k, v = (hf_state[f"{attn}{x}_proj.{p}"] for x in "qkv")
+            # HF's repeat_kv: query head j reads key/value head j // repeat
+            k, v = (t.unflatten(0, (n_kv, hs)).repeat_interleave(repeat, 0).flatten(0, 1) for t in (k, v))
+            state[f"transformer.h.{i}.attn.c_attn.{p}"] = torch.cat((q, k, v), 0)
+    joined = re.compile(r"model\.layers\.\d+\.self_attn\.(q|k|v)_proj\.(weight|bias)$|.*rotary_emb\.inv_freq$")
+    unread = sorted(k for k in hf_state if k not in names and not joined.match(k))
+    if unread:
+        raise ExportError(f"{origin}: weights do not fit config.json (unexpected {unread[:3]})")
+    model = GPT(cfg)
+    if cfg.bias:  # a zero bias where the folder has none (e.g. attention biases but no MLP ones)
+        for name, p in model.state_dict().items():
+            if name.endswith(".bias"):
+                state.setdefault(name, torch.zeros_like(p))
+    return _load_into(model, state, origin)
+
+
+def read_hf_model(folder: Path) -> GPT:
+    """The GPT a GPT-2, Llama or Qwen3 folder's config.json and weights describe."""
+    origin = str(folder / "config.json")
+    hf = _read_json(folder / "config.json")
+    kind = hf.get("model_type")
+    if kind == "gpt2":
+        return from_gpt2_state(_read_weights(folder), model_config_from_gpt2(hf, origin), str(folder))
+    if kind in ("llama", "qwen3"):
+        cfg = model_config_from_llama(hf, origin)
+        n_kv = int(hf.get("num_key_value_heads") or cfg.n_head)
+        return from_llama_state(_read_weights(folder), cfg, n_kv, str(folder))
+    raise ExportError(f"{origin}: model_type {kind!r} does not import; slmkit reads 'gpt2', 'llama' and 'qwen3' folders")
 
 
 def _is_gpt2_vocab(vocab_json: Path, merges_txt: Path) -> bool:
@@ -366,12 +451,12 @@ def _read_tokenizer(folder: Path) -> Tokenizer:
 
 
 def import_hf(folder: Path | str, out: Path | str) -> Path:
-    """Turn a local GPT-2 folder (config.json + weights + tokenizer) into an slmkit run folder."""
+    """Turn a local GPT-2, Llama or Qwen3 folder (config.json + weights + tokenizer) into an slmkit run folder."""
     folder, out = Path(folder), Path(out)
     if not folder.is_dir():
         raise ExportError(f"{folder} is not a folder; give a local folder saved by save_pretrained")
-    cfg_model = model_config_from_gpt2(_read_json(folder / "config.json"), str(folder / "config.json"))
-    model = from_gpt2_state(_read_weights(folder), cfg_model, str(folder))
+    model = read_hf_model(folder)
+    cfg_model = model.config
     tokenizer = _read_tokenizer(folder)
     if tokenizer.vocab_size != cfg_model.vocab_size:
         raise ExportError(

@@ -176,8 +176,10 @@ def test_import_random_transformers_gpt2(tmp_path):
     assert_same_model(hf_model, run.model, 50257)
 
 
-def test_import_with_a_bpe_tokenizer_json_and_round_trip(tmp_path):
-    run_dir = make_run(tmp_path / "run", "bpe", vocab_size=300)
+@pytest.mark.parametrize("options", [{}, MODERN, {**MODERN, "qk_norm": True, "bias": False, "tie_embeddings": False}],
+                         ids=["gpt2", "llama", "qwen3"])
+def test_import_with_a_bpe_tokenizer_json_and_round_trip(tmp_path, options):
+    run_dir = make_run(tmp_path / "run", "bpe", vocab_size=300, **options)
     export_hf(run_dir, tmp_path / "hf")
     back = import_hf(tmp_path / "hf", tmp_path / "back")
     a, b = load_run(run_dir), load_run(back)
@@ -199,3 +201,73 @@ def test_import_errors(tmp_path):
     (tmp_path / "hf" / "vocab.json").unlink()
     with pytest.raises(ExportError, match="no tokenizer"):
         import_hf(tmp_path / "hf", tmp_path / "run")
+
+
+def llama_folder(path, hf_class: str, tie: bool, attention_bias: bool, mlp_bias: bool = False):
+    """A randomly initialized transformers Llama/Qwen3 (grouped k/v heads) saved with one of our bpe tokenizers."""
+    tokenizer = fit_tokenizer(TokenizerConfig(kind="bpe", vocab_size=300, min_frequency=1), TINY_TEXT.splitlines())
+    shape = dict(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=64,
+                 tie_word_embeddings=tie, attention_bias=attention_bias)
+    if hf_class == "LlamaForCausalLM":
+        config = transformers.LlamaConfig(**shape, mlp_bias=mlp_bias)
+    else:
+        config = transformers.Qwen3Config(**shape)
+    torch.manual_seed(0)
+    model = getattr(transformers, hf_class)(config).eval()
+    with torch.no_grad():  # random norms and biases, so a wrong mapping shows (QK-norm gains stay ones)
+        for name, p in model.named_parameters():
+            if p.dim() == 1 and "q_norm" not in name and "k_norm" not in name:
+                p.normal_(1.0 if "norm" in name else 0.0, 0.1)
+    model.save_pretrained(path)
+    tokenizer.save(path / "tokenizer.json")
+    return model
+
+
+@pytest.mark.parametrize("hf_class,tie,attention_bias,mlp_bias", [
+    ("LlamaForCausalLM", True, False, False), ("LlamaForCausalLM", False, True, True),
+    ("LlamaForCausalLM", False, True, False), ("Qwen3ForCausalLM", True, False, False),
+    ("Qwen3ForCausalLM", False, True, False),
+])
+def test_import_random_transformers_llama_and_qwen3(tmp_path, hf_class, tie, attention_bias, mlp_bias):
+    hf_model = llama_folder(tmp_path / "hf", hf_class, tie, attention_bias, mlp_bias)
+    run = load_run(import_hf(tmp_path / "hf", tmp_path / "run"))
+    cfg = run.config.model
+    assert (cfg.pos_embedding, cfg.norm, cfg.mlp, cfg.qk_norm) == ("rotary", "rmsnorm", "swiglu", hf_class == "Qwen3ForCausalLM")
+    assert cfg.tie_embeddings == tie and cfg.block_size == 64 and run.tokenizer.kind == "bpe"
+    assert_same_model(hf_model, run.model, cfg.vocab_size)
+
+
+def test_import_refuses_what_slmkit_cannot_compute(tmp_path):
+    hf_model = llama_folder(tmp_path / "hf", "Qwen3ForCausalLM", tie=True, attention_bias=False)
+    with torch.no_grad():
+        hf_model.model.layers[0].self_attn.q_norm.weight.mul_(2.0)
+    hf_model.save_pretrained(tmp_path / "hf")
+    with pytest.raises(ExportError, match="layer 0's q_norm has a learned gain"):
+        import_hf(tmp_path / "hf", tmp_path / "run")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    for key, value, message in [("rms_norm_eps", 1e-5, "rms_norm_eps 1e-05"), ("hidden_act", "gelu", "hidden_act 'gelu'"),
+                                ("model_type", "mistral", "model_type 'mistral' does not import")]:
+        (tmp_path / "hf" / "config.json").write_text(json.dumps({**config, key: value}))
+        with pytest.raises(ExportError, match=message):
+            import_hf(tmp_path / "hf", tmp_path / "run")
+
+
+def test_an_imported_llama_samples_evaluates_and_finetunes_through_the_cli(tmp_path, tiny_corpus, capsys):
+    from slmkit.cli import main
+
+    hf_model = llama_folder(tmp_path / "hf", "LlamaForCausalLM", tie=False, attention_bias=False)
+    main(["import-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "run")])
+    run = load_run(tmp_path / "run")
+    prompt = "And God said"
+    capsys.readouterr()
+    main(["sample", "--run", str(tmp_path / "run"), "--prompt", prompt, "--max-new-tokens", "10", "--temperature", "0"])
+    ids = run.tokenizer.encode(prompt)
+    greedy = hf_model.generate(torch.tensor([ids]), max_new_tokens=10, do_sample=False, pad_token_id=0)[0].tolist()
+    assert capsys.readouterr().out.strip() == run.tokenizer.decode(greedy).strip()
+    main(["eval", "--run", str(tmp_path / "run"), "--data", str(tiny_corpus)])
+    assert "bits" in capsys.readouterr().out
+    main(["finetune", "--from", str(tmp_path / "run"), "--out", str(tmp_path / "ft"), "--no-progress",
+          f"--data.source={tiny_corpus}", f"--data.shard_dir={tmp_path / 'shards'}", "--train.max_steps=3",
+          "--train.batch_size=2", "--train.eval_interval=3", "--train.eval_batches=1"])
+    assert load_run(tmp_path / "ft").config.model == run.config.model
