@@ -143,18 +143,22 @@ def _our_state(model: GPT) -> dict[str, torch.Tensor]:
     return state
 
 
-def to_gpt2_state(model: GPT) -> dict[str, torch.Tensor]:
-    """GPT-2 tensors of a model hf_architecture calls 'gpt2': Conv1D weights transposed, zero biases where it has none."""
+def gpt2_tensors(model: GPT) -> dict[str, torch.Tensor]:
+    """Our tensors of a model hf_architecture calls 'gpt2', with zero biases where it has none (GPT-2 needs all)."""
     cfg = model.config
-    out = {name: (t.t() if name.endswith(CONV1D) else t).contiguous() for name, t in _our_state(model).items()}
-    # GPT-2 always has biases; a zero bias computes exactly what no bias does
+    out = _our_state(model)
     layer_biases = {"ln_1": cfg.n_embd, "ln_2": cfg.n_embd, "attn.c_attn": 3 * cfg.n_embd,
                     "attn.c_proj": cfg.n_embd, "mlp.c_fc": _d_ff(cfg), "mlp.c_proj": cfg.n_embd}
     for i in range(cfg.n_layer):
         for layer, size in layer_biases.items():
-            out.setdefault(f"transformer.h.{i}.{layer}.bias", torch.zeros(size))
+            out.setdefault(f"transformer.h.{i}.{layer}.bias", torch.zeros(size))  # zero bias = no bias
     out.setdefault("transformer.ln_f.bias", torch.zeros(cfg.n_embd))
     return out
+
+
+def to_gpt2_state(model: GPT) -> dict[str, torch.Tensor]:
+    """GPT-2 tensors of a model hf_architecture calls 'gpt2': Conv1D weights transposed, all biases."""
+    return {name: (t.t() if name.endswith(CONV1D) else t).contiguous() for name, t in gpt2_tensors(model).items()}
 
 
 def llama_names(i: int) -> dict[str, str]:

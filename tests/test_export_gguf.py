@@ -1,0 +1,111 @@
+"""GGUF export: the file's metadata, tensors and tokenizer; with llama-cpp-python, llama.cpp itself runs it."""
+
+import pytest
+import torch
+
+gguf = pytest.importorskip("gguf")
+
+from slmkit.checkpoint import load_run  # noqa: E402
+from slmkit.config import load_recipe  # noqa: E402
+from slmkit.errors import ExportError  # noqa: E402
+from slmkit.export_gguf import SPACE, export_gguf, interleave_rotary_rows  # noqa: E402
+from slmkit.generate import sample_ids  # noqa: E402
+from slmkit.train import train  # noqa: E402
+
+from conftest import TINY_TEXT, tiny_settings  # noqa: E402
+from test_export import MODERN, make_run  # noqa: E402
+
+ARCHS = {  # GGUF architecture -> our model options
+    "gpt2": {},
+    "gpt2-sinusoidal": {"pos_embedding": "sinusoidal", "bias": False},
+    "llama": {**MODERN, "bias": False, "tie_embeddings": False},
+    "qwen3": {**MODERN, "qk_norm": True, "bias": False},
+}
+
+
+def read(path):
+    reader = gguf.GGUFReader(path)
+    fields = {name: field.contents() for name, field in reader.fields.items()}
+    tensors = {t.name: t for t in reader.tensors}
+    return fields, tensors
+
+
+def dequantized(t) -> torch.Tensor:
+    shape = [int(n) for n in reversed(t.shape)]  # GGUF lists dimensions innermost first
+    return torch.from_numpy(gguf.quants.dequantize(t.data, t.tensor_type).copy()).reshape(shape)
+
+
+@pytest.mark.parametrize("name", list(ARCHS))
+def test_gguf_metadata_and_tensors_hold_the_model(tmp_path, name):
+    run_dir = make_run(tmp_path / "run", "char", d_ff=64, **ARCHS[name])
+    out = export_gguf(run_dir, tmp_path / "m.gguf")
+    fields, tensors = read(out)
+    arch = name.split("-")[0]
+    cfg = load_run(run_dir).config.model
+    assert fields["general.architecture"] == arch
+    for key, value in [("context_length", 32), ("embedding_length", 32), ("block_count", 2),
+                       ("feed_forward_length", 64), ("attention.head_count", 2)]:
+        assert fields[f"{arch}.{key}"] == value, key
+    if arch == "gpt2":
+        assert fields["gpt2.attention.layer_norm_epsilon"] == pytest.approx(1e-5)
+        assert all(f"blk.{i}.{t}.bias" in tensors for i in range(2) for t in ("attn_qkv", "attn_output", "ffn_up"))
+    else:
+        assert fields[f"{arch}.rope.dimension_count"] == 16 and fields[f"{arch}.rope.freq_base"] == 10000.0
+        assert fields[f"{arch}.attention.layer_norm_rms_epsilon"] == pytest.approx(1e-6)
+    assert ("output.weight" in tensors) == (not cfg.tie_embeddings)  # tied: llama.cpp reuses token_embd
+    model = load_run(run_dir).model
+    assert torch.equal(dequantized(tensors["token_embd.weight"]), model.transformer.wte.weight.detach())
+    if name == "gpt2-sinusoidal":
+        assert torch.equal(dequantized(tensors["position_embd.weight"]), model.pos_table)
+        assert not dequantized(tensors["blk.0.attn_qkv.bias"]).any()  # zeros for the biases the model lacks
+    if arch in ("llama", "qwen3"):
+        q = model.transformer.h[1].attn.c_attn.weight.detach()[:32]
+        expected = interleave_rotary_rows(q, 2) if arch == "llama" else q
+        assert torch.equal(dequantized(tensors["blk.1.attn_q.weight"]), expected)
+    if arch == "qwen3":
+        assert torch.equal(dequantized(tensors["blk.0.attn_k_norm.weight"]), torch.ones(16))
+
+
+def test_interleaving_turns_half_split_rotary_into_adjacent_pairs():
+    hs, rows = 8, torch.arange(16.0)[:, None]  # two heads of 8 rows
+    out = interleave_rotary_rows(rows, n_head=2)[:, 0].tolist()
+    assert out[:hs] == [0, 4, 1, 5, 2, 6, 3, 7] and out[hs:] == [8, 12, 9, 13, 10, 14, 11, 15]
+
+
+@pytest.mark.parametrize("dtype,expected", [("f16", "F16"), ("q8_0", "Q8_0")])
+def test_gguf_dtypes_quantize_matrices_and_keep_norms_f32(tmp_path, dtype, expected):
+    run_dir = make_run(tmp_path / "run", "char", d_ff=64, **ARCHS["qwen3"])
+    _, tensors = read(export_gguf(run_dir, tmp_path / "m.gguf", dtype))
+    assert tensors["blk.0.attn_q.weight"].tensor_type.name == expected
+    assert tensors["blk.0.attn_norm.weight"].tensor_type.name == "F32"
+    model = load_run(run_dir).model
+    w = model.transformer.h[0].mlp.c_fc.weight.detach()
+    assert torch.allclose(dequantized(tensors["blk.0.ffn_up.weight"]), w, atol=w.abs().max().item() / 100)
+
+
+def test_gguf_tokenizers(tmp_path):
+    fields, _ = read(export_gguf(make_run(tmp_path / "char", "char"), tmp_path / "char.gguf"))
+    run = load_run(tmp_path / "char")
+    assert fields["tokenizer.ggml.model"] == "llama" and fields["tokenizer.ggml.add_space_prefix"] is False
+    assert fields["tokenizer.ggml.tokens"] == [SPACE if c == " " else c for c in run.tokenizer.chars]
+    assert fields["tokenizer.ggml.eos_token_id"] == run.tokenizer.eot_id == fields["tokenizer.ggml.bos_token_id"]
+    assert fields["tokenizer.ggml.add_bos_token"] is False
+    fields, _ = read(export_gguf(make_run(tmp_path / "bpe", "bpe", vocab_size=300), tmp_path / "bpe.gguf"))
+    run = load_run(tmp_path / "bpe")
+    assert fields["tokenizer.ggml.model"] == "gpt2" and fields["tokenizer.ggml.pre"] == "gpt-2"
+    assert fields["tokenizer.ggml.tokens"][run.tokenizer.eot_id] == "<|endoftext|>"
+    assert fields["tokenizer.ggml.token_type"][run.tokenizer.eot_id] == gguf.TokenType.CONTROL
+    assert len(fields["tokenizer.ggml.merges"]) == 300 - 257  # 256 bytes + <|endoftext|>, then one token per merge
+
+
+@pytest.mark.parametrize("kind,options,message", [
+    ("word", {}, "tokenizer.kind='word' has no llama.cpp equivalent"),
+    ("char", {**MODERN, "mlp": "relu2"}, "model.mlp='relu2' has no Hugging Face equivalent"),
+    ("char", {**MODERN, "bias": True}, "model.bias=true .* nearest exportable choice is model.bias=false"),
+])
+def test_gguf_refusals_are_one_line_and_write_nothing(tmp_path, kind, options, message):
+    run_dir = make_run(tmp_path / "run", kind, **options)
+    with pytest.raises(ExportError, match=message) as e:
+        export_gguf(run_dir, tmp_path / "m.gguf")
+    assert "\n" not in str(e.value)
+    assert list(tmp_path.glob("*gguf*")) == []
