@@ -109,3 +109,87 @@ def test_gguf_refusals_are_one_line_and_write_nothing(tmp_path, kind, options, m
         export_gguf(run_dir, tmp_path / "m.gguf")
     assert "\n" not in str(e.value)
     assert list(tmp_path.glob("*gguf*")) == []
+
+
+# ---------------------------------------------------------------- llama.cpp itself
+
+try:
+    import llama_cpp
+except ImportError:
+    llama_cpp = None
+needs_llama_cpp = pytest.mark.skipif(
+    llama_cpp is None, reason="llama-cpp-python is not installed (pip install 'slmkit[llama]'; .ci/run builds it)"
+)
+RUNTIME = [("gpt2", "char"), ("gpt2-sinusoidal", "bpe"), ("llama", "char"), ("qwen3", "char"), ("qwen3", "bpe"),
+           ("llama", "gpt2")]
+PROMPT = "And God said"
+BLOCK = 64  # the prompt and 50 new tokens fit, so neither side slides its window
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """trained(arch, kind): a tiny run of that architecture and tokenizer, trained briefly (so greedy ids are not ties)."""
+    runs = {}
+
+    def get(arch: str, kind: str):
+        if (arch, kind) not in runs:
+            root = tmp_path_factory.mktemp(f"{arch}-{kind}")
+            (root / "corpus.txt").write_text(TINY_TEXT, encoding="utf-8")
+            settings = {**tiny_settings(root / "corpus.txt", root / "shards"), "model.block_size": BLOCK,
+                        "train.max_steps": 60, "tokenizer.kind": kind, "tokenizer.min_frequency": 1,
+                        **{f"model.{k}": v for k, v in ARCHS[arch].items()}}
+            if kind == "bpe":
+                settings["tokenizer.vocab_size"] = 300
+            train(load_recipe("kjv-char", settings), out=root / "run", progress_bar=False)
+            runs[arch, kind] = root / "run"
+        return runs[arch, kind]
+
+    return get
+
+
+def llama(path):
+    return llama_cpp.Llama(model_path=str(path), n_ctx=BLOCK, n_batch=BLOCK, n_threads=1, logits_all=True,
+                           verbose=False)
+
+
+def llama_greedy(llm, ids: list[int], n: int) -> list[int]:
+    llm.reset()
+    llm.eval(ids)
+    out = []
+    for _ in range(n):
+        out.append(int(llm.scores[llm.n_tokens - 1].argmax()))
+        llm.eval(out[-1:])
+    return out
+
+
+def llama_nll(llm, ids: list[int]) -> float:
+    """Mean negative log-likelihood of ids[1:] given the ones before, from llama.cpp's logits."""
+    llm.reset()
+    llm.eval(ids)
+    logits = torch.from_numpy(llm.scores[: len(ids)].copy())
+    return torch.nn.functional.cross_entropy(logits[:-1], torch.tensor(ids[1:])).item()
+
+
+@needs_llama_cpp
+@pytest.mark.parametrize("arch,kind", RUNTIME, ids=[f"{a}-{k}" for a, k in RUNTIME])
+def test_llama_cpp_tokenizes_and_continues_as_slm_sample(tmp_path, trained, arch, kind):
+    run_dir = trained(arch, kind)
+    run = load_run(run_dir)
+    llm = llama(export_gguf(run_dir, tmp_path / "m.gguf"))
+    text = "And the earth was without form, and void;\nLet there be light."
+    ids = run.tokenizer.encode(text)
+    assert llm.tokenize(text.encode(), add_bos=False, special=False) == ids
+    assert llm.detokenize(ids).decode() == text
+    prompt = run.tokenizer.encode(PROMPT)
+    ours = list(sample_ids(run.model, prompt, 50, temperature=0))  # what `slm sample --temperature 0` emits
+    assert llama_greedy(llm, prompt, 50) == ours
+
+
+@needs_llama_cpp
+@pytest.mark.parametrize("arch", ["gpt2", "qwen3"])
+def test_q8_0_perplexity_within_2_percent_of_f32(tmp_path, trained, arch):
+    run_dir = trained(arch, "char")
+    ids = load_run(run_dir).tokenizer.encode(TINY_TEXT[-BLOCK * 2:])[:BLOCK]
+    f32 = llama_nll(llama(export_gguf(run_dir, tmp_path / "f32.gguf")), ids)
+    q8 = llama_nll(llama(export_gguf(run_dir, tmp_path / "q8.gguf", "q8_0")), ids)
+    assert abs(torch.tensor(q8 - f32).exp().item() - 1) < 0.02
