@@ -239,6 +239,8 @@ def export_hf(run_dir: Path | str, out: Path | str) -> ExportResult:
     run = load_run(run_dir)
     out = Path(out)
     state, config = hf_state_and_config(run.model, run.tokenizer.eot_id)  # raises before anything is written
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out} is a file; --format hf writes a folder: give a folder path")
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "model.safetensors") as tmp:
         save_file(state, str(tmp), metadata={"format": "pt"})  # transformers wants format=pt

@@ -186,6 +186,15 @@ CASES = [
          damage=replace("config.yaml", bytes(range(256)))),
     Case("resume-with-recipe", ["train", "--resume", "{run}", "--recipe", "kjv-char"], "drop --recipe"),
     Case("resume-changes-model", ["train", "--resume", "{run}", "--model.n_layer=3"], "cannot change when resuming"),
+    # export and import
+    Case("export-hf-out-is-a-file", ["export", "--run", "{run}", "--out", "{empty}"], "is a file; --format hf writes a folder"),
+    Case("export-gguf-out-is-a-folder", ["export", "--run", "{run}", "--format", "gguf", "--out", "{emptydir}"],
+         "emptydir: Is a directory"),
+    Case("export-onnx-out-is-a-folder", ["export", "--run", "{run}", "--format", "onnx", "--out", "{emptydir}"],
+         "emptydir: Is a directory"),
+    Case("import-hf-not-a-model", ["import-hf", "{emptydir}", "--out", "{tmp}/imported"], "config.json is missing"),
+    Case("import-hf-unknown-model", ["import-hf", "{tmp}", "--out", "{tmp}/imported"], "model_type 'mistral' does not import",
+         files={"config.json": '{"model_type": "mistral"}'}),
 ]
 
 
