@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from slmkit.checkpoint import load_run, save_weights, write_run_files
+from slmkit.runs import load_run, save_weights, write_run_files
 from slmkit.config import RunConfig, load_recipe
 from slmkit.export_gguf import export_gguf
 from slmkit.generate import sample_ids
@@ -39,7 +39,7 @@ from slmkit.tokenizer import CharTokenizer
 
 def build_model(run: Path) -> tuple[GPT, str]:
     """The trained default model if `run` holds one, else the same shape with random weights."""
-    from slmkit.checkpoint import BEST
+    from slmkit.runs import BEST
 
     if (run / BEST).is_file():
 

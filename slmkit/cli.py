@@ -20,6 +20,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", default=None, help="recipe name in recipes/ or a YAML path (default: kjv-char)")
     p.add_argument("--out", default=None, help="run folder (default: runs/<recipe>)")
     p.add_argument("--resume", default=None, metavar="DIR", help="continue the run in DIR from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (refused otherwise)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still print)")
 
     p = sub.add_parser(
@@ -27,6 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--from", dest="from_dir", required=True, metavar="DIR", help="the trained run folder to start from")
     p.add_argument("--out", default=None, help="run folder (default: runs/<recipe>-finetune)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (refused otherwise)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still print)")
 
     p = sub.add_parser("prepare", help="corpus -> tokenizer -> train/val shards", epilog=EPILOG)
@@ -94,20 +96,23 @@ def _parser() -> argparse.ArgumentParser:
 
 def _cmd_train(args: argparse.Namespace, overrides: dict) -> None:
     from .config import ConfigError, load_recipe
-    from .train import resume_config, train
+    from .runs import resume_config
+    from .train import train
 
     if args.resume:
         if args.recipe:
             raise ConfigError("--resume takes its recipe from the run folder; drop --recipe")
+        if args.overwrite:
+            raise ConfigError("--resume continues the run in its folder; drop --overwrite")
         train(resume_config(args.resume, overrides), resume=args.resume, progress_bar=not args.no_progress)
         return
-    train(load_recipe(args.recipe, overrides), out=args.out, progress_bar=not args.no_progress)
+    train(load_recipe(args.recipe, overrides), out=args.out, progress_bar=not args.no_progress, overwrite=args.overwrite)
 
 
 def _cmd_finetune(args: argparse.Namespace, overrides: dict) -> None:
     from .finetune import finetune
 
-    finetune(args.from_dir, overrides, out=args.out, progress_bar=not args.no_progress)
+    finetune(args.from_dir, overrides, out=args.out, progress_bar=not args.no_progress, overwrite=args.overwrite)
 
 
 def _cmd_prepare(args: argparse.Namespace, overrides: dict) -> None:
@@ -119,7 +124,7 @@ def _cmd_prepare(args: argparse.Namespace, overrides: dict) -> None:
 
 
 def _cmd_sample(args: argparse.Namespace) -> None:
-    from .checkpoint import LAST, BEST, load_run
+    from .runs import BEST, LAST, load_run
     from .config import SampleConfig
     from .generate import stream
 
@@ -192,7 +197,7 @@ def _cmd_plot(args: argparse.Namespace) -> None:
 
 
 def _cmd_quantize(args: argparse.Namespace) -> None:
-    from .quantize import quantize_run
+    from .runs import quantize_run
 
     result = quantize_run(args.run)
     print(

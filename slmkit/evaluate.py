@@ -11,12 +11,12 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .checkpoint import load_run
 from .config import RunConfig
 from .data.shards import Shard, prepare, read_manifest, shard_dir_for
 from .data.sources import Corpus
 from .errors import DataError
 from .model import GPT
+from .runs import load_run
 from .tokenizer import Tokenizer
 
 

@@ -25,10 +25,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .atomic import atomic_path, atomic_write_text
-from .checkpoint import BEST, LAST, load_run, save_weights, write_run_files
 from .config import ModelConfig, RunConfig, TokenizerConfig
 from .errors import ExportError, SlmError
 from .model import GPT, RMS_EPS
+from .runs import BEST, LAST, load_run, save_weights, write_run_files
 from .tokenizer import GPT2Tokenizer, HFTokenizer, Tokenizer, load_tokenizer
 from .tokenizer.gpt2 import ENCODER_JSON, EOT, VOCAB_SIZE, check_files, gpt2_data_dir
 

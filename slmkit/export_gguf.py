@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .atomic import atomic_path
-from .checkpoint import load_run
+from .runs import load_run
 from .errors import ExportError
 from .export import LAYER_NORM_EPS, ROPE_THETA, _d_ff, _head_size, gpt2_tensors, hf_architecture, to_llama_state
 from .model import GPT, RMS_EPS

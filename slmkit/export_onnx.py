@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from .atomic import atomic_path
-from .checkpoint import load_run
+from .runs import load_run
 from .errors import ExportError
 from .model import GPT
 

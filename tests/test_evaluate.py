@@ -5,11 +5,11 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from slmkit.checkpoint import load_run
 from slmkit.config import ModelConfig
 from slmkit.errors import DataError
 from slmkit.evaluate import evaluate_run, mean_loss, report, text_tokens
 from slmkit.model import GPT
+from slmkit.runs import load_run
 
 
 def by_hand(model: GPT, tokens: list[int]) -> float:

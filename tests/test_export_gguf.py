@@ -5,7 +5,7 @@ import torch
 
 gguf = pytest.importorskip("gguf")
 
-from slmkit.checkpoint import load_run  # noqa: E402
+from slmkit.runs import load_run  # noqa: E402
 from slmkit.config import load_recipe  # noqa: E402
 from slmkit.errors import ExportError  # noqa: E402
 from slmkit.export_gguf import SPACE, export_gguf, interleave_rotary_rows  # noqa: E402

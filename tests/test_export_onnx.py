@@ -6,7 +6,7 @@ import torch
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-from slmkit.checkpoint import load_run  # noqa: E402
+from slmkit.runs import load_run  # noqa: E402
 from slmkit.cli import main  # noqa: E402
 
 from test_export import MODERN, make_run  # noqa: E402

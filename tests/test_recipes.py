@@ -13,6 +13,7 @@ from slmkit.config import list_recipes, load_recipe
 from slmkit.data import sources
 from slmkit.model import count_parameters
 from slmkit.recipes import summarize
+from slmkit.runs import CONFIG
 from slmkit.train import train
 
 from conftest import TINY_TEXT  # tests/ is on sys.path: rootdir conftest
@@ -150,7 +151,7 @@ def test_recipe_trains_a_few_steps_on_a_local_slice(name, tmp_path, monkeypatch)
     assert cfg.model == recipe.model and cfg.tokenizer == recipe.tokenizer
     result = train(cfg, out=tmp_path / "run", progress_bar=False)
     assert result.steps == 3 and math.isfinite(result.final_val["loss"])
-    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    saved = yaml.safe_load((tmp_path / "run" / CONFIG).read_text())
     assert saved["seed"] == recipe.seed and saved["model"]["n_layer"] == recipe.model.n_layer
     assert saved["model"]["d_ff"] == recipe.model.d_ff and saved["model"]["n_embd"] == recipe.model.n_embd
 

@@ -29,9 +29,9 @@ from typing import Callable, Optional
 
 import pytest
 
-from slmkit.checkpoint import BEST, LAST, STATE
 from slmkit.cli import main
 from slmkit.data.shards import read_manifest
+from slmkit.runs import BEST, CONFIG, LAST, STATE, TOKENIZER
 
 HUGE_BYTES = 5_000_000  # 5 MB on one line: enough to show nothing reads it line by line or chokes on it
 DATA = ["--data.shard_dir={tmp}/shards"]  # keep prepared shards inside the test folder
@@ -58,11 +58,11 @@ def delete(name: str) -> Callable[[Path], None]:
 
 def other_char_tokenizer(run: Path) -> None:
     """The tokenizer of a run on other text (fewer characters)."""
-    (run / "tokenizer.json").write_text(json.dumps({"kind": "char", "chars": list("\nabc")}))
+    (run / TOKENIZER).write_text(json.dumps({"kind": "char", "chars": list("\nabc")}))
 
 
 def weights_of_another_model(run: Path) -> None:
-    from slmkit.checkpoint import save_weights
+    from slmkit.runs import save_weights
     from slmkit.config import ModelConfig
     from slmkit.model import GPT
 
@@ -150,19 +150,19 @@ CASES = [
     Case("sample-tokenizer-of-another-run", ["sample", "--run", "{run}"], "the tokenizer belongs to another run",
          damage=other_char_tokenizer),
     Case("sample-tokenizer-wrong-kind", ["sample", "--run", "{run}"], "unknown tokenizer kind 'morse'",
-         damage=replace("tokenizer.json", '{"kind": "morse"}')),
+         damage=replace(TOKENIZER, '{"kind": "morse"}')),
     Case("sample-tokenizer-unigram", ["sample", "--run", "{run}"], "Hugging Face model 'Unigram'",
-         damage=replace("tokenizer.json", '{"model": {"type": "Unigram", "vocab": []}}')),
+         damage=replace(TOKENIZER, '{"model": {"type": "Unigram", "vocab": []}}')),
     Case("sample-tokenizer-binary", ["sample", "--run", "{run}"], "tokenizer.json is not a tokenizer file",
-         damage=replace("tokenizer.json", bytes(range(256)))),
+         damage=replace(TOKENIZER, bytes(range(256)))),
     Case("sample-tokenizer-empty", ["sample", "--run", "{run}"], "tokenizer.json is not a tokenizer file",
-         damage=replace("tokenizer.json", b"")),
+         damage=replace(TOKENIZER, b"")),
     Case("sample-tokenizer-missing", ["sample", "--run", "{run}"], "tokenizer.json does not exist",
-         damage=delete("tokenizer.json")),
+         damage=delete(TOKENIZER)),
     Case("sample-config-binary", ["sample", "--run", "{run}"], "config.yaml is not valid YAML",
-         damage=replace("config.yaml", bytes(range(256)))),
+         damage=replace(CONFIG, bytes(range(256)))),
     Case("sample-config-empty", ["sample", "--run", "{run}"], "config.yaml is empty",
-         damage=replace("config.yaml", b"")),
+         damage=replace(CONFIG, b"")),
     Case("sample-negative-tokens", ["sample", "--run", "{run}", "--max-new-tokens", "-1"],
          "sample.max_new_tokens=-1 must be >= 0"),
     Case("sample-extra-argument", ["sample", "--run", "{run}", "--train.lr=1"], "unrecognized arguments"),
@@ -183,9 +183,15 @@ CASES = [
     Case("resume-state-of-another-model", ["train", "--resume", "{run}"], "does not fit the model in config.yaml",
          damage=state_of_another_model),
     Case("resume-config-binary", ["train", "--resume", "{run}"], "config.yaml is not valid YAML",
-         damage=replace("config.yaml", bytes(range(256)))),
+         damage=replace(CONFIG, bytes(range(256)))),
     Case("resume-with-recipe", ["train", "--resume", "{run}", "--recipe", "kjv-char"], "drop --recipe"),
     Case("resume-changes-model", ["train", "--resume", "{run}", "--model.n_layer=3"], "cannot change when resuming"),
+    Case("resume-with-overwrite", ["train", "--resume", "{run}", "--overwrite"], "drop --overwrite"),
+    # an existing run folder given as the --out of a new run
+    Case("train-out-existing-run", ["train", "--out", "{run}", *DATA], "holds a run; continue it with `slm train --resume",
+         subprocess=True),
+    Case("finetune-out-existing-run", ["finetune", "--from", "{run}", "--out", "{run}", *DATA],
+         "give a new --out, or add --overwrite to replace it"),
     # export and import
     Case("export-hf-out-is-a-file", ["export", "--run", "{run}", "--out", "{empty}"], "is a file; --format hf writes a folder"),
     Case("export-gguf-out-is-a-folder", ["export", "--run", "{run}", "--format", "gguf", "--out", "{emptydir}"],

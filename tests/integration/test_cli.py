@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from slmkit.cli import main
 from slmkit.config import load_recipe
 from slmkit.data.shards import BatchSampler, Shard
+from slmkit.runs import BEST, CONFIG, LAST, LOG, METRICS, PLOT, STATE, TOKENIZER
 from slmkit.tokenizer import GPT2Tokenizer, load_tokenizer
 from slmkit.train import train
 
@@ -34,11 +35,11 @@ def test_prepare_train_sample(tmp_path, tiny_overrides):
 
     result = slm("train", "--no-progress", "--out", str(run), *as_args(tiny_overrides), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    for name in ["config.yaml", "tokenizer.json", "model.safetensors", "last.safetensors", "state.pt", "metrics.csv", "train.log", "loss.png"]:
+    for name in [CONFIG, TOKENIZER, BEST, LAST, STATE, METRICS, LOG, PLOT]:
         assert (run / name).is_file(), name
     assert "full val split: loss" in result.stdout and "bits/char" in result.stdout and "bits/byte" in result.stdout
-    assert (run / "loss.png").read_bytes()[:4] == b"\x89PNG"
-    rows = (run / "metrics.csv").read_text().splitlines()
+    assert (run / PLOT).read_bytes()[:4] == b"\x89PNG"
+    rows = (run / METRICS).read_text().splitlines()
     assert rows[0].startswith("step,epoch,tokens,lr,train_loss,val_loss,perplexity")
     assert len(rows) == 1 + 20 // 5
     first, last = float(rows[1].split(",")[4]), float(rows[-1].split(",")[4])
@@ -74,8 +75,8 @@ def test_resume_is_bitwise_identical(tmp_path, tiny_overrides, monkeypatch):
 
     resumed = train(resume=tmp_path / "crashed", progress_bar=False)
     assert resumed.steps == full.steps == 20
-    a = load_file(tmp_path / "full" / "last.safetensors")
-    b = load_file(tmp_path / "crashed" / "last.safetensors")
+    a = load_file(tmp_path / "full" / LAST)
+    b = load_file(tmp_path / "crashed" / LAST)
     assert a.keys() == b.keys()
     for key in a:
         assert a[key].equal(b[key]), key
@@ -129,7 +130,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsys,
     write_bad_inputs(tmp_path)
     if "--data.shard_dir=swapped" in args:  # a complete shard folder whose tokenizer was swapped for another kind
         assert main(["prepare", "--data.source=corpus.txt", "--data.shard_dir=swapped"]) == 0
-        GPT2Tokenizer().save(tmp_path / "swapped" / "tokenizer.json")
+        GPT2Tokenizer().save(tmp_path / "swapped" / TOKENIZER)
     before = sorted(p.name for p in tmp_path.iterdir())
     capsys.readouterr()
     assert main([*args, "--out=run"] if args[0] == "train" else args) == 1
