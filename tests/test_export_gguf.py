@@ -189,7 +189,12 @@ def test_llama_cpp_tokenizes_and_continues_as_slm_sample(tmp_path, trained, arch
 @pytest.mark.parametrize("arch", ["gpt2", "qwen3"])
 def test_q8_0_perplexity_within_2_percent_of_f32(tmp_path, trained, arch):
     run_dir = trained(arch, "char")
-    ids = load_run(run_dir).tokenizer.encode(TINY_TEXT[-BLOCK * 2:])[:BLOCK]
+    run = load_run(run_dir)
+    ids = run.tokenizer.encode(TINY_TEXT[-BLOCK * 2:])[:BLOCK]
     f32 = llama_nll(llama(export_gguf(run_dir, tmp_path / "f32.gguf")), ids)
     q8 = llama_nll(llama(export_gguf(run_dir, tmp_path / "q8.gguf", "q8_0")), ids)
-    assert abs(torch.tensor(q8 - f32).exp().item() - 1) < 0.02
+    with torch.no_grad():
+        x = torch.tensor([ids])
+        ours = torch.nn.functional.cross_entropy(run.model(x)[0][0, :-1], x[0, 1:]).item()
+    assert f32 == pytest.approx(ours, rel=1e-4)  # f32 in llama.cpp is our model
+    assert abs(torch.tensor(q8 - f32).exp().item() - 1) < 0.02  # perplexity ratio
