@@ -3,7 +3,8 @@
 GPT-2 shapes become llama.cpp's `gpt2` architecture (it needs every bias: zeros where the model
 has none); rotary + RMSNorm + SwiGLU become `qwen3` with QK-norm (gains of ones) and `llama`
 without. llama.cpp's `llama` rotary pairs x[2i] with x[2i+1] while ours pairs x[i] with
-x[i + hs/2] (as Qwen3's does), so q and k rows are reordered within each head for it.
+x[i + hs/2] (as Qwen3's does), so q and k rows (and biases) are reordered within each head for
+it; llama.cpp applies `llama`'s optional q/k/v/output and feed-forward biases.
 
 Tokenizers: gpt2 and bpe are byte-level BPE with merges (`gpt2` model, `gpt-2` pre-tokenizer);
 char is a SentencePiece-style vocabulary of single characters (no merges exist between them,
@@ -167,9 +168,6 @@ def export_gguf(run_dir: Path | str, out: Path | str, dtype: str = "f32") -> Pat
     run = load_run(run_dir)
     cfg, out = run.config.model, Path(out)
     arch = hf_architecture(cfg)  # the same families as --format hf; raises for the others
-    if arch == "llama" and cfg.bias:
-        raise ExportError("model.bias=true with rotary/RMSNorm/SwiGLU has no llama.cpp equivalent in slmkit's "
-                          "export; the nearest exportable choice is model.bias=false")
     tensors = _gpt2_gguf_tensors(run.model) if arch == "gpt2" else _llama_gguf_tensors(run.model, arch)
     file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                  "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype]

@@ -19,6 +19,7 @@ ARCHS = {  # GGUF architecture -> our model options
     "gpt2": {},
     "gpt2-sinusoidal": {"pos_embedding": "sinusoidal", "bias": False},
     "llama": {**MODERN, "bias": False, "tie_embeddings": False},
+    "llama-bias": {**MODERN, "bias": True},
     "qwen3": {**MODERN, "qk_norm": True, "bias": False},
 }
 
@@ -101,7 +102,7 @@ def test_gguf_tokenizers(tmp_path):
 @pytest.mark.parametrize("kind,options,message", [
     ("word", {}, "tokenizer.kind='word' has no llama.cpp equivalent"),
     ("char", {**MODERN, "mlp": "relu2"}, "model.mlp='relu2' has no Hugging Face equivalent"),
-    ("char", {**MODERN, "bias": True}, "model.bias=true .* nearest exportable choice is model.bias=false"),
+    ("char", {**MODERN, "qk_norm": True, "bias": True}, "model.bias=true .* nearest exportable choice is model.bias=false"),
 ])
 def test_gguf_refusals_are_one_line_and_write_nothing(tmp_path, kind, options, message):
     run_dir = make_run(tmp_path / "run", kind, **options)
@@ -120,8 +121,8 @@ except ImportError:
 needs_llama_cpp = pytest.mark.skipif(
     llama_cpp is None, reason="llama-cpp-python is not installed (pip install 'slmkit[llama]'; .ci/run builds it)"
 )
-RUNTIME = [("gpt2", "char"), ("gpt2-sinusoidal", "bpe"), ("llama", "char"), ("qwen3", "char"), ("qwen3", "bpe"),
-           ("llama", "gpt2")]
+RUNTIME = [("gpt2", "char"), ("gpt2-sinusoidal", "bpe"), ("llama", "char"), ("llama-bias", "bpe"), ("qwen3", "char"),
+           ("qwen3", "bpe"), ("llama", "gpt2")]
 PROMPT = "And God said"
 BLOCK = 64  # the prompt and 50 new tokens fit, so neither side slides its window
 
