@@ -25,7 +25,8 @@ from .runs import load_run
 from .errors import ExportError
 from .export import LAYER_NORM_EPS, ROPE_THETA, _d_ff, _head_size, gpt2_tensors, hf_architecture, to_llama_state
 from .model import GPT, RMS_EPS
-from .tokenizer import CharTokenizer, GPT2Tokenizer, HFTokenizer, Tokenizer
+from .tokenizer import CharTokenizer, GPT2Tokenizer, Tokenizer
+from .tokenizer.bpe import BPETokenizer
 from .tokenizer.gpt2 import check_files, gpt2_data_dir
 
 DTYPES = ("f32", "f16", "q8_0")
@@ -115,7 +116,7 @@ def _add_tokenizer(writer, tokenizer: Tokenizer, gguf) -> None:
         writer.add_token_scores([0.0] * tokenizer.vocab_size)
         writer.add_token_types([T.NORMAL] * tokenizer.vocab_size)  # "\n" is end-of-text and ordinary text
         writer.add_add_space_prefix(False)
-    elif isinstance(tokenizer, GPT2Tokenizer) or (isinstance(tokenizer, HFTokenizer) and tokenizer.kind == "bpe"):
+    elif isinstance(tokenizer, (GPT2Tokenizer, BPETokenizer)):
         vocab, merges = _bpe_vocab_and_merges(tokenizer)
         tokens = sorted(vocab, key=vocab.get)
         if [vocab[t] for t in tokens] != list(range(tokenizer.vocab_size)):

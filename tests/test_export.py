@@ -265,7 +265,7 @@ def test_an_imported_llama_samples_evaluates_and_finetunes_through_the_cli(tmp_p
     ids = run.tokenizer.encode(prompt)
     greedy = hf_model.generate(torch.tensor([ids]), max_new_tokens=10, do_sample=False, pad_token_id=0)[0].tolist()
     assert capsys.readouterr().out.strip() == run.tokenizer.decode(greedy).strip()
-    main(["eval", "--run", str(tmp_path / "run"), "--data", str(tiny_corpus)])
+    main(["eval", "--run", str(tmp_path / "run"), "--data.source", str(tiny_corpus)])
     assert "bits" in capsys.readouterr().out
     main(["finetune", "--from", str(tmp_path / "run"), "--out", str(tmp_path / "ft"), "--no-progress",
           f"--data.source={tiny_corpus}", f"--data.shard_dir={tmp_path / 'shards'}", "--train.max_steps=3",
