@@ -29,9 +29,9 @@ from .config import ModelConfig, RunConfig, TokenizerConfig
 from .errors import ExportError, SlmError
 from .model import GPT, RMS_EPS
 from .runs import BEST, LAST, load_run, save_weights, write_run_files
-from .tokenizer import GPT2Tokenizer, HFTokenizer, Tokenizer, load_tokenizer
+from .tokenizer import CharTokenizer, GPT2Tokenizer, Tokenizer, load_tokenizer
 from .tokenizer.bpe import BPETokenizer
-from .tokenizer.gpt2 import ENCODER_JSON, EOT, VOCAB_SIZE, check_files, gpt2_data_dir
+from .tokenizer.gpt2 import ENCODER_JSON, VOCAB_SIZE, check_files, gpt2_data_dir
 
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 GPT2_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")  # GPT-2's tanh GELU, the one our model uses
@@ -207,24 +207,48 @@ def hf_state_and_config(model: GPT, eot_id: int) -> tuple[dict[str, torch.Tensor
     return to_llama_state(model), llama_config(model.config, eot_id, arch)
 
 
+CHAR_SPLIT = r"[\s\S]"  # the char kind's HF pre-tokenizer: one piece per character, newlines included
+
+
+def char_backend(tokenizer: CharTokenizer):
+    """Our char tokenizer as a Hugging Face one: a WordLevel token per character with our ids.
+
+    A character outside the vocabulary is an error there too (WordLevel finds no `<unk>`).
+    """
+    from tokenizers import Regex, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer as HFBackend
+
+    backend = HFBackend(models.WordLevel(vocab=dict(tokenizer.stoi), unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(CHAR_SPLIT), behavior="isolated")
+    backend.decoder = decoders.Fuse()  # concatenate: WordLevel's default decoder joins with spaces
+    return backend
+
+
 def _write_tokenizer(tokenizer: Tokenizer, out: Path, max_length: int) -> Optional[str]:
-    """Tokenizer files AutoTokenizer loads; returns a note when the kind has none."""
-    special = {"bos_token": EOT, "eos_token": EOT, "unk_token": EOT}
+    """Tokenizer files AutoTokenizer loads with our ids; returns a note the user should read, if any."""
+    eot = tokenizer.decode([tokenizer.eot_id])  # "<|endoftext|>"; a newline for the char kind
+    config = {"bos_token": eot, "eos_token": eot}
+    note = None
     if isinstance(tokenizer, GPT2Tokenizer):
         vocab_bpe, encoder_json = check_files(gpt2_data_dir())
         shutil.copyfile(encoder_json, out / "vocab.json")
         shutil.copyfile(vocab_bpe, out / "merges.txt")
-        config = {"tokenizer_class": "GPT2Tokenizer", "add_prefix_space": False, **special}
-    elif isinstance(tokenizer, HFTokenizer):
-        tokenizer.save(out / "tokenizer.json")  # a bpe tokenizer also writes vocab.json + merges.txt
-        config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": EOT, "eos_token": EOT}
-        if tokenizer.unk_id is not None:
-            config["unk_token"] = "<unk>"
+        config.update(tokenizer_class="GPT2Tokenizer", add_prefix_space=False, unk_token=eot)
     else:
-        return f"no Hugging Face tokenizer is written for the {tokenizer.kind!r} kind; use slmkit's tokenizer.json"
-    config.update(model_max_length=max_length, clean_up_tokenization_spaces=False)
+        if isinstance(tokenizer, CharTokenizer):
+            with atomic_path(out / "tokenizer.json") as tmp:
+                char_backend(tokenizer).save(str(tmp))
+            note = ("the char kind's end-of-text is the newline, so transformers' generate stops at the end of "
+                    "a line, and decode(skip_special_tokens=True) drops newlines")
+        else:
+            tokenizer.save(out / "tokenizer.json")  # a bpe tokenizer also writes vocab.json + merges.txt
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        if tokenizer.unk_id is not None:
+            config["unk_token"] = tokenizer.decode([tokenizer.unk_id])
+    # split_special_tokens: a literal "<|endoftext|>" in text is ordinary text, as in slmkit
+    config.update(model_max_length=max_length, clean_up_tokenization_spaces=False, split_special_tokens=True)
     atomic_write_text(out / "tokenizer_config.json", json.dumps(config, indent=2))
-    return None
+    return note
 
 
 @dataclass
@@ -431,11 +455,30 @@ def _is_gpt2_vocab(vocab_json: Path, merges_txt: Path) -> bool:
     return merges(vocab_bpe) == merges(merges_txt)
 
 
+def _exported_chars(path: Path) -> Optional[list[str]]:
+    """The characters (by id) of a tokenizer.json written by char_backend, else None."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        split = data["pre_tokenizer"]
+        vocab = data["model"]["vocab"]
+        if data["model"]["type"] != "WordLevel" or split["type"] != "Split" or split["pattern"] != {"Regex": CHAR_SPLIT}:
+            return None
+    except (KeyError, TypeError, UnicodeDecodeError, json.JSONDecodeError):
+        return None  # not ours: load_tokenizer says what is wrong with it
+    chars = sorted(vocab, key=vocab.get)
+    if [vocab[c] for c in chars] != list(range(len(chars))) or not all(len(c) == 1 for c in chars) or "\n" not in vocab:
+        return None
+    return chars
+
+
 def _read_tokenizer(folder: Path) -> Tokenizer:
     vocab, merges = folder / "vocab.json", folder / "merges.txt"
     if vocab.is_file() and merges.is_file() and _is_gpt2_vocab(vocab, merges):
         return GPT2Tokenizer()
     if (folder / "tokenizer.json").is_file():
+        chars = _exported_chars(folder / "tokenizer.json")
+        if chars is not None:
+            return CharTokenizer(chars)
         tokenizer = load_tokenizer(folder / "tokenizer.json")
         if tokenizer.vocab_size == VOCAB_SIZE and isinstance(tokenizer, BPETokenizer):
             try:

@@ -5,6 +5,8 @@ import shutil
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 transformers = pytest.importorskip("transformers")
 
@@ -64,7 +66,7 @@ def test_export_char_run_gives_same_logits_and_greedy_ids(tmp_path, bias):
     run_dir = make_run(tmp_path / "run", "char", bias=bias)
     result = export_hf(run_dir, tmp_path / "hf")
     assert {"config.json", "model.safetensors"} <= {p.name for p in (tmp_path / "hf").iterdir()}
-    assert "char" in result.note  # no AutoTokenizer for characters, and the user is told
+    assert "newline" in result.note  # the char kind's end-of-text: generate stops at a line's end, and the user is told
     run = load_run(run_dir)
     assert_same_model(hf_load(tmp_path / "hf"), run.model, run.config.model.vocab_size)
 
@@ -75,18 +77,68 @@ def test_export_of_the_trained_tiny_run(tiny_run, tmp_path):
     assert_same_model(hf_load(tmp_path / "hf"), run.model, run.config.model.vocab_size)
 
 
-@pytest.mark.parametrize("kind,vocab_size", [("gpt2", 0), ("bpe", 300)])
-def test_exported_tokenizer_loads_in_autotokenizer(tmp_path, kind, vocab_size):
-    run_dir = make_run(tmp_path / "run", kind, vocab_size=vocab_size)
-    result = export_hf(run_dir, tmp_path / "hf")
-    assert result.note is None
-    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+KINDS = {"char": 0, "word": 0, "bpe": 300, "wordpiece": 300, "gpt2": 0}  # kind -> tokenizer.vocab_size
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """exported(kind): (run folder, HF folder) of a tiny random run with a `kind` tokenizer, made once per kind."""
+    made = {}
+
+    def get(kind: str):
+        if kind not in made:
+            root = tmp_path_factory.mktemp(kind)
+            export_hf(make_run(root / "run", kind, vocab_size=KINDS[kind]), root / "hf")
+            made[kind] = root / "run", root / "hf"
+        return made[kind]
+
+    return get
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_every_tokenizer_kind_loads_in_autotokenizer_with_our_ids(exported, kind):
+    run_dir, hf_dir = exported(kind)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(hf_dir)
     run = load_run(run_dir)
-    text = "And God said, Let there be light: and there was light.  Caf\u00e9 42"
-    assert hf_tok(text)["input_ids"] == run.tokenizer.encode(text)
-    assert hf_tok.decode(run.tokenizer.encode(text)) == text
-    assert hf_tok.eos_token_id == run.tokenizer.eot_id
-    assert_same_model(hf_load(tmp_path / "hf"), run.model, run.config.model.vocab_size)
+    text = "And God said, Let there be light:\nand there was light.  In the beginning"
+    if kind not in ("char", "word"):
+        text += " Caf\u00e9 42 <|endoftext|>"  # a literal end-of-text marker is ordinary text, as in slmkit
+    ids = run.tokenizer.encode(text)
+    assert hf_tok(text)["input_ids"] == ids
+    assert hf_tok.decode(ids) == run.tokenizer.decode(ids)
+    eot = run.tokenizer.eot_id
+    assert hf_tok.eos_token_id == hf_tok.bos_token_id == eot
+    for name in ("config.json", "generation_config.json"):
+        config = json.loads((hf_dir / name).read_text())
+        assert config["eos_token_id"] == config["bos_token_id"] == eot, name
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_random_text_of_the_alphabet_gives_equal_ids_both_ways(exported, kind):
+    run_dir, hf_dir = exported(kind)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(hf_dir)
+    ours = load_run(run_dir).tokenizer
+    alphabet = sorted(set(TINY_TEXT)) if kind == "char" else sorted(set(TINY_TEXT) | set("\u00e9\u00fc\t!?42<|>"))
+
+    @settings(max_examples=60, deadline=None, database=None)
+    @given(st.text(alphabet=alphabet, max_size=60))
+    def same_ids(text):
+        ids = ours.encode(text)
+        assert hf_tok(text)["input_ids"] == ids
+        assert hf_tok.decode(ids) == ours.decode(ids)
+
+    same_ids()
+
+
+def test_a_char_export_runs_in_the_pipeline_up_to_its_end_of_text(tmp_path):
+    run_dir = make_run(tmp_path / "run", "char", **MODERN, qk_norm=True, bias=False)
+    export_hf(run_dir, tmp_path / "hf")
+    pipe = transformers.pipeline("text-generation", model=str(tmp_path / "hf"))
+    run = load_run(run_dir)
+    ids = run.tokenizer.encode("And God")
+    greedy = run.tokenizer.decode(list(sample_ids(run.model, ids, 20, temperature=0)))
+    text = pipe("And God", max_new_tokens=20, do_sample=False)[0]["generated_text"]
+    assert text == "And God" + greedy.split("\n")[0]  # generate stops at the newline, our end-of-text
 
 
 EXPORTABLE = [  # (model options, the HF class that holds them)
