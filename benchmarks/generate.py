@@ -28,12 +28,11 @@ from pathlib import Path
 
 import torch
 
-from slmkit.runs import load_run, save_weights, write_run_files
 from slmkit.config import RunConfig, load_recipe
 from slmkit.export_gguf import export_gguf
 from slmkit.generate import sample_ids
 from slmkit.model import GPT
-from slmkit.quantize import quantize_run
+from slmkit.runs import load_run, quantize_run, save_weights, write_run_files
 from slmkit.tokenizer import CharTokenizer
 
 
