@@ -49,18 +49,23 @@ LLAMA_NAMES = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "se
                "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
 
 
-def _gpt2_gguf_tensors(model: GPT) -> dict[str, torch.Tensor]:
-    top = {"transformer.wte.weight": "token_embd.weight", "transformer.wpe.weight": "position_embd.weight",
-           "transformer.ln_f.weight": "output_norm.weight", "transformer.ln_f.bias": "output_norm.bias",
-           "lm_head.weight": "output.weight"}
+GPT2_TOP = {"transformer.wte.weight": "token_embd.weight", "transformer.wpe.weight": "position_embd.weight",
+            "transformer.ln_f.weight": "output_norm.weight", "transformer.ln_f.bias": "output_norm.bias",
+            "lm_head.weight": "output.weight"}
+LLAMA_TOP = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+             "lm_head.weight": "output.weight"}
+
+
+def _gguf_names(state: dict[str, torch.Tensor], top: dict[str, str], layers: dict[str, str]) -> dict[str, torch.Tensor]:
+    """`state` under llama.cpp's names: `top` for whole-model tensors, blk.<i>.<layers[module]> for the rest."""
     out = {}
-    for name, tensor in gpt2_tensors(model).items():
+    for name, tensor in state.items():
         if name in top:
             out[top[name]] = tensor
             continue
-        _, _, i, rest = name.split(".", 3)  # transformer.h.<i>.<layer>.<param>
-        layer, param = rest.rsplit(".", 1)
-        out[f"blk.{i}.{GPT2_NAMES[layer]}.{param}"] = tensor
+        _, _, i, rest = name.split(".", 3)  # transformer.h.<i>.<module>.<param> or model.layers.<i>.<module>.<param>
+        module, param = rest.rsplit(".", 1)
+        out[f"blk.{i}.{layers[module]}.{param}"] = tensor
     return out
 
 
@@ -71,19 +76,11 @@ def interleave_rotary_rows(w: torch.Tensor, n_head: int) -> torch.Tensor:
 
 
 def _llama_gguf_tensors(model: GPT, arch: str) -> dict[str, torch.Tensor]:
-    top = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
-           "lm_head.weight": "output.weight"}
-    out = {}
-    for name, tensor in to_llama_state(model).items():
-        if name in top:
-            out[top[name]] = tensor
-            continue
-        _, _, i, rest = name.split(".", 3)  # model.layers.<i>.<module>.<param>
-        module, param = rest.rsplit(".", 1)
-        if arch == "llama" and module in ("self_attn.q_proj", "self_attn.k_proj"):
-            tensor = interleave_rotary_rows(tensor, model.config.n_head)
-        out[f"blk.{i}.{LLAMA_NAMES[module]}.{param}"] = tensor
-    return out
+    state = to_llama_state(model)
+    if arch == "llama":
+        for name in [n for n in state if ".self_attn.q_proj." in n or ".self_attn.k_proj." in n]:
+            state[name] = interleave_rotary_rows(state[name], model.config.n_head)
+    return _gguf_names(state, LLAMA_TOP, LLAMA_NAMES)
 
 
 def _add_hyperparameters(writer, cfg, arch: str) -> None:
@@ -169,7 +166,10 @@ def export_gguf(run_dir: Path | str, out: Path | str, dtype: str = "f32") -> Pat
     run = load_run(run_dir)
     cfg, out = run.config.model, Path(out)
     arch = hf_architecture(cfg)  # the same families as --format hf; raises for the others
-    tensors = _gpt2_gguf_tensors(run.model) if arch == "gpt2" else _llama_gguf_tensors(run.model, arch)
+    if arch == "gpt2":
+        tensors = _gguf_names(gpt2_tensors(run.model), GPT2_TOP, GPT2_NAMES)
+    else:
+        tensors = _llama_gguf_tensors(run.model, arch)
     file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                  "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype]
     out.parent.mkdir(parents=True, exist_ok=True)
