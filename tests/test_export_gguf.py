@@ -122,7 +122,7 @@ needs_llama_cpp = pytest.mark.skipif(
     llama_cpp is None, reason="llama-cpp-python is not installed (pip install 'slmkit[llama]'; .ci/run builds it)"
 )
 RUNTIME = [("gpt2", "char"), ("gpt2-sinusoidal", "bpe"), ("llama", "char"), ("llama-bias", "bpe"), ("qwen3", "char"),
-           ("qwen3", "bpe"), ("llama", "gpt2")]
+           ("qwen3", "bpe")]  # the gpt2 kind (50,257 tokens, slow to train): test_llama_cpp_reads_the_gpt2_kind
 PROMPT = "And God said"
 BLOCK = 64  # the prompt and 50 new tokens fit, so neither side slides its window
 
@@ -184,6 +184,21 @@ def test_llama_cpp_tokenizes_and_continues_as_slm_sample(tmp_path, trained, arch
     prompt = run.tokenizer.encode(PROMPT)
     ours = list(sample_ids(run.model, prompt, 50, temperature=0))  # what `slm sample --temperature 0` emits
     assert llama_greedy(llm, prompt, 50) == ours
+
+
+@needs_llama_cpp
+def test_llama_cpp_reads_the_gpt2_kind(tmp_path):
+    run_dir = make_run(tmp_path / "run", "gpt2", block_size=BLOCK, **ARCHS["llama"])  # random weights
+    run = load_run(run_dir)
+    llm = llama(export_gguf(run_dir, tmp_path / "m.gguf"))
+    text = "And the earth was without form, and void; Caf\u00e9 42 <|endoftext|>\n"
+    ids = run.tokenizer.encode(text)
+    assert llm.tokenize(text.encode(), add_bos=False, special=False) == ids
+    assert llm.detokenize(ids).decode() == text
+    with torch.no_grad():
+        x = torch.tensor([ids])
+        ours = torch.nn.functional.cross_entropy(run.model(x)[0][0, :-1], x[0, 1:]).item()
+    assert llama_nll(llm, ids) == pytest.approx(ours, rel=1e-4)
 
 
 @needs_llama_cpp
