@@ -78,7 +78,7 @@ def slmkit_rate(run: Path, int8: bool, threads: int, tokens: int) -> float:
     torch.set_num_threads(threads)
     model = load_run(run, int8=int8).model
     t0 = time.perf_counter()
-    n = sum(1 for _ in sample_ids(model, [0], tokens, temperature=0))
+    n = sum(1 for _ in sample_ids(model, [0], max_new_tokens=tokens, temperature=0))
     return n / (time.perf_counter() - t0)
 
 

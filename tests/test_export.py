@@ -136,7 +136,7 @@ def test_a_char_export_runs_in_the_pipeline_up_to_its_end_of_text(tmp_path):
     pipe = transformers.pipeline("text-generation", model=str(tmp_path / "hf"))
     run = load_run(run_dir)
     ids = run.tokenizer.encode("And God")
-    greedy = run.tokenizer.decode(list(sample_ids(run.model, ids, 20, temperature=0)))
+    greedy = run.tokenizer.decode(list(sample_ids(run.model, ids, max_new_tokens=20, temperature=0)))
     text = pipe("And God", max_new_tokens=20, do_sample=False)[0]["generated_text"]
     assert text == "And God" + greedy.split("\n")[0]  # generate stops at the newline, our end-of-text
 
@@ -185,7 +185,7 @@ def test_pipeline_generates_from_the_export(tmp_path, options):
     prompt = "And God said"
     text = pipe(prompt, max_new_tokens=8, do_sample=False)[0]["generated_text"]
     ids = run.tokenizer.encode(prompt)
-    assert text == run.tokenizer.decode(ids + list(sample_ids(run.model, ids, 8, temperature=0)))
+    assert text == run.tokenizer.decode(ids + list(sample_ids(run.model, ids, max_new_tokens=8, temperature=0)))
 
 
 @pytest.mark.parametrize("options,message", [

@@ -182,7 +182,7 @@ def test_llama_cpp_tokenizes_and_continues_as_slm_sample(tmp_path, trained, arch
     assert llm.tokenize(text.encode(), add_bos=False, special=False) == ids
     assert llm.detokenize(ids).decode() == text
     prompt = run.tokenizer.encode(PROMPT)
-    ours = list(sample_ids(run.model, prompt, 50, temperature=0))  # what `slm sample --temperature 0` emits
+    ours = list(sample_ids(run.model, prompt, max_new_tokens=50, temperature=0))  # what `slm sample --temperature 0` emits
     assert llama_greedy(llm, prompt, 50) == ours
 
 
