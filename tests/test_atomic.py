@@ -203,3 +203,21 @@ def test_disk_full_during_quantize_keeps_the_earlier_int8_file(tmp_path, trained
     line = one_line(capsys)
     assert line.startswith(f"slm: error: cannot write {run / INT8}: ") and "(any previous" in line
     assert tree(tmp_path) == before and (run / BEST).is_file()
+
+
+@pytest.mark.parametrize("fmt", ["gguf", "onnx"])
+def test_disk_full_during_a_single_file_export_keeps_the_earlier_file(tmp_path, trained_run, monkeypatch, capsys, fmt):
+    if fmt == "onnx":
+        pytest.importorskip("onnx")
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    out = tmp_path / f"model.{fmt}"
+    out.write_bytes(b"an earlier export")
+
+    def full(src, dst):  # the disk filled: the temp file could not be completed
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic.os, "replace", full)
+    assert main(["export", "--run", str(run), "--format", fmt, "--out", str(out)]) == 1
+    assert one_line(capsys).startswith(f"slm: error: cannot write {out}: No space left on device")
+    assert out.read_bytes() == b"an earlier export" and sorted(p.name for p in tmp_path.iterdir()) == ["model." + fmt, "run"]
