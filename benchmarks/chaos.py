@@ -203,8 +203,13 @@ MEDIUM = [  # big enough (13M parameters, 50 MB of weights) that kills land whil
 ]  # fmt: skip
 
 
+MEDIUM_RUN: list[Path] = []  # --medium-run: a trained run to reuse (training one takes long on a busy machine)
+
+
 def medium_run(root: Path, corpus: Path) -> Path:
     """A trained run of the MEDIUM model (made once)."""
+    if MEDIUM_RUN:
+        return MEDIUM_RUN[0]
     run = root / "medium-run"
     if not (run / BEST).is_file():
         small = root / "kjv-200kb.txt"  # a small val split: the final full-val report of a big model is slow
@@ -370,8 +375,10 @@ def main() -> None:
     parser.add_argument("--export-trials", type=int, default=0)
     parser.add_argument("--quantize-trials", type=int, default=0)
     parser.add_argument("--finetune-trials", type=int, default=0)
+    parser.add_argument("--medium-run", type=Path, default=None, help="reuse this trained run for export/quantize")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    MEDIUM_RUN.extend([args.medium_run] if args.medium_run else [])
     rng = random.Random(args.seed)
     from slmkit.data.sources.kjv import read_kjv
 
