@@ -1,14 +1,20 @@
-"""Kill tests: SIGKILL `slm train` and `slm prepare` at random moments, then check nothing is lost.
+"""Kill tests: SIGKILL `slm train`, `prepare`, `export`, `quantize` and `finetune` at random moments; nothing is lost.
 
 For each trial of `slm train`: start a tiny run that checkpoints every few steps (so many
 kills land during checkpoint writes), kill it after a random delay, then check that
   - every checkpoint file on disk loads (weights, state, config, tokenizer),
   - the work lost is at most one checkpoint interval (last logged step - checkpoint step),
   - `slm train --resume` continues from the checkpoint and finishes.
-For each trial of `slm prepare`: kill it, check that a shard folder is either incomplete
-(no manifest, so never used) or wholly valid, then that a new prepare completes.
+For each trial of `slm prepare` (on a --prepare-mb corpus, so that kills land while shards are
+written): kill it, check that a shard folder is either incomplete (no manifest, so never used) or
+wholly valid, then that a new prepare completes and removes the killed run's staging folder.
+For `slm export` / `slm quantize` (a 13M-parameter model, so kills land mid-write) and `slm finetune`:
+kill it at a random moment of its usual duration; every file present must load (a complete-looking
+export, with config.json, loads in transformers), and rerunning it (finetune: resuming, or starting
+again with --overwrite before its first checkpoint) succeeds and leaves no temp file.
 
     python -P benchmarks/chaos.py --trials 20 --prepare-trials 10
+    python -P benchmarks/chaos.py --trials 0 --prepare-trials 4 --export-trials 6 --quantize-trials 6 --finetune-trials 6
 Prints a table; RELIABILITY.md records the results.
 """
 
@@ -25,12 +31,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 from safetensors import safe_open
 
 from slmkit.data.shards import Shard, read_manifest
-from slmkit.runs import LAST, METRICS, STATE, load_run, load_state
+from slmkit.runs import BEST, INT8, LAST, METRICS, STATE, load_run, load_state
 
 TINY = [
     "--model.n_layer=2",
@@ -115,24 +122,56 @@ def train_trial(work: Path, corpus: Path, rng: random.Random) -> tuple[bool, str
     return True, f"checkpoint at step {step}, logged {logged}, resumed to {after}{mid_write}"
 
 
-def prepare_trial(work: Path, corpus: Path, rng: random.Random) -> tuple[bool, str]:
-    shard_dir = work / "pshards"
-    big = work.parent / "big.txt"  # 8x the KJV, so that kills land while shards are written
+def big_corpus(work_root: Path, corpus: Path, megabytes: int) -> Path:
+    """The KJV repeated to at least `megabytes` MB (written once), so kills land while shards are written."""
+    big = work_root / f"kjv-{megabytes}mb.txt"
     if not big.exists():
-        big.write_text(corpus.read_text(encoding="utf-8") * 8, encoding="utf-8")
-    args = ["prepare", "--force", f"--data.source={big}", f"--data.shard_dir={shard_dir}"]
-    proc = slm(args, cwd=work)
-    if rng.random() < 0.5:
-        time.sleep(rng.uniform(2.0, 10.0))  # mostly while the corpus is read and tokenized
-    else:  # while a shard is being written: kill within 0.3 s of its temp file appearing
+        text = corpus.read_text(encoding="utf-8")
+        copies = -(-megabytes * 1_000_000 // len(text.encode("utf-8")))
         started = time.perf_counter()
-        while proc.poll() is None and not any(shard_dir.glob(".*.tmp")) and time.perf_counter() - started < 300:
+        with open(big, "w", encoding="utf-8") as f:
+            for _ in range(copies):
+                f.write(text)
+        print(f"wrote {big.stat().st_size / 1e6:.0f} MB ({copies} x KJV) in {time.perf_counter() - started:.1f}s", flush=True)
+    return big
+
+
+def shard_temp_files(shard_dir: Path) -> list[Path]:
+    """The temp files of shards being written: inside prepare's hidden staging folder beside `shard_dir`."""
+    return list(shard_dir.parent.glob(f".{shard_dir.name}.*.tmp/.*.tmp"))
+
+
+PREPARE_SECONDS: dict[str, float] = {}  # a whole prepare's duration ("all") and its shard writing's ("writing")
+
+
+def prepare_trial(work: Path, corpus: Path, rng: random.Random, megabytes: int) -> tuple[bool, str]:
+    shard_dir = work / "pshards"
+    big = big_corpus(work.parent, corpus, megabytes)
+    args = ["prepare", "--force", f"--data.source={big}", f"--data.shard_dir={shard_dir}"]
+    if not PREPARE_SECONDS:  # one whole prepare first: how long it takes, and when its shards start being written
+        proc, started = slm(args, cwd=work), time.perf_counter()
+        while proc.poll() is None and not shard_temp_files(shard_dir):
             time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 0.3))
+        writing_from = time.perf_counter() - started
+        proc.wait()
+        PREPARE_SECONDS.update(all=time.perf_counter() - started, writing=time.perf_counter() - started - writing_from)
+        print(f"a whole prepare of {big.stat().st_size / 1e6:.0f} MB: {PREPARE_SECONDS['all']:.0f}s, its shards written "
+              f"in the last {PREPARE_SECONDS['writing']:.0f}s", flush=True)
+        shutil.rmtree(shard_dir)
+    proc = slm(args, cwd=work)
+    started = time.perf_counter()
+    if rng.random() < 0.3:  # anywhere: mostly while the corpus is read, the tokenizer fitted
+        time.sleep(rng.uniform(1.0, PREPARE_SECONDS["all"]))
+    else:  # while the shards are written: from their temp files' appearance to about the end of the run
+        while proc.poll() is None and not shard_temp_files(shard_dir) and time.perf_counter() - started < 900:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.9 * PREPARE_SECONDS["writing"]))
+    finished_first = proc.poll() is not None
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    killed_mid_write = bool(shard_temp_files(shard_dir))
     manifest = read_manifest(shard_dir)
-    state = "incomplete (no manifest)"
+    state = "incomplete (no manifest)" if shard_dir.exists() else "absent (nothing renamed into place)"
     if manifest is not None:
         try:
             for split, info in manifest["splits"].items():
@@ -142,29 +181,219 @@ def prepare_trial(work: Path, corpus: Path, rng: random.Random) -> tuple[bool, s
                 np.asarray(shard.tokens[-10:])
         except Exception as e:
             return False, f"a complete-looking shard folder does not load: {e}"
-        state = "complete and valid"
-    if any(shard_dir.glob(".*.tmp")):
-        state += ", temp file left (killed mid-write)"
+        state = "complete and valid" + (" (finished before the kill)" if finished_first else "")
+    if killed_mid_write:
+        state += ", killed while a shard was written (staging temp file left)"
+    rerun = time.perf_counter()
     again = subprocess.run([sys.executable, "-m", "slmkit", *args[:1], *args[2:]], cwd=work, capture_output=True, text=True)
     if again.returncode != 0 or read_manifest(shard_dir) is None:
         return False, f"prepare after the kill failed: {again.stderr.strip().splitlines()[-1:]}"
-    return True, f"after kill: {state}; next prepare completed"
+    if list(shard_dir.parent.glob(f".{shard_dir.name}.*.tmp")):
+        return False, "the next prepare left the killed run's staging folder"
+    took = time.perf_counter() - rerun
+    return True, f"after kill at {time.perf_counter() - started - took:.0f}s: {state}; next prepare completed in {took:.0f}s"
+
+
+# ---------------------------------------------------------------- export, quantize, finetune
+
+MEDIUM = [  # big enough (13M parameters, 50 MB of weights) that kills land while files are written
+    "--model.n_layer=4", "--model.n_head=8", "--model.n_embd=512", "--model.block_size=32",
+    "--train.batch_size=4", "--train.max_steps=2", "--train.max_minutes=0", "--train.warmup_steps=1",
+    "--train.eval_interval=2", "--train.eval_batches=1", "--sample.max_new_tokens=5",
+]  # fmt: skip
+
+
+MEDIUM_RUN: list[Path] = []  # --medium-run: a trained run to reuse (training one takes long on a busy machine)
+
+
+def medium_run(root: Path, corpus: Path) -> Path:
+    """A trained run of the MEDIUM model (made once)."""
+    if MEDIUM_RUN:
+        return MEDIUM_RUN[0]
+    run = root / "medium-run"
+    if not (run / BEST).is_file():
+        small = root / "kjv-200kb.txt"  # a small val split: the final full-val report of a big model is slow
+        small.write_text(corpus.read_text(encoding="utf-8")[:200_000], encoding="utf-8")
+        result = subprocess.run(
+            [sys.executable, "-m", "slmkit", "train", "--no-progress", "--out", str(run), f"--data.source={small}",
+             f"--data.shard_dir={root / 'medium-shards'}", *MEDIUM],
+            cwd=root, capture_output=True, text=True,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+    return run
+
+
+def kill_during(args: list[str], work: Path, rng: random.Random, seconds: float) -> float:
+    """Start `slm args`, SIGKILL it after a random time in [0.5, seconds]; returns when it was killed."""
+    proc = slm(args, cwd=work)
+    delay = rng.uniform(0.5, seconds)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return delay
+
+
+def timed(args: list[str], work: Path) -> tuple[subprocess.CompletedProcess, float]:
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "slmkit", *args], cwd=work, capture_output=True, text=True)
+    return result, time.perf_counter() - started
+
+
+def loads_all(folder: Path) -> Optional[str]:
+    """None if every file in `folder` loads (safetensors, JSON, YAML, state.pt), else what did not."""
+    import json
+
+    import yaml
+
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file() or path.name.endswith(".tmp") or any(p.name.endswith(".tmp") for p in path.parents):
+            continue
+        try:
+            if path.suffix == ".safetensors":
+                with safe_open(str(path), "pt") as f:
+                    for key in f.keys():
+                        f.get_tensor(key)
+            elif path.suffix == ".json":
+                json.loads(path.read_text(encoding="utf-8"))
+            elif path.suffix == ".yaml":
+                yaml.safe_load(path.read_text(encoding="utf-8"))
+            elif path.name == STATE:
+                load_state(path)
+        except Exception as e:  # any failure to load is what this benchmark looks for
+            return f"{path.name} does not load: {str(e).splitlines()[0][:120]}"
+    return None
+
+
+def hidden_leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in list(folder.glob(".*.tmp")) + list(folder.parent.glob(f".{folder.name}.*.tmp")))
+
+
+DURATION: dict[str, float] = {}
+
+
+def export_trial(work: Path, corpus: Path, rng: random.Random) -> tuple[bool, str]:
+    run = medium_run(work.parent, corpus)
+    out = work / "hf"
+    args = ["export", "--run", str(run), "--out", str(out)]
+    if "export" not in DURATION:
+        DURATION["export"] = timed(args, work)[1]
+        shutil.rmtree(out)
+    delay = kill_during(args, work, rng, DURATION["export"])
+    left = hidden_leftovers(out) if out.exists() else []
+    complete = (out / "config.json").is_file()
+    if complete:
+        problem = loads_all(out)
+        if problem:
+            return False, f"a complete-looking export (config.json present) is not whole: {problem}"
+        try:
+            import transformers
+
+            transformers.AutoModelForCausalLM.from_pretrained(out)
+        except ImportError:
+            pass
+        except Exception as e:
+            return False, f"transformers cannot load the complete-looking export: {str(e).splitlines()[0][:120]}"
+    result, _ = timed(args, work)
+    if result.returncode != 0 or not (out / "config.json").is_file():
+        return False, f"export after the kill failed: {result.stderr.strip().splitlines()[-1:]}"
+    if hidden_leftovers(out):
+        return False, f"the next export left {hidden_leftovers(out)}"
+    state = "complete and loads" if complete else "incomplete (no config.json)" if out.exists() else "absent"
+    return True, f"killed at {delay:.1f}s of {DURATION['export']:.1f}s: {state}{', staging left' if left else ''}; next export completed"
+
+
+def quantize_trial(work: Path, corpus: Path, rng: random.Random) -> tuple[bool, str]:
+    run = work / "run"
+    shutil.copytree(medium_run(work.parent, corpus), run)
+    args = ["quantize", "--run", str(run)]
+    if "quantize" not in DURATION:
+        DURATION["quantize"] = timed(args, work)[1]
+        (run / INT8).unlink()
+    delay = kill_during(args, work, rng, DURATION["quantize"])
+    left = hidden_leftovers(run)
+    present = (run / INT8).is_file()
+    if present:
+        try:
+            load_run(run, int8=True)
+        except Exception as e:
+            return False, f"{INT8} is present but does not load: {e}"
+    result, _ = timed(args, work)
+    if result.returncode != 0:
+        return False, f"quantize after the kill failed: {result.stderr.strip().splitlines()[-1:]}"
+    load_run(run, int8=True)
+    state = "int8 file complete and loads" if present else "no int8 file"
+    return True, f"killed at {delay:.1f}s of {DURATION['quantize']:.1f}s: {state}{', temp file left' if left else ''}; next quantize completed"
+
+
+def finetune_trial(work: Path, corpus: Path, rng: random.Random) -> tuple[bool, str]:
+    source = work.parent / "train-source"  # a small trained run to fine-tune (made once)
+    if not (source / BEST).is_file():
+        result = subprocess.run(
+            [sys.executable, "-m", "slmkit", "train", "--no-progress", "--out", str(source), f"--data.source={corpus}",
+             f"--data.shard_dir={work.parent / 'ft-shards'}", *TINY, "--train.max_steps=10", "--train.eval_interval=5"],
+            cwd=work.parent, capture_output=True, text=True,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+    out = work / "ft"
+    args = ["finetune", "--no-progress", "--from", str(source), "--out", str(out), f"--data.source={corpus}",
+            f"--data.shard_dir={work / 'shards'}", "--train.max_steps=60", f"--train.eval_interval={CHECKPOINT_EVERY}",
+            "--train.threads=1"]  # fmt: skip
+    if "finetune" not in DURATION:
+        result, DURATION["finetune"] = timed(args, work)
+        assert result.returncode == 0, result.stderr
+        shutil.rmtree(out)
+        shutil.rmtree(work / "shards")
+    delay = kill_during(args, work, rng, DURATION["finetune"])
+    left = hidden_leftovers(out) if out.exists() else []
+    problem = loads_all(out) if out.exists() else None
+    if problem:
+        return False, f"after the kill: {problem}"
+    if (out / BEST).is_file():
+        try:
+            load_run(out)
+        except Exception as e:
+            return False, f"the fine-tuned run's best model does not load: {e}"
+    if (out / STATE).is_file():
+        step = int(load_state(out / STATE)["step"])
+        again = ["train", "--no-progress", "--resume", str(out), f"--train.max_steps={step + 3}"]
+        what = f"resumed from step {step}"
+    else:  # killed before its first checkpoint: start it again over what it left
+        again, what = [*args, "--overwrite"], "no checkpoint yet, run again with --overwrite"
+    result, _ = timed(again, work)
+    if result.returncode != 0:
+        return False, f"{what} failed: {result.stderr.strip().splitlines()[-1:]}"
+    if hidden_leftovers(out):
+        return False, f"{what} left {hidden_leftovers(out)}"
+    return True, f"killed at {delay:.1f}s of {DURATION['finetune']:.1f}s{', mid-write' if left else ''}; {what}: completed"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--prepare-trials", type=int, default=10)
+    parser.add_argument("--prepare-mb", type=int, default=200, help="size of the corpus prepare is killed on")
+    parser.add_argument("--export-trials", type=int, default=0)
+    parser.add_argument("--quantize-trials", type=int, default=0)
+    parser.add_argument("--finetune-trials", type=int, default=0)
+    parser.add_argument("--medium-run", type=Path, default=None, help="reuse this trained run for export/quantize")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    MEDIUM_RUN.extend([args.medium_run] if args.medium_run else [])
     rng = random.Random(args.seed)
-    from slmkit.data.sources import read_kjv
+    from slmkit.data.sources.kjv import read_kjv
 
+    trials = [
+        ("train", train_trial, args.trials),
+        ("prepare", lambda w, c, r: prepare_trial(w, c, r, args.prepare_mb), args.prepare_trials),
+        ("export", export_trial, args.export_trials),
+        ("quantize", quantize_trial, args.quantize_trials),
+        ("finetune", finetune_trial, args.finetune_trials),
+    ]
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Path(tmp) / "kjv.txt"
         corpus.write_text("\n".join(read_kjv()) + "\n", encoding="utf-8")  # 4 MB: prepare takes seconds
-        for kind, trial, n in [("train", train_trial, args.trials), ("prepare", prepare_trial, args.prepare_trials)]:
+        for kind, trial, n in trials:
             for i in range(n):
                 work = Path(tmp) / f"{kind}-{i}"
                 work.mkdir()
@@ -175,9 +404,10 @@ def main() -> None:
     print()
     print("| command | trials | failures |")
     print("|---|---|---|")
-    for kind in ("train", "prepare"):
+    for kind, _, n in trials:
         rows = [r for r in results if r[0] == kind]
-        print(f"| slm {kind} | {len(rows)} | {sum(not r[2] for r in rows)} |")
+        if rows:
+            print(f"| slm {kind} | {len(rows)} | {sum(not r[2] for r in rows)} |")
     if any(not r[2] for r in results):
         sys.exit(1)
 

@@ -77,7 +77,7 @@ def main() -> None:
         corpus, shard_dir, run, steps = args.child
         child(corpus, shard_dir, run, int(steps))
         return
-    from slmkit.data.sources import read_kjv
+    from slmkit.data.sources.kjv import read_kjv
 
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     results = {}

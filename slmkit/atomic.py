@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .errors import WriteError
+from .errors import ReadError, WriteError
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 _NO_PERMISSION = (errno.EACCES, errno.EPERM, errno.EROFS)
@@ -50,11 +50,24 @@ def write_failure(path: Path | str, exc: BaseException) -> WriteError:
     return WriteError(f"cannot write {path}: {reason}; {fix} (any previous {path.name} is untouched)")
 
 
+def read_failure(path: Path | str, exc: OSError) -> ReadError:
+    """A one-line ReadError for a file that could not be read (I/O error, permission denied)."""
+    return ReadError(f"cannot read {path}: {exc.strerror or exc}; check the file and the disk it is on")
+
+
+def _is_write_error(exc: BaseException) -> bool:
+    """An OSError, or the error of a library that writes itself: safetensors' SafetensorError, or any
+    whose text carries the OS's "os error N" (the Rust libraries: safetensors, tokenizers)."""
+    return isinstance(exc, OSError) or type(exc).__name__ == "SafetensorError" or bool(re.search(r"os error \d+", str(exc)))
+
+
 @contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
     """Yield a temp path beside `path`; on success it is fsynced and renamed onto `path`.
 
-    An OSError while writing (disk full, permission denied) becomes a one-line WriteError.
+    A failed write (disk full, permission denied; an OSError or a writing library's error, see
+    _is_write_error) becomes a one-line WriteError; an OSError about another file (one being read
+    while writing) a ReadError naming that file. The one place write errors are translated.
     """
     path = Path(path)
     try:
@@ -70,11 +83,47 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
-    except OSError as e:  # disk full, permission denied: the old file at `path` was never touched
-        raise write_failure(path, e) from None
+    except Exception as e:  # disk full, permission denied: the old file at `path` was never touched
+        other = getattr(e, "filename", None)
+        if isinstance(e, OSError) and other is not None and Path(other) not in (tmp_path, path):
+            raise read_failure(other, e) from None
+        if _is_write_error(e):
+            raise write_failure(path, e) from None
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextmanager
+def staged_folder(out: Path | str, last: str) -> Iterator[Path]:
+    """Yield a hidden staging folder beside `out` to write files into; on success they replace their
+    namesakes in `out` (other files there stay), `last` moved last and first removed from `out`, so a
+    folder holding `last` is complete. On failure (disk full) `out` is untouched and the staging gone.
+    The staging folders of killed runs are deleted first (call only where no other writer of `out` runs)."""
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for stale in out.parent.glob(f".{out.name}.*.tmp"):  # staging folders of killed runs
+            shutil.rmtree(stale, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    except OSError as e:
+        raise write_failure(out, e) from None
+    try:
+        yield staging
+        names = sorted(p.name for p in staging.iterdir() if p.name != last)
+        if (staging / last).exists():
+            (out / last).unlink(missing_ok=True)
+            names.append(last)
+        for name in names:
+            os.replace(staging / name, out / name)
+    except WriteError as e:  # name the file in `out`, not in the hidden staging folder
+        raise WriteError(str(e).replace(str(staging), str(out))) from None
+    except OSError as e:  # e.g. a file copied into the staging folder
+        failed = str(getattr(e, "filename", None) or out / last).replace(str(staging), str(out))
+        raise write_failure(failed, e) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def remove_temp_files(folder: Path | str) -> list[Path]:

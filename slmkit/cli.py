@@ -13,8 +13,15 @@ from .errors import ConfigError, SlmError
 EPILOG = "Any recipe key can be overridden: --section.key=value (or --section.key value), e.g. --train.max_minutes=1"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one-line ConfigErrors (exit 1), not usage + message (exit 2)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise ConfigError(f"{message}; see `{self.prog} --help`")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="slm", description="Build small language models from scratch.")
+    parser = _Parser(prog="slm", description="Build small language models from scratch.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("train", help="prepare data if needed, train, then print a sample", epilog=EPILOG)
@@ -260,8 +267,8 @@ def _run(argv: Optional[list[str]]) -> int:
     from .config import parse_overrides
 
     parser = _parser()
-    args, rest = parser.parse_known_args(argv)
     try:
+        args, rest = parser.parse_known_args(argv)
         if args.command is None:
             parser.print_help()
             return 2

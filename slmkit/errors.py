@@ -31,3 +31,7 @@ class ServeError(SlmError):
 
 class WriteError(SlmError):
     """A file could not be written (disk full, no permission); the previous version is intact."""
+
+
+class ReadError(DataError):
+    """A file could not be read (I/O error, permission denied): named, and nothing written from it."""

@@ -24,7 +24,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .atomic import atomic_path, atomic_write_text
+from .atomic import atomic_path, atomic_write_text, staged_folder
 from .config import ModelConfig, RunConfig, TokenizerConfig
 from .errors import ExportError, SlmError
 from .model import GPT, RMS_EPS
@@ -266,13 +266,13 @@ def export_hf(run_dir: Path | str, out: Path | str) -> ExportResult:
     state, config = hf_state_and_config(run.model, run.tokenizer.eot_id)  # raises before anything is written
     if out.exists() and not out.is_dir():
         raise ExportError(f"--out {out} is a file; --format hf writes a folder: give a folder path")
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "model.safetensors") as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt"})  # transformers wants format=pt
-    atomic_write_text(out / "generation_config.json", json.dumps(
-        {"bos_token_id": run.tokenizer.eot_id, "eos_token_id": run.tokenizer.eot_id}, indent=2))
-    note = _write_tokenizer(run.tokenizer, out, run.config.model.block_size)
-    atomic_write_text(out / "config.json", json.dumps(config, indent=2))
+    with staged_folder(out, last="config.json") as stage:  # a failed export (disk full) leaves `out` as it was
+        with atomic_path(stage / "model.safetensors") as tmp:
+            save_file(state, str(tmp), metadata={"format": "pt"})  # transformers wants format=pt
+        atomic_write_text(stage / "generation_config.json", json.dumps(
+            {"bos_token_id": run.tokenizer.eot_id, "eos_token_id": run.tokenizer.eot_id}, indent=2))
+        note = _write_tokenizer(run.tokenizer, stage, run.config.model.block_size)
+        atomic_write_text(stage / "config.json", json.dumps(config, indent=2))
     return ExportResult(out, note)
 
 

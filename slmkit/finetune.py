@@ -8,9 +8,8 @@ from typing import Any, Optional
 
 from .config import RunConfig, apply_override, load_config
 from .data.prepare import shard_dir_for
-from .errors import ConfigError
-from .runs import BEST, CONFIG, TOKENIZER
-from .tokenizer import load_tokenizer
+from .errors import CheckpointError, ConfigError
+from .runs import BEST, CONFIG, TOKENIZER, load_run_tokenizer
 from .train import TrainResult, train
 
 # what `slm finetune` changes in the source run's recipe before the user's overrides (lr: a tenth of the original)
@@ -40,7 +39,9 @@ def finetune(
     """
     from_dir = Path(from_dir)
     cfg = load_config(from_dir / CONFIG)
-    tokenizer = load_tokenizer(from_dir / TOKENIZER)
+    tokenizer = load_run_tokenizer(from_dir, cfg)
+    if not (from_dir / BEST).is_file():  # before any shard is prepared for it
+        raise CheckpointError(f"{from_dir / BEST} does not exist; train the run first or pick another --from")
     defaults = {**FINETUNE_DEFAULTS, "train.lr": cfg.train.lr / 10, "train.min_lr": cfg.train.min_lr / 10}
     for key, value in defaults.items():
         apply_override(cfg, key, value)

@@ -20,6 +20,8 @@ def read_metrics(run_dir: Path | str) -> dict[str, list[float]]:
             rows = list(csv.DictReader(f))
     except FileNotFoundError:
         raise DataError(f"{path} does not exist; give run folders written by `slm train`") from None
+    except (UnicodeDecodeError, csv.Error):
+        raise DataError(f"{path} is not a metrics CSV file (not UTF-8 text or not CSV); train the run again") from None
     if not rows or "step" not in rows[0]:
         raise DataError(f"{path} has no metrics rows (needs a 'step' column); train the run first")
     columns: dict[str, list[float]] = {name: [] for name in rows[0]}

@@ -3,6 +3,8 @@
     runs/<name>/
       config.yaml             CONFIG: the resolved recipe
       tokenizer.json          TOKENIZER: the tokenizer
+      tokenizer.sha256        FINGERPRINT: sha256 of tokenizer.json at creation (`sha256sum -c` reads it);
+                              a run whose tokenizer was replaced since is refused (older runs have none)
       model.safetensors       BEST: weights of the best evaluation
       last.safetensors        LAST: weights at the last checkpoint
       state.pt                STATE: weights, optimizer, step, RNG states, sampler position (torch.load weights_only)
@@ -17,6 +19,7 @@ Everything is written atomically and loaded without unpickling anything.
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import shutil
 import zipfile
@@ -28,7 +31,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_file, save_model
 
-from .atomic import atomic_path, write_failure
+from .atomic import atomic_path, atomic_write_text, write_failure
 from .config import ModelConfig, RunConfig, apply_override, load_config, save_config
 from .errors import CheckpointError, ConfigError, SlmError
 from .model import GPT
@@ -37,6 +40,7 @@ from .tokenizer import Tokenizer, load_tokenizer
 
 CONFIG = "config.yaml"
 TOKENIZER = "tokenizer.json"
+FINGERPRINT = "tokenizer.sha256"
 BEST = "model.safetensors"
 LAST = "last.safetensors"
 STATE = "state.pt"
@@ -46,7 +50,7 @@ INT8 = "model-int8.safetensors"
 CHECKPOINTS = "checkpoints"
 TENSORBOARD = "tensorboard"
 PLOT = "loss.png"
-RUN_FILES = (CONFIG, TOKENIZER, BEST, LAST, STATE, METRICS, LOG, INT8, CHECKPOINTS, TENSORBOARD, PLOT)
+RUN_FILES = (CONFIG, TOKENIZER, FINGERPRINT, BEST, LAST, STATE, METRICS, LOG, INT8, CHECKPOINTS, TENSORBOARD, PLOT)
 
 # keys a resumed run may change: its budget and cadence, never its model or data
 RESUME_KEYS = (
@@ -57,11 +61,8 @@ RESUME_KEYS = (
 
 def save_weights(model: GPT, path: Path, metadata: Optional[dict[str, str]] = None) -> None:
     """Model weights to safetensors (tied weights stored once), atomically."""
-    with atomic_path(path) as tmp:
-        try:
-            save_model(model, str(tmp), metadata=metadata)
-        except SafetensorError as e:  # its I/O errors (e.g. disk full) arrive as SafetensorError
-            raise write_failure(path, e) from None
+    with atomic_path(path) as tmp:  # translates safetensors' I/O errors (e.g. disk full)
+        save_model(model, str(tmp), metadata=metadata)
 
 
 def load_weights(model: GPT, path: Path) -> None:
@@ -159,6 +160,54 @@ def write_run_files(run_dir: Path, cfg: RunConfig, tokenizer: Tokenizer, overwri
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / CONFIG)
     tokenizer.save(run_dir / TOKENIZER)
+    atomic_write_text(run_dir / FINGERPRINT, f"{_sha256(run_dir / TOKENIZER)}  {TOKENIZER}\n")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _recorded_fingerprint(run_dir: Path) -> Optional[str]:
+    """The sha256 the run recorded for its tokenizer.json, or None for a run made before fingerprints."""
+    path = run_dir / FINGERPRINT
+    if not path.is_file():
+        return None
+    digest = (path.read_text(encoding="utf-8", errors="replace").split() or [""])[0].lower()
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise CheckpointError(f"{path} is not a sha256 line; restore it (or delete it to skip the tokenizer check)")
+    return digest
+
+
+def check_tokenizer(run_dir: Path | str, path: Optional[Path] = None) -> None:
+    """Refuse a run whose tokenizer.json (or the tokenizer file `path`, e.g. of the shards a resumed run
+    trains on) is not the one the run was created with (FINGERPRINT). A run without one (older slmkit) passes."""
+    run_dir = Path(run_dir)
+    expected = _recorded_fingerprint(run_dir)
+    path = path or run_dir / TOKENIZER
+    if expected is None or not path.is_file():
+        return
+    actual = _sha256(path)
+    if actual != expected:
+        raise CheckpointError(
+            f"{path} is not the tokenizer {run_dir} was trained with (sha256 {actual[:12]}, its {FINGERPRINT} "
+            f"says {expected[:12]}); restore the run's own tokenizer or start a new run"
+        )
+
+
+def load_run_tokenizer(run_dir: Path | str, cfg: RunConfig) -> Tokenizer:
+    """The tokenizer of a run folder, checked against the model's vocabulary and the run's FINGERPRINT."""
+    run_dir = Path(run_dir)
+    try:
+        tokenizer = load_tokenizer(run_dir / TOKENIZER)
+    except SlmError as e:
+        raise CheckpointError(str(e)) from None
+    if tokenizer.vocab_size != cfg.model.vocab_size:
+        raise CheckpointError(
+            f"{run_dir / TOKENIZER} has {tokenizer.vocab_size} tokens but the model has {cfg.model.vocab_size}; "
+            "the tokenizer belongs to another run"
+        )
+    check_tokenizer(run_dir)
+    return tokenizer
 
 
 def load_run(run_dir: Path | str, weights: str = BEST, device: str = "cpu", int8: bool = False) -> Run:
@@ -170,15 +219,7 @@ def load_run(run_dir: Path | str, weights: str = BEST, device: str = "cpu", int8
     if not run_dir.is_dir():
         raise CheckpointError(f"run folder {run_dir} does not exist; train one with `slm train --out {run_dir}`")
     cfg = load_config(run_dir / CONFIG)
-    try:
-        tokenizer = load_tokenizer(run_dir / TOKENIZER)
-    except SlmError as e:
-        raise CheckpointError(str(e)) from None
-    if tokenizer.vocab_size != cfg.model.vocab_size:
-        raise CheckpointError(
-            f"{run_dir / TOKENIZER} has {tokenizer.vocab_size} tokens but the model has {cfg.model.vocab_size}; "
-            "the tokenizer belongs to another run"
-        )
+    tokenizer = load_run_tokenizer(run_dir, cfg)
     if int8:
         if device != "cpu":
             raise CheckpointError(f"the int8 model of {run_dir} runs on the CPU only; drop --int8 or use the CPU")
@@ -195,6 +236,7 @@ def resume_config(run_dir: Path | str, overrides: Optional[dict[str, Any]] = Non
     if not (run_dir / STATE).is_file():
         raise CheckpointError(f"{run_dir} has no {STATE} to resume from; start it with `slm train --out {run_dir}`")
     cfg = load_config(run_dir / CONFIG)
+    check_tokenizer(run_dir)
     for key, value in (overrides or {}).items():
         if key not in RESUME_KEYS:
             raise ConfigError(f"--{key} cannot change when resuming; only {', '.join(RESUME_KEYS)} can")
@@ -226,10 +268,7 @@ def save_int8(model: GPT, path: Path) -> None:
     """Quantize `model` and write its int8 safetensors file atomically."""
     tensors = int8_state(model)
     with atomic_path(path) as tmp:
-        try:
-            save_file(tensors, str(tmp), metadata={"format": "pt", "quantization": SCHEME, "torch": torch.__version__})
-        except SafetensorError as e:
-            raise write_failure(path, e) from None
+        save_file(tensors, str(tmp), metadata={"format": "pt", "quantization": SCHEME, "torch": torch.__version__})
 
 
 def load_int8(config: ModelConfig, path: Path) -> torch.nn.Module:

@@ -44,7 +44,9 @@ from .runs import (
     PLOT,
     STATE,
     TENSORBOARD,
+    TOKENIZER,
     check_new_run,
+    check_tokenizer,
     load_state,
     load_state_weights,
     load_weights,
@@ -376,6 +378,7 @@ def _build(
 def _restore(run: _Run) -> TrainState:
     """The run folder's last checkpoint, loaded into the model, optimizers, scaler, sampler and RNGs."""
     path = run.run_dir / STATE
+    check_tokenizer(run.run_dir, shard_dir_for(run.cfg) / TOKENIZER)  # the shards may have been rebuilt since
     saved = load_state(path)
     if run.rank == 0:
         remove_temp_files(run.run_dir)  # half-written checkpoint files of the run that was killed

@@ -4,6 +4,7 @@ a new run never lands on an old one unless told to."""
 import csv
 import errno
 import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -20,6 +21,7 @@ from slmkit.runs import (
     BEST,
     CHECKPOINTS,
     CONFIG,
+    FINGERPRINT,
     INT8,
     LAST,
     LOG,
@@ -239,3 +241,54 @@ def test_overwrite_replaces_the_old_run_and_keeps_other_files(tmp_path, trained_
     assert not (run / INT8).exists() and not (run / CHECKPOINTS).exists()
     assert (run / BEST).read_bytes() != old_best
     assert (run / "notes.txt").read_text() == "mine"
+
+
+def permuted_char_tokenizer(path: Path) -> None:
+    """The same characters in another order: same vocabulary size, other ids (a tokenizer of another run)."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    chars = data["chars"]
+    data["chars"] = [chars[0], *reversed(chars[1:])]
+    path.write_text(json.dumps(data), encoding="utf-8")
+
+
+def test_a_run_records_its_tokenizer_fingerprint_in_sha256sum_form(trained_run):
+    digest = hashlib.sha256((trained_run / TOKENIZER).read_bytes()).hexdigest()
+    assert (trained_run / FINGERPRINT).read_text() == f"{digest}  {TOKENIZER}\n"
+
+
+def test_a_swapped_tokenizer_of_the_same_size_is_refused_and_an_old_run_still_loads(tmp_path, trained_run):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    original = load_run(run).tokenizer
+    permuted_char_tokenizer(run / TOKENIZER)
+    with pytest.raises(CheckpointError, match=f"{TOKENIZER} is not the tokenizer .* was trained with"):
+        load_run(run)
+    with pytest.raises(CheckpointError, match="was trained with"):
+        runs.resume_config(run)
+    # a run folder from before fingerprints (none recorded) loads as it did, swapped or not
+    (run / FINGERPRINT).unlink()
+    swapped = load_run(run).tokenizer
+    assert swapped.vocab_size == original.vocab_size and swapped.encode("God") != original.encode("God")
+    (run / FINGERPRINT).write_text("not a digest\n")
+    with pytest.raises(CheckpointError, match="is not a sha256 line"):
+        load_run(run)
+
+
+def test_resume_refuses_shards_rebuilt_with_another_tokenizer(tmp_path, trained_run, capsys):
+    """The run's own tokenizer.json is intact, but its shard folder now holds another one: resume trains on
+    the shards, so it must refuse them."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    cfg = runs.resume_config(run)
+    shards = tmp_path / "shards"
+    shutil.copytree(cfg.data.shard_dir, shards)
+    cfg.data.shard_dir = str(shards)
+    runs.save_config(cfg, run / CONFIG)
+    permuted_char_tokenizer(shards / TOKENIZER)
+    before = digests(run)
+    assert main(["train", "--no-progress", "--resume", str(run), "--train.max_steps=30"]) == 1
+    line = one_line_error(capsys)
+    assert f"{shards / TOKENIZER} is not the tokenizer {run} was trained with" in line
+    assert digests(run) == before
+    (run / FINGERPRINT).unlink()  # an older run: nothing to compare with, it resumes as before
+    assert main(["train", "--no-progress", "--resume", str(run), "--train.max_steps=22"]) == 0

@@ -20,9 +20,9 @@ from typing import Any, Iterator, Optional
 import numpy as np
 from tqdm import tqdm
 
-from ..atomic import atomic_write_text, current_umask
+from ..atomic import atomic_write_text, current_umask, write_failure
 from ..config import RunConfig
-from ..errors import DataError
+from ..errors import DataError, WriteError
 from ..tokenizer import Tokenizer, fit_tokenizer, get_kind, load_tokenizer
 from .shards import SPLITS, VERSION, Shard, ShardWriter, dtype_for, read_manifest, token_array
 from .sources import Corpus, Piece, source_kind
@@ -174,9 +174,12 @@ def prepare(
     if tokenizer is None:
         tokenizer, drop = fit_on_train(cfg, corpus, log), ("val",) + drop
     new_parent = not out.parent.exists()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale(out)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale(out)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    except OSError as e:
+        raise write_failure(out, e) from None
     os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes 0700; give the folder the usual permissions
     try:
         manifest = _write_staging(staging, cfg, corpus, tokenizer, drop, progress)
@@ -187,6 +190,10 @@ def prepare(
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(staging, out)
+    except WriteError as e:  # name the shard folder, not the hidden staging folder (any earlier one is intact)
+        raise WriteError(str(e).replace(str(staging), str(out))) from None
+    except OSError as e:
+        raise write_failure(out, e) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         if new_parent and not out.exists():

@@ -15,8 +15,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from ..atomic import atomic_path
-from ..errors import DataError
+from ..atomic import atomic_path, write_failure
+from ..errors import DataError, WriteError
 
 MAGIC = b"SLMSHARD"
 VERSION = 1
@@ -48,7 +48,14 @@ class ShardWriter:
         self.count = 0
         self._atomic = atomic_path(self.path)
         self._file = open(self._atomic.__enter__(), "wb")
-        self._file.write(self._header())
+        self._write(self._header())
+
+    def _write(self, data: bytes) -> None:
+        # translated here, not by atomic_path: a sibling writer closed after this error must not claim it
+        try:
+            self._file.write(data)
+        except OSError as e:
+            raise write_failure(self.path, e) from None
 
     def _header(self) -> bytes:
         return HEADER.pack(MAGIC, VERSION, dtype_for(self.vocab_size).itemsize, self.vocab_size, self.count)
@@ -56,17 +63,25 @@ class ShardWriter:
     def write(self, ids: Sequence[int] | np.ndarray) -> None:
         """Append `ids` (checked against the vocabulary)."""
         tokens = token_array(ids, self.vocab_size, str(self.path))
-        self._file.write(tokens.tobytes())
+        self._write(tokens.tobytes())
         self.count += tokens.size
 
     def __enter__(self) -> "ShardWriter":
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if exc[0] is None:
-            self._file.seek(0)
-            self._file.write(self._header())
-        self._file.close()  # before atomic_path fsyncs and renames it (or removes it after an error)
+        try:
+            if exc[0] is None:
+                self._file.seek(0)
+                self._write(self._header())
+            try:
+                self._file.close()  # before atomic_path fsyncs and renames it (or removes it after an error)
+            except OSError as e:  # the last buffered bytes did not fit: an error of ours, unless one came first
+                if exc[0] is None:
+                    raise write_failure(self.path, e) from None
+        except WriteError as e:
+            self._atomic.__exit__(WriteError, e, None)  # removes the temp file, raises e
+            raise
         self._atomic.__exit__(*exc)
 
 

@@ -9,7 +9,8 @@ The cases are one table: add a row for each new command. A row's args may name
   {run}      a copy of a finished tiny run folder, first damaged by the row's `damage`
   {NAME}     a file the row writes from its `files` mapping (NAME -> text)
 A row passes when the command exits 1, prints exactly one non-empty line on stderr that contains
-`message`, and leaves every file of {run} byte-identical.
+`message`, and leaves every file of the test folder (so {run} too) byte-identical, with no new file
+(but under the row's `writes`).
 Most rows call `slmkit.cli.main` in this process (fast); a few also run `python -m slmkit`.
 """
 
@@ -31,7 +32,7 @@ import pytest
 
 from slmkit.cli import main
 from slmkit.data.shards import read_manifest
-from slmkit.runs import BEST, CONFIG, LAST, STATE, TOKENIZER
+from slmkit.runs import BEST, CONFIG, FINGERPRINT, LAST, METRICS, STATE, TOKENIZER
 
 HUGE_BYTES = 5_000_000  # 5 MB on one line: enough to show nothing reads it line by line or chokes on it
 DATA = ["--data.shard_dir={tmp}/shards"]  # keep prepared shards inside the test folder
@@ -61,6 +62,13 @@ def other_char_tokenizer(run: Path) -> None:
     (run / TOKENIZER).write_text(json.dumps({"kind": "char", "chars": list("\nabc")}))
 
 
+def permuted_tokenizer(run: Path) -> None:
+    """tokenizer.json swapped: the run's characters in another order (same vocabulary size, other ids)"""
+    data = json.loads((run / TOKENIZER).read_text(encoding="utf-8"))
+    data["chars"] = [data["chars"][0], *reversed(data["chars"][1:])]
+    (run / TOKENIZER).write_text(json.dumps(data), encoding="utf-8")
+
+
 def weights_of_another_model(run: Path) -> None:
     from slmkit.runs import save_weights
     from slmkit.config import ModelConfig
@@ -85,8 +93,10 @@ class Case:
     files: dict[str, str] = field(default_factory=dict)
     damage: Optional[Callable[[Path], None]] = None
     subprocess: bool = False  # also run it as `python -m slmkit`
+    writes: tuple[str, ...] = ()  # files under these (relative) paths may be new: a step that succeeded first
 
 
+SWAPPED = "is not the tokenizer"  # ... {run} was trained with (sha256 ..., its tokenizer.sha256 says ...)
 CASES = [
     # data files given to prepare and train
     Case("prepare-missing-source", ["prepare", "--data.source={missing}", *DATA], "nor an existing file, folder or glob"),
@@ -103,7 +113,7 @@ CASES = [
     Case("train-binary-source", ["train", "--data.source={binary}", *DATA], "is not UTF-8 text"),
     Case("train-latin1-source", ["train", "--data.source={latin1}", *DATA], "set --data.errors=replace"),
     Case("train-corpus-shorter-than-a-block", ["train", "--data.source={short.txt}", *DATA, "--model.block_size=64"],
-         "fewer than one window", files={"short.txt": "a few words\n" * 20}),
+         "fewer than one window", files={"short.txt": "a few words\n" * 20}, writes=("shards/",)),
     # recipe files
     Case("recipe-missing", ["train", "--recipe", "{missing}.yaml"], "does not exist"),
     Case("recipe-empty-name", ["prepare", "--recipe", "nope"], "unknown recipe 'nope'"),
@@ -198,6 +208,94 @@ CASES = [
     # an existing run folder given as the --out of a new run
     Case("train-out-existing-run", ["train", "--out", "{run}", *DATA], "holds a run; continue it with `slm train --resume",
          subprocess=True),
+    # a tokenizer.json swapped for another of the same vocabulary size: every entry point refuses the run
+    Case("sample-swapped-tokenizer", ["sample", "--run", "{run}"], SWAPPED, damage=permuted_tokenizer, subprocess=True),
+    Case("eval-swapped-tokenizer", ["eval", "--run", "{run}"], SWAPPED, damage=permuted_tokenizer),
+    Case("serve-swapped-tokenizer", ["serve", "--run", "{run}", "--port", "0"], SWAPPED, damage=permuted_tokenizer),
+    Case("resume-swapped-tokenizer", ["train", "--resume", "{run}"], SWAPPED, damage=permuted_tokenizer),
+    Case("finetune-swapped-tokenizer", ["finetune", "--from", "{run}", "--out", "{tmp}/ft", *DATA], SWAPPED,
+         damage=permuted_tokenizer),
+    Case("quantize-swapped-tokenizer", ["quantize", "--run", "{run}"], SWAPPED, damage=permuted_tokenizer),
+    Case("export-swapped-tokenizer", ["export", "--run", "{run}", "--out", "{tmp}/hf"], SWAPPED,
+         damage=permuted_tokenizer),
+    Case("sample-bad-fingerprint", ["sample", "--run", "{run}"], "tokenizer.sha256 is not a sha256 line",
+         damage=replace(FINGERPRINT, "garbage\n")),
+    # eval
+    Case("eval-missing-weights", ["eval", "--run", "{run}"], "model.safetensors does not exist", damage=delete(BEST)),
+    Case("eval-no-test-split", ["eval", "--run", "{run}", "--split", "test"], "has no 'test' split"),
+    Case("eval-int8-not-written", ["eval", "--run", "{run}", "--int8"], "write it with `slm quantize"),
+    Case("eval-missing-source", ["eval", "--run", "{run}", "--data.source", "{missing}"], "nor an existing file"),
+    Case("eval-binary-source", ["eval", "--run", "{run}", "--data.source", "{binary}"], "is not UTF-8 text"),
+    Case("eval-bad-unknown-policy", ["eval", "--run", "{run}", "--data.unknown", "skip"], "invalid choice: 'skip'"),
+    Case("eval-extra-argument", ["eval", "--run", "{run}", "--train.lr=1"], "unrecognized arguments"),
+    # plot
+    Case("plot-missing-run", ["plot", "{missing}", "--out", "{tmp}/p.png"], "metrics.csv does not exist"),
+    Case("plot-not-a-run", ["plot", "{emptydir}", "--out", "{tmp}/p.png"], "metrics.csv does not exist"),
+    Case("plot-metrics-binary", ["plot", "{run}", "--out", "{tmp}/p.png"], "metrics.csv",
+         damage=replace(METRICS, bytes(range(256)))),
+    Case("plot-metrics-empty", ["plot", "{run}", "--out", "{tmp}/p.png"], "metrics.csv", damage=replace(METRICS, b"")),
+    Case("plot-no-runs", ["plot"], "the following arguments are required: DIR"),
+    # quantize
+    Case("quantize-missing-run", ["quantize", "--run", "{missing}"], "does not exist; train one"),
+    Case("quantize-truncated-weights", ["quantize", "--run", "{run}"], "it may be truncated", damage=truncate(BEST)),
+    Case("quantize-config-empty", ["quantize", "--run", "{run}"], "config.yaml is empty", damage=replace(CONFIG, b"")),
+    Case("quantize-no-run-flag", ["quantize"], "the following arguments are required: --run"),
+    # export
+    Case("export-missing-weights", ["export", "--run", "{run}", "--out", "{tmp}/hf"], "model.safetensors does not exist",
+         damage=delete(BEST)),
+    Case("export-tokenizer-missing", ["export", "--run", "{run}", "--out", "{tmp}/hf"], "tokenizer.json does not exist",
+         damage=delete(TOKENIZER)),
+    Case("export-unknown-format", ["export", "--run", "{run}", "--out", "{tmp}/x", "--format", "tflite"],
+         "invalid choice: 'tflite'", subprocess=True),
+    Case("export-gguf-unknown-dtype", ["export", "--run", "{run}", "--format", "gguf", "--out", "{tmp}/m.gguf",
+         "--dtype", "q4_k"], "invalid choice: 'q4_k'"),
+    Case("export-gguf-missing-weights", ["export", "--run", "{run}", "--format", "gguf", "--out", "{tmp}/m.gguf"],
+         "model.safetensors does not exist", damage=delete(BEST)),
+    Case("export-onnx-swapped-tokenizer", ["export", "--run", "{run}", "--format", "onnx", "--out", "{tmp}/m.onnx"],
+         SWAPPED, damage=permuted_tokenizer),
+    Case("export-no-out", ["export", "--run", "{run}"], "the following arguments are required: --out"),
+    # import-hf
+    Case("import-hf-missing-folder", ["import-hf", "{missing}", "--out", "{tmp}/imp"], "is not a folder"),
+    Case("import-hf-not-hf", ["import-hf", "{emptydir}", "--out", "{tmp}/imp"], "config.json is missing"),
+    Case("import-hf-config-binary", ["import-hf", "{hf}", "--out", "{tmp}/imp"], "config.json is not valid JSON",
+         files={"hf/config.json": "\x00\x01{"}),
+    Case("import-hf-unknown-family", ["import-hf", "{hf}", "--out", "{tmp}/imp"], "model_type 'llama-x' does not import",
+         files={"hf/config.json": '{"model_type": "llama-x"}'}),
+    Case("import-hf-no-weights", ["import-hf", "{hf}", "--out", "{tmp}/imp"], "has no model.safetensors",
+         files={"hf/config.json": '{"model_type": "gpt2", "n_layer": 1, "n_head": 2, "n_embd": 8}'}),
+    Case("import-hf-bad-weights", ["import-hf", "{hf}", "--out", "{tmp}/imp"], "model.safetensors is not readable",
+         files={"hf/config.json": '{"model_type": "gpt2"}', "hf/model.safetensors": "not tensors"}),
+    # serve: bad flags and run folders with missing files (refused before it listens)
+    Case("serve-missing-run", ["serve", "--run", "{missing}"], "does not exist; train one"),
+    Case("serve-missing-weights", ["serve", "--run", "{run}", "--port", "0"], "model.safetensors does not exist",
+         damage=delete(BEST)),
+    Case("serve-missing-config", ["serve", "--run", "{run}", "--port", "0"], "config.yaml is missing",
+         damage=delete(CONFIG)),
+    Case("serve-missing-tokenizer", ["serve", "--run", "{run}", "--port", "0"], "tokenizer.json does not exist",
+         damage=delete(TOKENIZER)),
+    Case("serve-port-not-a-number", ["serve", "--run", "{run}", "--port", "http"], "invalid int value: 'http'",
+         subprocess=True),
+    Case("serve-port-out-of-range", ["serve", "--run", "{run}", "--port", "99999"], "serve.port=99999 must be between"),
+    Case("serve-negative-limit", ["serve", "--run", "{run}", "--serve.max_tokens_limit=-1"],
+         "serve.max_tokens_limit=-1 must be a positive integer"),
+    Case("serve-other-override", ["serve", "--run", "{run}", "--train.lr=1"], "takes serve.* overrides only"),
+    Case("serve-unknown-key", ["serve", "--run", "{run}", "--serve.prot=1"], "unknown key 'serve.prot'"),
+    # finetune
+    Case("finetune-missing-run", ["finetune", "--from", "{missing}", "--out", "{tmp}/ft"], "config.yaml is missing"),
+    Case("finetune-missing-weights", ["finetune", "--from", "{run}", "--out", "{tmp}/ft", *DATA],
+         "model.safetensors does not exist; train the run first or pick another --from", damage=delete(BEST)),
+    Case("finetune-changes-model", ["finetune", "--from", "{run}", "--out", "{tmp}/ft", "--model.n_layer=3"],
+         "--model.n_layer cannot change when fine-tuning"),
+    Case("finetune-changes-tokenizer", ["finetune", "--from", "{run}", "--out", "{tmp}/ft", "--tokenizer.kind=bpe"],
+         "--tokenizer.kind cannot change when fine-tuning"),
+    Case("finetune-missing-source", ["finetune", "--from", "{run}", "--out", "{tmp}/ft", "--data.source={missing}",
+         *DATA], "nor an existing file, folder or glob"),
+    Case("finetune-binary-source", ["finetune", "--from", "{run}", "--out", "{tmp}/ft", "--data.source={binary}",
+         *DATA], "is not UTF-8 text"),
+    Case("finetune-no-from", ["finetune", "--out", "{tmp}/ft"], "the following arguments are required: --from"),
+    # the command itself
+    Case("unknown-command", ["trian"], "invalid choice: 'trian'", subprocess=True),
+    Case("data-no-action", ["data"], "the following arguments are required: ACTION"),
     Case("finetune-out-existing-run", ["finetune", "--from", "{run}", "--out", "{run}", *DATA],
          "give a new --out, or add --overwrite to replace it"),
     # export and import
@@ -245,8 +343,10 @@ def setup_case(case: Case, bad_files: dict, trained_run: Path) -> tuple[list[str
     tmp = bad_files["tmp"]
     paths = dict(bad_files)
     for name, text in case.files.items():
+        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp / name).write_text(text, encoding="utf-8")
         paths[name] = tmp / name
+        paths[name.split("/")[0]] = tmp / name.split("/")[0]  # {hf} for files under hf/
     joined = " ".join(case.args)
     if "{huge}" in joined:
         paths["huge"] = huge_line(tmp / "huge.txt")
@@ -271,12 +371,13 @@ def assert_one_line(stderr: str, message: str) -> None:
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input(case, bad_files, trained_run, capsys):
     args, run = setup_case(case, bad_files, trained_run)
-    before = digests(run) if run else None
+    tmp = bad_files["tmp"]
+    before = digests(tmp)
     assert main(args) == 1
     out = capsys.readouterr()
     assert_one_line(out.err, case.message)
-    if run:
-        assert digests(run) == before  # nothing in the run folder changed
+    after = {k: v for k, v in digests(tmp).items() if not k.startswith(case.writes)}
+    assert after == before  # nothing on disk changed: the run folder, the inputs, no new files
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.subprocess], ids=[c.id for c in CASES if c.subprocess])

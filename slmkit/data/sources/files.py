@@ -10,8 +10,9 @@ import glob
 import json
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator, Optional
+from typing import TYPE_CHECKING, BinaryIO, Iterable, Iterator, Optional
 
+from ...atomic import read_failure
 from ...errors import DataError
 from .base import DocumentSource, SourceKind
 
@@ -47,14 +48,25 @@ def _cut_point(data: bytes, force: bool) -> int:
     return cut - 1 if cut > 0 and data[cut - 1] >= 0xC0 else cut
 
 
+def _opened(path: Path) -> BinaryIO:
+    """`path` opened for reading; an OSError (permission denied, I/O error) is a ReadError naming it."""
+    try:
+        return open(path, "rb")
+    except OSError as e:
+        raise read_failure(path, e) from None
+
+
 def read_pieces(path: Path, errors: str = "strict") -> Iterator[str]:
     """The text of a file in pieces of about CHUNK_BYTES; a non-UTF-8 or binary file is an error
     naming the byte offset (with errors='replace' bad bytes become U+FFFD)."""
     offset = 0
     rest = b""
-    with open(path, "rb") as f:
+    with _opened(path) as f:
         while True:
-            block = f.read(CHUNK_BYTES)
+            try:
+                block = f.read(CHUNK_BYTES)
+            except OSError as e:  # an I/O error mid-file: a read error naming it, not a failed shard write
+                raise read_failure(path, e) from None
             data = rest + block
             if not data:
                 return
@@ -129,9 +141,12 @@ def _count_records(path: Path) -> int:
     if path.suffix == ".parquet":
         return _parquet_file(path).metadata.num_rows
     count = 0
-    with open(path, "rb") as f:
-        while block := f.readline():
-            count += bool(block.strip())
+    with _opened(path) as f:
+        try:
+            while block := f.readline():
+                count += bool(block.strip())
+        except OSError as e:
+            raise read_failure(path, e) from None
     return count
 
 
