@@ -183,8 +183,15 @@ def group_points(rows: Sequence[RunRow]) -> list[Point]:
     keys = differing_keys([p.runs[0].config for p in points.values()])
     for point in points.values():
         point.differs = {k: point.runs[0].config.get(k) for k in keys}
-        point.name = ",".join(f"{short_key(k, keys)}={format_value(v)}" for k, v in point.differs.items())
+        values = ",".join(f"{short_key(k, keys)}={format_value(v)}" for k, v in point.differs.items())
+        point.name = without_seed(point.runs[0].path.resolve().name) or values
     return list(points.values())
+
+
+def without_seed(name: str) -> str:
+    """A sweep run's name without its seed part: lr=0.001,seed=1337 -> lr=0.001 ("" if it has none)."""
+    stripped = re.sub(r"(^|,)seed=-?\d+(?=,|$)", "", name).strip(",")
+    return stripped if stripped != name else ""
 
 
 def short_key(key: str, keys: Sequence[str]) -> str:
@@ -236,9 +243,9 @@ def run_table(paths: Sequence[Path | str], sort: Optional[str] = None, per_run: 
     for point in points:
         groups = [[r] for r in point.runs] if per_run or len(point.runs) == 1 else [point.runs]
         for group in groups:
-            name = str(group[0].path.resolve().relative_to(root)) or group[0].path.resolve().name
+            name = str(group[0].path.resolve().relative_to(root))
             if len(group) > 1:  # a point: its folder name without the seed part, else its values
-                name = re.sub(r"[,/]?seed=-?\d+", "", name).strip(",/") or point.name or name
+                name = str(Path(name).parent / point.name) if without_seed(Path(name).name) else point.name or name
             rows.append(_row(group, name, keys))
             if any(r.lossy for r in group):
                 shares = [r.unknown_share for r in group if r.unknown_share is not None]

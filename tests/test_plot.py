@@ -1,7 +1,8 @@
 import pytest
 
 from slmkit.errors import DataError
-from slmkit.plot import plot_runs, read_metrics
+from slmkit.plot import plot_runs
+from slmkit.runtable import read_metrics
 from slmkit.runs import METRICS
 
 
