@@ -63,11 +63,20 @@ def parse_grid(text: str) -> tuple[str, list[Any] | Range]:
     parts = values.split(":")
     log = parts[0] == "log"
     bounds = parts[1:] if log else parts
-    if len(bounds) == 2 and "," not in values:
-        numbers = [yaml.safe_load(b) for b in bounds]
-        if all(isinstance(n, (int, float)) and not isinstance(n, bool) for n in numbers):
-            return key, _range(key, numbers[0], numbers[1], log)
+    numbers = [_number(b) for b in bounds]
+    if len(bounds) == 2 and None not in numbers:
+        return key, _range(key, numbers[0], numbers[1], log)
     return key, [yaml.safe_load(v) if v else "" for v in values.split(",")]
+
+
+def _number(text: str) -> Optional[float]:
+    """`text` as an int or a float (1e-3 too, which YAML reads as a string), else None."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return None
 
 
 def _range(key: str, low: float, high: float, log: bool) -> Range:
