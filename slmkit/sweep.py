@@ -259,7 +259,8 @@ def sweep(
     fixed = {**spec["overrides"], **(overrides or {})}
     axes = {**spec["grid"], **dict(parse_grid(g) for g in grid)}
     base = load_recipe(recipe, fixed)
-    runs = sweep_runs(base, axes, seeds or spec.get("seeds", 1), samples if samples is not None else spec.get("samples", 0))
+    seeds = seeds if seeds is not None else spec.get("seeds", 1)
+    runs = sweep_runs(base, axes, seeds, samples if samples is not None else spec.get("samples", 0))
     if parallel < 1:
         raise ConfigError(f"--parallel={parallel} must be >= 1")
     out = Path(out) if out is not None else Path("runs") / f"{base.name}-sweep"

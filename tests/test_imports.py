@@ -21,9 +21,11 @@ STAGES = [
     {"model"},
     {"quantize"},
     {"runs"},
+    {"runtable"},  # reads run folders (the table of `slm runs`, the points `slm plot` draws)
     {"optim", "evaluate", "generate", "plot"},
     {"train"},
     {"finetune"},
+    {"sweep"},  # trains runs
     {"export", "serve", "recipes"},
     {"cli"},
     {"__main__", "slmkit"},  # slmkit: the package's __init__, the public API

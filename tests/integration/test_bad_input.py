@@ -192,6 +192,27 @@ CASES = [
          subprocess=True),
     Case("finetune-out-existing-run", ["finetune", "--from", "{run}", "--out", "{run}", *DATA],
          "give a new --out, or add --overwrite to replace it"),
+    # sweeps: grids, sweep files and their --out
+    Case("sweep-grid-no-values", ["sweep", "--grid", "train.lr", *DATA], "should look like KEY=V1,V2"),
+    Case("sweep-grid-unknown-key", ["sweep", "--grid", "train.lrr=1,2", *DATA], "unknown key 'train.lrr'"),
+    Case("sweep-grid-bad-value", ["sweep", "--grid", "model.n_layer=2,0", *DATA],
+         "model.n_layer=0 must be a positive integer", subprocess=True),
+    Case("sweep-range-without-samples", ["sweep", "--grid", "train.lr=1e-4:1e-2", *DATA], "add --samples K"),
+    Case("sweep-zero-seeds", ["sweep", "--grid", "train.lr=1e-3", "--seeds", "0", *DATA], "--seeds=0 must be >= 1"),
+    Case("sweep-zero-parallel", ["sweep", "--grid", "train.lr=1e-3", "--parallel", "0", *DATA],
+         "--parallel=0 must be >= 1"),
+    Case("sweep-file-missing", ["sweep", "--file", "{missing}.yaml"], "does not exist"),
+    Case("sweep-file-binary", ["sweep", "--file", "{binary}"], "is not valid YAML"),
+    Case("sweep-file-not-a-sweep", ["sweep", "--file", "{s.yaml}"], "should be a mapping of recipe, seeds",
+         files={"s.yaml": "model:\n  n_layer: 2\n"}),
+    Case("sweep-out-existing-run", ["sweep", "--grid", "train.lr=1e-3", "--out", "{run}", *DATA],
+         "is not empty and holds no sweep; give a new --out"),
+    # run folders given to runs
+    Case("runs-missing", ["runs", "{missing}"], "does not exist; give run folders"),
+    Case("runs-empty-folder", ["runs", "{emptydir}"], "holds no run folder"),
+    Case("runs-config-binary", ["runs", "{run}"], "config.yaml is not valid YAML", damage=replace(CONFIG, bytes(range(256)))),
+    Case("runs-bad-format", ["runs", "{run}", "--format", "html"], "--format 'html' is not known"),
+    Case("runs-bad-sort", ["runs", "{run}", "--sort", "speed"], "--sort 'speed' is not a column nor a config key"),
 ]
 
 
