@@ -113,8 +113,10 @@ def sweep_runs(
 ) -> list[SweepRun]:
     """Every run of the sweep, each checked against the recipe: the grid's points (or `samples` random
     ones, drawn with train.seed so the same command draws the same points), each with `seeds` seeds."""
-    if seeds < 1 or samples < 0:
-        raise ConfigError(f"--seeds={seeds} must be >= 1 and --samples={samples} >= 0")
+    if seeds < 1:
+        raise ConfigError(f"--seeds={seeds} must be >= 1 (runs per point)")
+    if samples < 0:
+        raise ConfigError(f"--samples={samples} must be >= 0 (0 = the whole grid)")
     if SEED in grid and seeds > 1:
         raise ConfigError(f"give the seeds either as --seeds {seeds} or as --grid {SEED}=..., not both")
     ranges = [key for key, values in grid.items() if isinstance(values, Range)]
