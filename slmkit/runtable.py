@@ -64,6 +64,21 @@ def flatten(cfg: RunConfig) -> dict[str, Any]:
     return flat
 
 
+HPARAM_SECTIONS = ("data", "tokenizer", "model", "train")  # sample and serve do not change what is learned
+
+
+def tensorboard_hparams(writer: Any, cfg: RunConfig, metrics: dict[str, float]) -> None:
+    """Give TensorBoard's hparams view the run's hyper-parameters and its final `metrics` (writer: a
+    SummaryWriter, or None when train.tensorboard is off). The metrics are scalars tagged hparams/NAME."""
+    if writer is None:
+        return
+    hparams = {k: v for k, v in flatten(cfg).items() if k.partition(".")[0] in HPARAM_SECTIONS}
+    hparams = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in hparams.items()}
+    values = {f"hparams/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+    writer.add_hparams(hparams, values, run_name=".")  # ".": the run's own folder, beside its scalars
+    writer.flush()
+
+
 def _last_session(run_dir: Path) -> str:
     """train.log from the last time training started in it (a resumed run appends a session)."""
     try:

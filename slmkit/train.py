@@ -26,6 +26,7 @@ from .generate import generate
 from .model import GPT
 from .optim import early_stop_update, lr_multiplier, make_optimizers, plateau_update
 from .plot import plot_runs
+from .runtable import tensorboard_hparams
 from .runs import (
     BEST,
     LAST,
@@ -475,6 +476,7 @@ def train(
         text = _sample(model, tokenizer, cfg.sample)
         log.info(f"sample from the best model:\n{cfg.sample.prompt}{text}")
         plot_runs([run_dir], run_dir / PLOT)
+        tensorboard_hparams(log.tb, cfg, {"best_val_loss": progress["best_val_loss"], **final, "steps": progress["step"]})
     log.close()
     if world > 1:
         dist.barrier()

@@ -111,3 +111,25 @@ def test_slm_runs_prints_the_table(tmp_path, capsys):
     assert main(["runs", str(tmp_path / "a"), "--format", "markdown"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("| run | overrides | params") and lines[2].startswith("| a |  | - | 20 |")
+
+
+def test_tensorboard_hparams_hold_the_config_and_the_final_metrics(tmp_path, tiny_overrides):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    from slmkit.config import load_recipe
+    from slmkit.runs import TENSORBOARD
+    from slmkit.train import train
+
+    overrides = {**tiny_overrides, "train.tensorboard": True, "train.max_steps": 10, "train.lr": 2e-3}
+    result = train(load_recipe("kjv-char", overrides), out=tmp_path / "run", progress_bar=False)
+    events = EventAccumulator(str(tmp_path / "run" / TENSORBOARD))
+    events.Reload()
+    for name, value in [("best_val_loss", result.best_val_loss), ("steps", 10)]:
+        assert [e.value for e in events.Scalars(f"hparams/{name}")] == [pytest.approx(value)]
+    content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    start = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+    assert start.hparams["train.lr"].number_value == 2e-3 and start.hparams["model.n_layer"].number_value == 2
+    assert start.hparams["tokenizer.kind"].string_value == "char" and "sample.prompt" not in start.hparams
+    assert [e.value for e in events.Scalars("val_loss")]  # the training's own scalars are still there
