@@ -30,7 +30,7 @@ import yaml
 
 from .atomic import atomic_write_text
 from .config import RunConfig, apply_override, load_recipe
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, SlmError, TrainingError
 from .runs import STATE, SWEEP, resume_config
 from .runtable import SEED, finished, format_value, read_run, short_key
 
@@ -185,27 +185,37 @@ class RunOutcome:
 
 
 def train_run(recipe: Optional[str], fixed: dict[str, Any], run: SweepRun, out: Path, threads: int,
-              overwrite: bool) -> RunOutcome:  # fmt: skip
-    """Train one run of the sweep in this process (its output goes to its train.log only), holding its lock."""
-    from .train import train
+              overwrite: bool) -> RunOutcome | str:  # fmt: skip
+    """Train one run of the sweep in this process (its output goes to its train.log only), holding its lock.
 
+    A run that stops with a TrainingError (it diverged) returns the message naming it: the others go on.
+    """
     run_dir = out / run.name
     start = time.perf_counter()
-    with _lock(out / LOCKS / f"{run.name}.lock"):
-        if finished(run_dir) and not overwrite:
-            how = "done earlier"
-        else:
-            with contextlib.redirect_stdout(io.StringIO()):  # the run's log lines are in its train.log
-                if (run_dir / STATE).is_file() and not overwrite:
-                    how = "resumed"
-                    train(resume_config(run_dir, {"train.threads": threads} if threads else {}), resume=run_dir,
-                          progress_bar=False)  # fmt: skip
-                else:  # new, replaced, or killed before its first checkpoint: (re)start it
-                    how = "trained"
-                    train(run_config(recipe, fixed, run, threads), out=run_dir, progress_bar=False,
-                          overwrite=overwrite or run_dir.exists())  # fmt: skip
+    try:
+        with _lock(out / LOCKS / f"{run.name}.lock"), contextlib.redirect_stdout(io.StringIO()):
+            how = _train_or_skip(recipe, fixed, run, run_dir, threads, overwrite)
+    except TrainingError as e:
+        return f"{run.name}: stopped: {e}"
+    except SlmError as e:
+        raise type(e)(f"run {run.name}: {e}") from None
     row = read_run(run_dir)
     return RunOutcome(run.name, how, row.steps, row.best_val_loss, time.perf_counter() - start)
+
+
+def _train_or_skip(recipe: Optional[str], fixed: dict[str, Any], run: SweepRun, run_dir: Path, threads: int,
+                   overwrite: bool) -> str:  # fmt: skip
+    """Skip a finished run, resume one with a checkpoint, (re)start any other; says which it did."""
+    from .train import train
+
+    if finished(run_dir) and not overwrite:
+        return "done earlier"
+    if (run_dir / STATE).is_file() and not overwrite:
+        train(resume_config(run_dir, {"train.threads": threads} if threads else {}), resume=run_dir, progress_bar=False)
+        return "resumed"
+    # new, replaced, or killed before its first checkpoint: (re)start it
+    train(run_config(recipe, fixed, run, threads), out=run_dir, progress_bar=False, overwrite=overwrite or run_dir.exists())
+    return "trained"
 
 
 @contextlib.contextmanager
@@ -271,12 +281,21 @@ def sweep(
     _prepare(recipe, fixed, runs)
     echo(f"sweep of {len(runs)} runs into {out}" + (f", {parallel} at a time, {threads} threads each" if threads else ""))
     args = [(recipe, fixed, run, out, threads, overwrite) for run in runs]
-    outcomes = []
+    outcomes, failed = [], []
     for i, outcome in enumerate(_results(args, parallel), 1):
+        if isinstance(outcome, str):
+            failed.append(outcome)
+            echo(f"[{i}/{len(runs)}] {outcome}")
+            continue
         outcomes.append(outcome)
         echo(
             f"[{i}/{len(runs)}] {outcome.name}: {outcome.how}, {outcome.steps} steps, "
             f"best val loss {outcome.best_val_loss:.4f}, {outcome.seconds:.0f}s"
+        )
+    if failed:
+        raise TrainingError(
+            f"{len(failed)} of {len(runs)} runs stopped ({', '.join(f.split(':')[0] for f in failed)}): see their "
+            f"train.log; the others are in {out}"
         )
     return outcomes
 
@@ -305,5 +324,10 @@ def _results(args: list[tuple], parallel: int):
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no torch threads state shared
     with concurrent.futures.ProcessPoolExecutor(parallel, mp_context=context) as pool:
         futures = [pool.submit(train_run, *a) for a in args]
-        for future in concurrent.futures.as_completed(futures):
-            yield future.result()
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                yield future.result()
+        except BaseException:
+            for future in futures:  # the runs not started yet; the running ones end with the pool
+                future.cancel()
+            raise

@@ -18,7 +18,7 @@ import yaml
 
 from conftest import TINY_TEXT, tiny_settings
 from slmkit.config import load_recipe
-from slmkit.errors import CheckpointError, ConfigError
+from slmkit.errors import CheckpointError, ConfigError, TrainingError
 from slmkit.evaluate import evaluate_run
 from slmkit.model import GPT
 from slmkit.runs import CONFIG, LOG, METRICS, STATE, SWEEP
@@ -213,3 +213,12 @@ def test_a_folder_holding_something_else_is_refused_untouched(swept, tmp_path):
     with pytest.raises(CheckpointError, match="holds another sweep"):
         sweep("kjv-char", ["train.lr=1e-2"], overrides=settings(root), out=root / "out")
     assert (root / "out" / SWEEP).read_bytes() == manifest
+
+
+def test_a_diverged_run_does_not_stop_the_others(tmp_path):
+    lines: list[str] = []
+    overrides = {**settings(tmp_path), "train.max_steps": 10, "train.max_nonfinite_steps": 1, "train.grad_clip": 0}
+    with pytest.raises(TrainingError, match=r"1 of 2 runs stopped \(lr=1e9,seed=1337\): see their train.log"):
+        sweep("kjv-char", ["train.lr=1e9,1e-3"], overrides=overrides, out=tmp_path / "out", echo=lines.append)
+    assert lines[1].startswith("[1/2] lr=1e9,seed=1337: stopped: 1 steps in a row had a NaN/inf loss")
+    assert lines[2].startswith("[2/2] lr=1e-3,seed=1337: trained, 10 steps")
