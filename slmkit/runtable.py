@@ -23,6 +23,11 @@ from .runs import BEST, CONFIG, LOG, METRICS
 
 LOSSY_KINDS = ("word", "wordpiece")  # an unknown token stands for bytes it does not encode
 LABELS = ("name", "seed", "reproduces")  # labels of a recipe, not hyper-parameters
+# how a run is carried out, not what it learns: not compared between runs
+RUNTIME = (
+    "train.threads", "train.device", "train.log_interval", "train.sample_interval", "train.keep_last_k",
+    "train.tensorboard", "data.num_workers", "data.shard_dir",
+)  # fmt: skip
 SEED = "train.seed"  # runs that differ only in it are one sweep point
 
 _STAMP = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d "  # every train.log message starts with its time
@@ -64,15 +69,12 @@ def flatten(cfg: RunConfig) -> dict[str, Any]:
     return flat
 
 
-HPARAM_SECTIONS = ("data", "tokenizer", "model", "train")  # sample and serve do not change what is learned
-
-
 def tensorboard_hparams(writer: Any, cfg: RunConfig, metrics: dict[str, float]) -> None:
     """Give TensorBoard's hparams view the run's hyper-parameters and its final `metrics` (writer: a
     SummaryWriter, or None when train.tensorboard is off). The metrics are scalars tagged hparams/NAME."""
     if writer is None:
         return
-    hparams = {k: v for k, v in flatten(cfg).items() if k.partition(".")[0] in HPARAM_SECTIONS}
+    hparams = {k: v for k, v in flatten(cfg).items() if compared(k)}
     hparams = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in hparams.items()}
     values = {f"hparams/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
     writer.add_hparams(hparams, values, run_name=".")  # ".": the run's own folder, beside its scalars
@@ -183,17 +185,22 @@ class Point:
     differs: dict[str, Any] = field(default_factory=dict)  # its values of the keys that differ between points
 
 
+def compared(key: str) -> bool:
+    """Whether a config key is a hyper-parameter: not a label, not how the run was carried out, not sampling."""
+    return key not in LABELS and key not in RUNTIME and key.partition(".")[0] not in ("sample", "serve")
+
+
 def differing_keys(configs: Sequence[dict[str, Any]]) -> list[str]:
-    """The config keys whose values are not the same in every one of `configs` (labels left out), in order."""
+    """The hyper-parameters whose values are not the same in every one of `configs`, in order."""
     keys = list(dict.fromkeys(k for c in configs for k in c))
-    return [k for k in keys if k not in LABELS and len({repr(c.get(k)) for c in configs}) > 1]
+    return [k for k in keys if compared(k) and len({repr(c.get(k)) for c in configs}) > 1]
 
 
 def group_points(rows: Sequence[RunRow]) -> list[Point]:
     """Rows grouped into points (the same config but train.seed), in order of first appearance."""
     points: dict[str, Point] = {}
     for row in rows:
-        key = repr(sorted((k, repr(v)) for k, v in row.config.items() if k not in LABELS and k != SEED))
+        key = repr(sorted((k, repr(v)) for k, v in row.config.items() if compared(k) and k != SEED))
         points.setdefault(key, Point([])).runs.append(row)
     keys = differing_keys([p.runs[0].config for p in points.values()])
     for point in points.values():

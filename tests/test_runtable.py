@@ -131,5 +131,5 @@ def test_tensorboard_hparams_hold_the_config_and_the_final_metrics(tmp_path, tin
     content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
     start = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
     assert start.hparams["train.lr"].number_value == 2e-3 and start.hparams["model.n_layer"].number_value == 2
-    assert start.hparams["tokenizer.kind"].string_value == "char" and "sample.prompt" not in start.hparams
+    assert start.hparams["tokenizer.kind"].string_value == "char" and "sample.prompt" not in start.hparams and "train.threads" not in start.hparams
     assert [e.value for e in events.Scalars("val_loss")]  # the training's own scalars are still there
