@@ -124,8 +124,7 @@ def sweep_runs(
         raise ConfigError(f"--grid {ranges[0]} is a range: add --samples K to draw K random points from it")
     keys = list(grid)
     if samples:
-        rng = random.Random(base.train.seed)
-        points = [{k: _draw(rng, base, k, grid[k]) for k in keys} for _ in range(samples)]
+        points = _samples(base, grid, samples)
     else:
         points = [dict(zip(keys, values)) for values in itertools.product(*grid.values())]
     runs, names = [], set()
@@ -140,6 +139,19 @@ def sweep_runs(
             names.add(name)
             runs.append(SweepRun(name, overrides))
     return runs
+
+
+def _samples(base: RunConfig, grid: dict[str, list[Any] | Range], samples: int) -> list[dict[str, Any]]:
+    """`samples` distinct random points of the grid, drawn with the recipe's train.seed."""
+    rng = random.Random(base.train.seed)
+    points: list[dict[str, Any]] = []
+    for _ in range(100 * samples):
+        point = {key: _draw(rng, base, key, values) for key, values in grid.items()}
+        if point not in points:
+            points.append(point)
+        if len(points) == samples:
+            return points
+    raise ConfigError(f"--samples={samples}: the grid holds only {len(points)} distinct points; ask for fewer")
 
 
 def _draw(rng: random.Random, base: RunConfig, key: str, values: list[Any] | Range) -> Any:

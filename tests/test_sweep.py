@@ -187,6 +187,10 @@ def test_random_search_draws_the_same_points_each_time():
     for run in runs:
         assert 1e-4 <= run.overrides["train.lr"] <= 1e-2 and run.overrides["model.n_layer"] in (1, 2, 3, 4)
         assert run.overrides["train.schedule"] in ("cosine", "constant")
+    few = dict(parse_grid(g) for g in ["train.lr=1e-3,3e-3", "model.n_layer=1,2"])
+    assert len({r.name for r in sweep_runs(base, few, samples=4)}) == 4  # every point of the grid, in random order
+    with pytest.raises(ConfigError, match="the grid holds only 4 distinct points"):
+        sweep_runs(base, few, samples=5)
 
 
 def test_a_sweep_file_gives_the_grid(tmp_path):
