@@ -120,9 +120,9 @@ class RunRow:
     steps: int
     tokens: int
     best_val_loss: float  # the lowest val loss of metrics.csv (the training's own evaluations)
-    bits_per_byte: float  # the final report's, on the whole val split with the best weights
     tokens_per_second: float  # the median of metrics.csv's tokens_per_second
     wall_time: float  # seconds of training, evaluations included (metrics.csv's last elapsed)
+    bits_per_byte: float  # the final report's, on the whole val split with the best weights
     stopped: str  # budget | early_stop | reached | unfinished
     lossy: bool = False  # the tokenizer maps some text to an unknown token: bits/byte not comparable
     unknown_share: Optional[float] = None  # the share of val bytes that became the unknown token, when logged
@@ -132,17 +132,6 @@ def read_run(run_dir: Path | str) -> RunRow:
     """One row from a run folder's config.yaml, metrics.csv, train.log and model.safetensors."""
     run_dir = Path(run_dir)
     cfg = load_config(run_dir / CONFIG)
-    nan = math.nan
-    steps, tokens, best, speed, wall = 0, 0, nan, nan, nan
-    if (run_dir / METRICS).is_file():
-        m = read_metrics(run_dir)
-        last = lambda name: next((v for v in reversed(m.get(name, [])) if math.isfinite(v)), nan)  # noqa: E731
-        steps, tokens, wall = int(last("step") if math.isfinite(last("step")) else 0), last("tokens"), last("elapsed")
-        tokens = int(tokens) if math.isfinite(tokens) else 0
-        val = [v for v in m.get("val_loss", []) if math.isfinite(v)]
-        best = min(val) if val else nan
-        speeds = [v for v in m.get("tokens_per_second", []) if math.isfinite(v)]
-        speed = statistics.median(speeds) if speeds else nan
     session = _last_session(run_dir)
     done = _DONE.search(session)
     bits = unknown = None
@@ -155,8 +144,22 @@ def read_run(run_dir: Path | str) -> RunRow:
         stop = _STOP.search(session)
         stopped = stop.group(1).strip().replace(" ", "_") if stop else "budget"
     return RunRow(
-        run_dir, flatten(cfg), parameter_count(run_dir), steps, tokens, best, nan if bits is None else bits, speed,
-        wall, stopped, lossy=cfg.tokenizer.kind in LOSSY_KINDS or unknown is not None, unknown_share=unknown,
+        run_dir, flatten(cfg), parameter_count(run_dir), *_from_metrics(run_dir), math.nan if bits is None else bits,
+        stopped, lossy=cfg.tokenizer.kind in LOSSY_KINDS or unknown is not None, unknown_share=unknown,
+    )  # fmt: skip
+
+
+def _from_metrics(run_dir: Path) -> tuple[int, int, float, float, float]:
+    """Steps, tokens, best val loss, median tokens/s and elapsed seconds of metrics.csv (0 / NaN: not logged)."""
+    if not (run_dir / METRICS).is_file():
+        return 0, 0, math.nan, math.nan, math.nan
+    m = read_metrics(run_dir)
+    logged = {name: [v for v in values if math.isfinite(v)] for name, values in m.items()}
+    last = {name: values[-1] for name, values in logged.items() if values}
+    val, speeds = logged.get("val_loss", []), logged.get("tokens_per_second", [])
+    return (
+        int(last.get("step", 0)), int(last.get("tokens", 0)), min(val) if val else math.nan,
+        statistics.median(speeds) if speeds else math.nan, last.get("elapsed", math.nan),
     )  # fmt: skip
 
 
@@ -266,8 +269,8 @@ def run_table(paths: Sequence[Path | str], sort: Optional[str] = None, per_run: 
         groups = [[r] for r in point.runs] if per_run or len(point.runs) == 1 else [point.runs]
         for group in groups:
             name = str(group[0].path.resolve().relative_to(root))
-            if len(group) > 1:  # a point: its folder name without the seed part, else its values
-                name = str(Path(name).parent / point.name) if without_seed(Path(name).name) else point.name or name
+            if len(group) > 1 and point.name:  # a point: its folder name without the seed part, or its values
+                name = str(Path(name).parent / point.name)
             rows.append(_row(group, name, keys))
             if any(r.lossy for r in group):
                 shares = [r.unknown_share for r in group if r.unknown_share is not None]
