@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from slmkit.config import load_recipe  # noqa: E402
-from slmkit.data.shards import load_prepared, prepare, shard_dir_for  # noqa: E402
+from slmkit.data.prepare import load_prepared, prepare, shard_dir_for  # noqa: E402
 from slmkit.model import GPT  # noqa: E402
 from slmkit.optim import make_optimizers  # noqa: E402
 from slmkit.runs import METRICS  # noqa: E402

@@ -6,7 +6,7 @@
 """
 
 from .config import RunConfig, load_recipe
-from .data.shards import prepare
+from .data.prepare import prepare
 from .errors import SlmError
 from .evaluate import evaluate_run
 from .export import export_hf, import_hf

@@ -55,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, metavar="DIR", help="run folder written by `slm train`")
     p.add_argument("--data.source", dest="source", default=None, metavar="PATH",
                    help="a text file, folder or glob to evaluate (default: the run's own shards)")
+    p.add_argument("--data.unknown", dest="unknown", default="", choices=("error", "drop"),
+                   help="characters a char tokenizer lacks: error (default) or drop them (and say how many)")
     p.add_argument("--split", default="val", help="split of the run's shards: val (default) or test")
     p.add_argument("--int8", action="store_true", help="evaluate the int8 model written by `slm quantize`")
 
@@ -133,7 +135,7 @@ def _cmd_finetune(args: argparse.Namespace, overrides: dict) -> None:
 
 def _cmd_prepare(args: argparse.Namespace, overrides: dict) -> None:
     from .config import load_recipe
-    from .data.shards import prepare
+    from .data.prepare import prepare
 
     out = prepare(load_recipe(args.recipe, overrides), force=args.force)
     print(out)
@@ -203,7 +205,7 @@ def _cmd_data(args: argparse.Namespace) -> None:
 def _cmd_eval(args: argparse.Namespace) -> None:
     from .evaluate import evaluate_run
 
-    print(evaluate_run(args.run, source=args.source, split=args.split, int8=args.int8).summary())
+    print(evaluate_run(args.run, source=args.source, split=args.split, int8=args.int8, unknown=args.unknown).summary())
 
 
 def _cmd_plot(args: argparse.Namespace) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .config import RunConfig, apply_override, load_config
-from .data.shards import shard_dir_for
+from .data.prepare import shard_dir_for
 from .errors import ConfigError
 from .runs import BEST, CONFIG, TOKENIZER
 from .tokenizer import load_tokenizer

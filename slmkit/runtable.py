@@ -17,12 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from .config import RunConfig, load_config
+from .config import LABELS, RunConfig, load_config
 from .errors import ConfigError, DataError
 from .runs import BEST, CONFIG, LOG, METRICS
+from .tokenizer import get_kind
 
-LOSSY_KINDS = ("word", "wordpiece")  # an unknown token stands for bytes it does not encode
-LABELS = ("name", "seed", "reproduces")  # labels of a recipe, not hyper-parameters
 # how a run is carried out, not what it learns: not compared between runs
 RUNTIME = (
     "train.threads", "train.device", "train.log_interval", "train.sample_interval", "train.keep_last_k",
@@ -145,7 +144,7 @@ def read_run(run_dir: Path | str) -> RunRow:
         stopped = stop.group(1).strip().replace(" ", "_") if stop else "budget"
     return RunRow(
         run_dir, flatten(cfg), parameter_count(run_dir), *_from_metrics(run_dir), math.nan if bits is None else bits,
-        stopped, lossy=cfg.tokenizer.kind in LOSSY_KINDS or unknown is not None, unknown_share=unknown,
+        stopped, lossy=get_kind(cfg.tokenizer.kind).lossy or unknown is not None, unknown_share=unknown,
     )  # fmt: skip
 
 
@@ -189,7 +188,8 @@ class Point:
 
 
 def compared(key: str) -> bool:
-    """Whether a config key is a hyper-parameter: not a label, not how the run was carried out, not sampling."""
+    """Whether a config key is a hyper-parameter: not a label (name, reproduces), not how the run was carried
+    out, not sampling."""
     return key not in LABELS and key not in RUNTIME and key.partition(".")[0] not in ("sample", "serve")
 
 

@@ -314,7 +314,7 @@ def sweep(
 
 def _prepare(recipe: Optional[str], fixed: dict[str, Any], runs: list[SweepRun]) -> None:
     """Prepare each distinct data set once, before the runs (parallel ones would race to write it)."""
-    from .data.shards import prepare, shard_dir_for
+    from .data.prepare import prepare, shard_dir_for
 
     done = set()
     for run in runs:

@@ -19,7 +19,8 @@ from tqdm import tqdm
 
 from .atomic import remove_temp_files
 from .config import RunConfig, SampleConfig
-from .data.shards import BatchSampler, load_prepared, prepare, shard_dir_for
+from .data.prepare import load_prepared, prepare, shard_dir_for
+from .data.sampler import WindowSampler
 from .errors import CheckpointError, ConfigError, TrainingError
 from .evaluate import mean_loss, report
 from .generate import generate
@@ -163,7 +164,7 @@ def _rank_mean(value: float, device: torch.device) -> float:
     return t.item() / dist.get_world_size()
 
 
-def _rank_state(sampler: BatchSampler) -> dict[str, Any]:
+def _rank_state(sampler: WindowSampler) -> dict[str, Any]:
     """This rank's data position and every RNG state (torch, CUDA, numpy, python)."""
     kind, key, pos, has_gauss, cached = np.random.get_state()
     return {
@@ -175,7 +176,7 @@ def _rank_state(sampler: BatchSampler) -> dict[str, Any]:
     }
 
 
-def _set_rank_state(state: dict[str, Any], sampler: BatchSampler) -> None:
+def _set_rank_state(state: dict[str, Any], sampler: WindowSampler) -> None:
     sampler.set_state(state["sampler"])
     torch.set_rng_state(state["torch_rng"])
     if state["cuda_rng"] and torch.cuda.is_available():
@@ -238,8 +239,8 @@ def train(
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     seq_len = tc.seq_len or cfg.model.block_size
     # each rank its own data; rank 0 of a single process keeps the seeds of earlier versions
-    sampler = BatchSampler(shards["train"], seq_len, tc.batch_size, seed=tc.seed + 7919 * rank)
-    val_sampler = BatchSampler(shards["val"], seq_len, tc.batch_size, seed=tc.seed + 1 + 7919 * rank)
+    sampler = WindowSampler(shards["train"], seq_len, tc.batch_size, seed=tc.seed + 7919 * rank)
+    val_sampler = WindowSampler(shards["val"], seq_len, tc.batch_size, seed=tc.seed + 1 + 7919 * rank)
     eval_full = tc.eval_full or tc.eval_batches == 0 or tc.stop_at_val_loss > 0
     val_batches = [] if eval_full else [val_sampler.next() for _ in range(tc.eval_batches)]
     if world > 1:

@@ -9,15 +9,19 @@ PACKAGE = Path(slmkit.__file__).parent
 
 # Each module imports only from its own stage's package or from earlier stages. A name covers a
 # module or a whole package (tokenizer, data), whose modules may import one another.
+# The tokenizer kinds and the data sources come before config, which validates tokenizer.kind
+# against the kinds they declare (and names runs after their sources); they name config's
+# dataclasses only in type hints (`if TYPE_CHECKING:`, not imported at run time).
 # Train sits after evaluate/generate/plot (it evaluates, samples and draws loss.png while it
 # trains) and after runs (it writes checkpoints into the run folder); quantize before runs
 # (a model transform; runs saves and loads its int8 files).
 STAGES = [
     {"errors"},
     {"atomic"},
-    {"config"},
     {"tokenizer"},
-    {"data"},  # sources, shards
+    {"data.sources"},
+    {"config"},
+    {"data"},  # prepare, shards, sampler
     {"model"},
     {"quantize"},
     {"runs"},
@@ -40,11 +44,21 @@ def module_name(path: Path) -> str:
 MODULES = {module_name(p): p for p in PACKAGE.rglob("*.py")}
 
 
+def run_time_nodes(tree: ast.AST):
+    """Every node of `tree` but those under `if TYPE_CHECKING:` (imports for type hints only)."""
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            yield from (n for child in node.orelse for n in [child, *run_time_nodes(child)])
+            continue
+        yield node
+        yield from run_time_nodes(node)
+
+
 def imported(name: str, path: Path) -> set[str]:
-    """slmkit modules that `name` imports anywhere in its file (inside functions too)."""
+    """slmkit modules that `name` imports at run time anywhere in its file (inside functions too)."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in run_time_nodes(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
@@ -98,7 +112,8 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str]:
 def test_the_parser_sees_relative_absolute_and_lazy_imports():
     assert "slmkit.runs" in GRAPH["slmkit.cli"]  # `from .runs import ...` inside a function
     assert "slmkit.tokenizer.base" in GRAPH["slmkit.tokenizer.char"]  # `from .base import Tokenizer`
-    assert "slmkit.tokenizer" in GRAPH["slmkit.data.shards"]  # `from ..tokenizer import ...`
+    assert "slmkit.tokenizer" in GRAPH["slmkit.data.prepare"]  # `from ..tokenizer import ...`
+    assert "slmkit.config" not in GRAPH["slmkit.tokenizer"]  # only under `if TYPE_CHECKING:`
     assert "slmkit.data.sources" in GRAPH["slmkit.recipes"]  # `from .data import sources`
 
 

@@ -103,7 +103,7 @@ CASES = [
     Case("train-binary-source", ["train", "--data.source={binary}", *DATA], "is not UTF-8 text"),
     Case("train-latin1-source", ["train", "--data.source={latin1}", *DATA], "set --data.errors=replace"),
     Case("train-corpus-shorter-than-a-block", ["train", "--data.source={short.txt}", *DATA, "--model.block_size=64"],
-         "fewer than one block", files={"short.txt": "a few words\n" * 20}),
+         "fewer than one window", files={"short.txt": "a few words\n" * 20}),
     # recipe files
     Case("recipe-missing", ["train", "--recipe", "{missing}.yaml"], "does not exist"),
     Case("recipe-empty-name", ["prepare", "--recipe", "nope"], "unknown recipe 'nope'"),
@@ -166,6 +166,14 @@ CASES = [
     Case("sample-negative-tokens", ["sample", "--run", "{run}", "--max-new-tokens", "-1"],
          "sample.max_new_tokens=-1 must be >= 0"),
     Case("sample-extra-argument", ["sample", "--run", "{run}", "--train.lr=1"], "unrecognized arguments"),
+    # text with characters the run's char tokenizer lacks (issue 23.6), and options the registries refuse
+    Case("eval-unknown-characters", ["eval", "--run", "{run}", "--data.source", "{odd.txt}"],
+         "set --data.unknown=drop", files={"odd.txt": "And God said \u263a\n"}),
+    Case("finetune-unknown-characters", ["finetune", "--from", "{run}", "--out", "{tmp}/ft", "--data.source={odd.txt}",
+         "--no-progress"], "set --data.unknown=drop", files={"odd.txt": "And God said \u263a\n" * 30}),
+    Case("prepare-unknown-policy", ["prepare", "--data.unknown=skip", *DATA], "must be 'error' or 'drop'"),
+    Case("prepare-unknown-tokenizer", ["prepare", "--tokenizer.kind=sentencepiece", *DATA],
+         "valid: bpe, char, gpt2, word, wordpiece"),
     # shard files and folders given to data info
     Case("data-info-missing", ["data", "info", "{missing}"], "does not exist"),
     Case("data-info-empty", ["data", "info", "{empty}"], "too short to be a shard"),

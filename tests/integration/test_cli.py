@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 
 from slmkit.cli import main
 from slmkit.config import load_recipe
-from slmkit.data.shards import BatchSampler, Shard
+from slmkit.data.sampler import WindowSampler
+from slmkit.data.shards import Shard
 from slmkit.runs import BEST, CONFIG, LAST, LOG, METRICS, PLOT, STATE, TOKENIZER
 from slmkit.tokenizer import GPT2Tokenizer, load_tokenizer
 from slmkit.train import train
@@ -60,7 +61,7 @@ def test_resume_is_bitwise_identical(tmp_path, tiny_overrides, monkeypatch):
     full = train(cfg, out=tmp_path / "full", progress_bar=False)
 
     calls = {"n": 0}
-    original = BatchSampler.next
+    original = WindowSampler.next
 
     def crash_at_step_15(self):
         if self.batch_size == 8 and calls["n"] == 15 + 2:  # +2: the fixed val batches are drawn first
@@ -68,10 +69,10 @@ def test_resume_is_bitwise_identical(tmp_path, tiny_overrides, monkeypatch):
         calls["n"] += 1
         return original(self)
 
-    monkeypatch.setattr(BatchSampler, "next", crash_at_step_15)
+    monkeypatch.setattr(WindowSampler, "next", crash_at_step_15)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(load_recipe("kjv-char", tiny_overrides), out=tmp_path / "crashed", progress_bar=False)
-    monkeypatch.setattr(BatchSampler, "next", original)
+    monkeypatch.setattr(WindowSampler, "next", original)
 
     resumed = train(resume=tmp_path / "crashed", progress_bar=False)
     assert resumed.steps == full.steps == 20
@@ -115,7 +116,7 @@ BAD_INPUTS = [
     (["prepare", "--data.source=missing/*.txt"], "glob missing/*.txt matches no files"),
     (["prepare", "--data.source=empty.txt"], "data.source 'empty.txt' has no text"),
     (["prepare", "--data.source=latin1.txt"], "latin1.txt is not UTF-8 text (bad byte at offset 3)"),
-    (["train", "--data.source=short.txt", "--model.block_size=64"], "fewer than one block of 64 + 1"),
+    (["train", "--data.source=short.txt", "--model.block_size=64"], "fewer than one window of 64 + 1"),
     (["prepare", "--data.source=corpus.txt", "--tokenizer.kind=bpe", "--tokenizer.vocab_size=100"], "too small"),
     (["train", "--data.source=corpus.txt", "--data.shard_dir=swapped"], "holds a 'gpt2' tokenizer, expected 'char'"),
     (["data", "info", "bad.bin"], "bad.bin is not an slmkit shard (bad magic)"),

@@ -95,6 +95,24 @@ def test_finetune_from_a_trained_run(tmp_path, tiny_overrides):
     assert bad.returncode == 1 and "cannot change when fine-tuning" in bad.stderr
 
 
+def test_finetune_on_text_with_characters_the_tokenizer_lacks(tmp_path, tiny_overrides, capsys):
+    """Issue 23.6: refused with the option named; --data.unknown=drop trains on the rest and says how much went."""
+    from slmkit.errors import DataError
+    from slmkit.finetune import finetune
+
+    base = tmp_path / "base"
+    train(load_recipe("kjv-char", {**tiny_overrides, "train.max_steps": 4}), out=base, progress_bar=False)
+    new_text = tmp_path / "new.txt"
+    new_text.write_text("Let the earth bring forth grass \u263a.\n" * 60, encoding="utf-8")  # 60 unknown characters
+    fast = {"data.source": str(new_text), "train.max_steps": 2, "train.eval_interval": 2, "data.num_workers": 1}
+    with pytest.raises(DataError, match="--data.unknown=drop"):
+        finetune(base, fast, out=tmp_path / "refused", progress_bar=False)
+    capsys.readouterr()
+    finetune(base, {**fast, "data.unknown": "drop"}, out=tmp_path / "ft", progress_bar=False)
+    assert "dropped characters the tokenizer lacks: 54 train, 6 val" in capsys.readouterr().out
+    assert (tmp_path / "ft" / "model.safetensors").is_file()
+
+
 def test_ddp_two_cpu_processes(tmp_path, tiny_overrides):
     out = tmp_path / "ddp"
     overrides = dict(tiny_overrides, **{"train.threads": 1, "train.max_steps": 10, "train.eval_interval": 5})
