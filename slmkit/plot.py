@@ -1,6 +1,6 @@
 """Loss curves of one or more runs from their metrics.csv: loss vs steps, loss vs tokens, and the LR.
 
-A sweep folder (a folder of run folders, `slm sweep`'s --out) draws one curve per point, the mean
+A sweep folder (`slm sweep`'s --out, holding its sweep.yaml and the run folders) draws one curve per point, the mean
 over its seeds with a band from the lowest to the highest, and, for each numeric key the sweep
 varies, the best val loss against that key.
 """
@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 from .atomic import atomic_path
 from .errors import DataError
-from .runs import METRICS
+from .runs import METRICS, SWEEP
 from .runtable import Point, find_runs, format_value, group_points, read_metrics, read_run
 
 
@@ -36,7 +36,7 @@ def _curves(run_dirs: Sequence[Path | str]) -> tuple[list[_Curve], list[Point]]:
     """A curve per run folder, and per point of each sweep folder (with the points, for the key panels)."""
     curves, points = [], []
     for run_dir in map(Path, run_dirs):
-        if (run_dir / METRICS).exists() or not run_dir.is_dir() or not any(run_dir.glob(f"*/{METRICS}")):
+        if not (run_dir / SWEEP).is_file():  # a run folder
             curves.append(_Curve(run_dir.resolve().name, [read_metrics(run_dir)]))
             continue
         swept = group_points([read_run(p) for p in find_runs([run_dir]) if (p / METRICS).exists()])

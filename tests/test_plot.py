@@ -3,7 +3,7 @@ import pytest
 from slmkit.errors import DataError
 from slmkit.plot import plot_runs
 from slmkit.runtable import read_metrics
-from slmkit.runs import METRICS
+from slmkit.runs import METRICS, SWEEP
 
 
 def test_plot_writes_a_png(tiny_run, tmp_path):
@@ -41,6 +41,7 @@ def _sweep_folder(root):
             save_config(cfg, run / CONFIG)
             val = 3.0 - 100 * lr - 0.1 * seed
             (run / METRICS).write_text(f"step,tokens,lr,train_loss,val_loss\n10,80,{lr},3.5,{val + 0.5}\n20,160,{lr},3.2,{val}\n")
+    (root / SWEEP).write_text("recipe: null\n")  # what makes it a sweep folder, not a run folder missing its files
     return root
 
 
@@ -60,3 +61,6 @@ def test_a_sweep_folder_draws_a_band_per_point_and_the_loss_against_the_swept_ke
     from PIL import Image
 
     assert Image.open(out).size[0] > Image.open(one).size[0]  # the sweep adds the panel of loss vs train.lr
+    (folder / SWEEP).unlink()
+    with pytest.raises(DataError, match="metrics.csv does not exist"):  # a folder of runs is not a run
+        plot_runs([folder], tmp_path / "x.png")
