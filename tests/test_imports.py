@@ -32,6 +32,7 @@ STAGES = [
     {"finetune"},
     {"sweep"},  # trains runs
     {"export", "serve", "recipes"},
+    {"export_gguf", "export_onnx"},  # GGUF reuses export's tensor mapping and architecture check
     {"cli"},
     {"__main__", "slmkit"},  # slmkit: the package's __init__, the public API
 ]

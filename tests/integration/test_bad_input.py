@@ -221,6 +221,15 @@ CASES = [
     Case("runs-config-binary", ["runs", "{run}"], "config.yaml is not valid YAML", damage=replace(CONFIG, bytes(range(256)))),
     Case("runs-bad-format", ["runs", "{run}", "--format", "html"], "--format 'html' is not known"),
     Case("runs-bad-sort", ["runs", "{run}", "--sort", "speed"], "--sort 'speed' is not a column nor a config key"),
+    # export and import
+    Case("export-hf-out-is-a-file", ["export", "--run", "{run}", "--out", "{empty}"], "is a file; --format hf writes a folder"),
+    Case("export-gguf-out-is-a-folder", ["export", "--run", "{run}", "--format", "gguf", "--out", "{emptydir}"],
+         "emptydir: Is a directory"),
+    Case("export-onnx-out-is-a-folder", ["export", "--run", "{run}", "--format", "onnx", "--out", "{emptydir}"],
+         "emptydir: Is a directory"),
+    Case("import-hf-not-a-model", ["import-hf", "{emptydir}", "--out", "{tmp}/imported"], "config.json is missing"),
+    Case("import-hf-unknown-model", ["import-hf", "{tmp}", "--out", "{tmp}/imported"], "model_type 'mistral' does not import",
+         files={"config.json": '{"model_type": "mistral"}'}),
 ]
 
 
