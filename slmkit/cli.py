@@ -76,6 +76,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", metavar="DIR", help="run folders holding metrics.csv")
     p.add_argument("--out", default="loss.png", help="PNG to write (default: loss.png)")
 
+    p = sub.add_parser(
+        "sweep", help="train a recipe over a grid of overrides and several seeds, one run folder each", epilog=EPILOG
+    )
+    p.add_argument("--recipe", default=None, help="recipe name in recipes/ or a YAML path (default: kjv-char)")
+    p.add_argument("--file", default=None, metavar="SWEEP.yaml", help="a sweep file: recipe, seeds, samples, overrides, grid")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="values of a key to sweep (repeatable; with --samples also KEY=LO:HI or KEY=log:LO:HI)")
+    p.add_argument("--seeds", type=int, default=None, help="runs per point, with train.seed, +1, +2, ... (default 1)")
+    p.add_argument("--samples", type=int, default=None, help="random search: K points drawn from the grid's values")
+    p.add_argument("--parallel", type=int, default=1, help="runs at a time, in processes sharing train.threads")
+    p.add_argument("--out", default=None, help="folder of the run folders (default: runs/<recipe>-sweep)")
+    p.add_argument("--overwrite", action="store_true", help="retrain every run, replacing what --out holds")
+
+    p = sub.add_parser("runs", help="a table of run folders: one row per run, or per sweep point over its seeds")
+    p.add_argument("dirs", nargs="*", default=["runs"], metavar="DIR", help="run folders or folders of them (default: runs)")
+    p.add_argument("--sort", default=None, metavar="KEY", help="a column (best_val_loss, bits_per_byte, ...) or config key")
+    p.add_argument("--format", default="table", help="table (default), csv or markdown")
+    p.add_argument("--per-run", action="store_true", help="one row per run, also for seeds of one point")
+
     p = sub.add_parser("quantize", help="write an int8 copy of a run's model (RUN/model-int8.safetensors)")
     p.add_argument("--run", required=True, metavar="DIR", help="run folder written by `slm train`")
 
@@ -202,6 +221,18 @@ def _cmd_plot(args: argparse.Namespace) -> None:
     print(plot_runs(args.runs, args.out))
 
 
+def _cmd_sweep(args: argparse.Namespace, overrides: dict) -> None:
+    from .sweep import sweep
+
+    sweep(args.recipe, args.grid, args.seeds, args.samples, overrides, args.out, args.parallel, args.overwrite, args.file)
+
+
+def _cmd_runs(args: argparse.Namespace) -> None:
+    from .runtable import format_table, run_table
+
+    print(format_table(run_table(args.dirs, args.sort, args.per_run), args.format))
+
+
 def _cmd_quantize(args: argparse.Namespace) -> None:
     from .runs import quantize_run
 
@@ -244,10 +275,12 @@ def _cmd_recipes(args: argparse.Namespace) -> None:
         print(row.line())
 
 
-_WITH_OVERRIDES = {"train": _cmd_train, "prepare": _cmd_prepare, "finetune": _cmd_finetune, "serve": _cmd_serve}
+_WITH_OVERRIDES = {
+    "train": _cmd_train, "prepare": _cmd_prepare, "finetune": _cmd_finetune, "serve": _cmd_serve, "sweep": _cmd_sweep,
+}  # fmt: skip
 _COMMANDS = {
     "sample": _cmd_sample, "recipes": _cmd_recipes, "data": _cmd_data, "eval": _cmd_eval, "plot": _cmd_plot,
-    "quantize": _cmd_quantize, "export": _cmd_export, "import-hf": _cmd_import_hf,
+    "quantize": _cmd_quantize, "export": _cmd_export, "import-hf": _cmd_import_hf, "runs": _cmd_runs,
 }  # fmt: skip
 
 

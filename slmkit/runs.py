@@ -14,6 +14,9 @@
       loss.png                PLOT: loss and LR curves drawn at the end of training
       model-int8.safetensors  INT8: the int8 model of `slm quantize` (quantize.int8_state's tensors)
 
+    runs/<recipe>-sweep/      a folder of run folders written by `slm sweep` (slmkit/sweep.py)
+      sweep.yaml              SWEEP: the recipe, the fixed overrides and every run's overrides
+
 Everything is written atomically and loaded without unpickling anything.
 """
 
@@ -50,6 +53,7 @@ INT8 = "model-int8.safetensors"
 CHECKPOINTS = "checkpoints"
 TENSORBOARD = "tensorboard"
 PLOT = "loss.png"
+SWEEP = "sweep.yaml"
 RUN_FILES = (CONFIG, TOKENIZER, FINGERPRINT, BEST, LAST, STATE, METRICS, LOG, INT8, CHECKPOINTS, TENSORBOARD, PLOT)
 
 # keys a resumed run may change: its budget and cadence, never its model or data

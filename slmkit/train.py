@@ -36,6 +36,7 @@ from .generate import generate
 from .model import GPT
 from .optim import early_stop_update, lr_multiplier, make_optimizers, plateau_update, warmup_progress
 from .plot import plot_runs
+from .runtable import tensorboard_hparams
 from .runs import (
     BEST,
     LAST,
@@ -626,6 +627,7 @@ def _final_report(run: _Run, state: TrainState, log: _Logger) -> tuple[EvalResul
     text = _sample(run.model, run.tokenizer, run.cfg.sample)
     log.info(f"sample from the best model:\n{run.cfg.sample.prompt}{text}")
     plot_runs([run.run_dir], run.run_dir / PLOT)
+    tensorboard_hparams(log.tb, run.cfg, {"best_val_loss": state.best_val_loss, **final.metrics, "steps": state.step})
     return final, text
 
 

@@ -26,9 +26,11 @@ STAGES = [
     {"model"},
     {"quantize"},
     {"runs"},
+    {"runtable"},  # reads run folders (the table of `slm runs`, the points `slm plot` draws)
     {"optim", "evaluate", "generate", "plot"},
     {"train"},
     {"finetune"},
+    {"sweep"},  # trains runs
     {"export", "serve", "recipes"},
     {"export_gguf", "export_onnx"},  # GGUF reuses export's tensor mapping and architecture check
     {"cli"},
