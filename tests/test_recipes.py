@@ -22,6 +22,7 @@ RECIPES = [p.stem for p in list_recipes() if not p.stem.startswith("speedrun-")]
 # recipe -> (seed, vocab size the full-size model is counted with, exact parameter count)
 EXPECTED = {
     "kjv-char": ("", 65, 818_048),
+    "kjv-char-gpt2": ("", 65, 818_048),  # the GPT-2-style reference (the default before issue 21)
     "shakespeare-char": ("002", 65, 818_048),
     "shakespeare-char-nodecay": ("002", 65, 818_048),
     "shakespeare-char-lower": ("003", 39, 814_720),  # lowercased: 65 - 26 letters
@@ -33,9 +34,11 @@ EXPECTED = {
 
 
 def by_hand(m, vocab: int) -> int:
-    """GPT-2's parameter formula: embeddings, per block LN + attention + MLP, final LN, untied head."""
+    """GPT-2's parameter formula: embeddings, per block LN + attention + MLP, final LN, untied head
+    (SwiGLU: a second input matrix, the gate)."""
     d, ff, b = m.n_embd, m.d_ff or 4 * m.n_embd, int(m.bias)
-    block = 2 * (d + b * d) + (3 * d * d + b * 3 * d) + (d * d + b * d) + (d * ff + b * ff) + (ff * d + b * d)
+    inputs = 2 if m.mlp == "swiglu" else 1
+    block = 2 * (d + b * d) + (3 * d * d + b * 3 * d) + (d * d + b * d) + inputs * (d * ff + b * ff) + (ff * d + b * d)
     pos = m.block_size * d if m.pos_embedding == "learned" else 0
     head = 0 if m.tie_embeddings else vocab * d
     return vocab * d + pos + m.n_layer * block + (d + b * d) + head
