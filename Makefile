@@ -1,4 +1,6 @@
 # Two commands: `make demo` (install, train the default model, sample) and `make test`.
+# PyTorch comes first, the build that fits the machine (scripts/install_torch.py: the CPU build without
+# an NVIDIA GPU; TORCH_INDEX=URL overrides; a torch already in .venv is kept).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -18,6 +20,7 @@ dev: $(VENV)/.dev-installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python scripts/install_torch.py
 	$(BIN)/python -m pip install -e .
 	touch $@
 

@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 from safetensors import safe_open
 
-from slmkit.checkpoint import LAST, STATE, load_run, load_state
 from slmkit.data.shards import Shard, read_manifest
+from slmkit.runs import LAST, METRICS, STATE, load_run, load_state
 
 TINY = [
     "--model.n_layer=2",
@@ -55,7 +55,7 @@ def slm(args: list[str], cwd: Path) -> subprocess.Popen:
 
 
 def last_logged_step(run: Path) -> int:
-    path = run / "metrics.csv"
+    path = run / METRICS
     if not path.is_file():
         return 0
     with open(path, newline="") as f:
@@ -71,11 +71,11 @@ def train_trial(work: Path, corpus: Path, rng: random.Random) -> tuple[bool, str
     # start-up time varies with the machine's load, so time the kill from what is on disk: a quarter of
     # the kills come within 2 s of metrics.csv appearing (around the first checkpoint), the rest within
     # 3 s of the first checkpoint (training, checkpointing every CHECKPOINT_EVERY steps)
-    marker = run / ("metrics.csv" if rng.random() < 0.25 else STATE)
+    marker = run / (METRICS if rng.random() < 0.25 else STATE)
     started = time.perf_counter()
     while proc.poll() is None and not marker.is_file() and time.perf_counter() - started < 300:
         time.sleep(0.02)
-    time.sleep(rng.uniform(0.0, 2.0 if marker.name == "metrics.csv" else 3.0))
+    time.sleep(rng.uniform(0.0, 2.0 if marker.name == METRICS else 3.0))
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     logged = last_logged_step(run)

@@ -24,7 +24,7 @@ from slmkit.model import GPT
 
 def build_model(run: Path) -> tuple[GPT, str]:
     """The trained default model if `run` holds one, else the same shape with random weights."""
-    from slmkit.checkpoint import BEST, load_run
+    from slmkit.runs import BEST, load_run
 
     if (run / BEST).is_file():
 

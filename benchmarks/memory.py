@@ -48,11 +48,11 @@ def rss_mb() -> dict[str, float]:
 def child(corpus: str, shard_dir: str, run: str, steps: int) -> None:
     """Train in this process, sampling RSS every EVERY steps (from the sampler, which runs once a step)."""
     from slmkit.config import load_recipe
-    from slmkit.data.shards import BatchSampler
+    from slmkit.data.sampler import WindowSampler
     from slmkit.train import train
 
     samples = []
-    original = BatchSampler.next
+    original = WindowSampler.next
     calls = {"n": -TINY["train.eval_batches"]}  # the fixed val batches are drawn first
 
     def next_and_measure(self):
@@ -61,7 +61,7 @@ def child(corpus: str, shard_dir: str, run: str, steps: int) -> None:
             samples.append({"step": calls["n"], **rss_mb()})
         return original(self)
 
-    BatchSampler.next = next_and_measure
+    WindowSampler.next = next_and_measure
     overrides = {**TINY, "data.source": corpus, "data.shard_dir": shard_dir, "train.max_steps": steps}
     train(load_recipe("kjv-char", overrides), out=run, progress_bar=False)
     print(json.dumps(samples))

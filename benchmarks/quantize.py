@@ -16,10 +16,9 @@ from pathlib import Path
 
 import torch
 
-from slmkit.checkpoint import load_run
 from slmkit.evaluate import mean_loss, report, split_tokens
 from slmkit.generate import sample_ids
-from slmkit.quantize import quantize_run
+from slmkit.runs import load_run, quantize_run
 
 
 def tokens_per_second(model, prompt: list[int], new_tokens: int) -> float:

@@ -20,8 +20,8 @@ import time
 import httpx
 import uvicorn
 
-from slmkit.checkpoint import load_run
 from slmkit.config import ServeConfig
+from slmkit.runs import load_run
 from slmkit.serve import create_app
 
 

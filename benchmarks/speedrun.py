@@ -31,9 +31,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from slmkit.config import load_recipe  # noqa: E402
-from slmkit.data.shards import load_prepared, prepare, shard_dir_for  # noqa: E402
+from slmkit.data.prepare import load_prepared, prepare, shard_dir_for  # noqa: E402
 from slmkit.model import GPT  # noqa: E402
 from slmkit.optim import make_optimizers  # noqa: E402
+from slmkit.runs import METRICS  # noqa: E402
 from slmkit.train import train  # noqa: E402
 
 BASELINE = ROOT / "recipes" / "speedrun-baseline.yaml"
@@ -81,7 +82,7 @@ def bare_loop_ms(cfg, steps: int) -> list[float]:
 
 def rows(run_dir: Path) -> list[dict[str, str]]:
     """metrics.csv of a run."""
-    with open(run_dir / "metrics.csv", newline="", encoding="utf-8") as f:
+    with open(run_dir / METRICS, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
 
 

@@ -33,7 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 OURS_PREPARE = """
 import json, resource, sys, time
 from slmkit.config import load_recipe
-from slmkit.data.shards import prepare, read_manifest
+from slmkit.data.prepare import prepare
+from slmkit.data.shards import read_manifest
 cfg = load_recipe(None, {"data.source": sys.argv[1], "data.shard_dir": sys.argv[2], "tokenizer.kind": "gpt2",
                          "data.num_workers": int(sys.argv[3])})
 t0 = time.perf_counter()

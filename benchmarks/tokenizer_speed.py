@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from slmkit.config import TOKENIZER_KINDS, TokenizerConfig
-from slmkit.data.sources import read_kjv
-from slmkit.tokenizer import fit_tokenizer
+from slmkit.config import TokenizerConfig
+from slmkit.data.sources.kjv import read_kjv
+from slmkit.tokenizer import fit_tokenizer, kinds
 
 
 def main() -> None:
@@ -20,7 +20,7 @@ def main() -> None:
     docs = read_kjv()
     megabytes = sum(len(d.encode("utf-8")) for d in docs) / 1e6
     print(f"{'kind':10s} {'vocab':>6s} {'fit s':>6s} {'encode MB/s':>12s} {'encode_batch MB/s':>18s} {'tokens/byte':>12s}")
-    for kind in TOKENIZER_KINDS:
+    for kind in kinds():
         cfg = TokenizerConfig(kind=kind, vocab_size=args.vocab_size if kind in ("word", "bpe", "wordpiece") else 0)
         t0 = time.perf_counter()
         tok = fit_tokenizer(cfg, docs)

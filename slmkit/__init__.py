@@ -5,9 +5,8 @@
     print(slmkit.generate(run.model, run.tokenizer, "In the beginning", max_new_tokens=100))
 """
 
-from .checkpoint import Run, load_run
 from .config import RunConfig, load_recipe
-from .data.shards import prepare
+from .data.prepare import prepare
 from .errors import SlmError
 from .evaluate import evaluate_run
 from .export import export_hf, import_hf
@@ -15,7 +14,7 @@ from .finetune import finetune
 from .generate import generate, stream
 from .model import GPT, GPTConfig
 from .plot import plot_runs
-from .quantize import quantize_run
+from .runs import Run, load_run, quantize_run
 from .tokenizer import Tokenizer, load_tokenizer
 from .train import train
 

@@ -20,6 +20,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", default=None, help="recipe name in recipes/ or a YAML path (default: kjv-char)")
     p.add_argument("--out", default=None, help="run folder (default: runs/<recipe>)")
     p.add_argument("--resume", default=None, metavar="DIR", help="continue the run in DIR from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (refused otherwise)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still print)")
 
     p = sub.add_parser(
@@ -27,6 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--from", dest="from_dir", required=True, metavar="DIR", help="the trained run folder to start from")
     p.add_argument("--out", default=None, help="run folder (default: runs/<recipe>-finetune)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (refused otherwise)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still print)")
 
     p = sub.add_parser("prepare", help="corpus -> tokenizer -> train/val shards", epilog=EPILOG)
@@ -53,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, metavar="DIR", help="run folder written by `slm train`")
     p.add_argument("--data.source", dest="source", default=None, metavar="PATH",
                    help="a text file, folder or glob to evaluate (default: the run's own shards)")
+    p.add_argument("--data.unknown", dest="unknown", default="", choices=("error", "drop"),
+                   help="characters a char tokenizer lacks: error (default) or drop them (and say how many)")
     p.add_argument("--split", default="val", help="split of the run's shards: val (default) or test")
     p.add_argument("--int8", action="store_true", help="evaluate the int8 model written by `slm quantize`")
 
@@ -91,32 +95,35 @@ def _parser() -> argparse.ArgumentParser:
 
 def _cmd_train(args: argparse.Namespace, overrides: dict) -> None:
     from .config import ConfigError, load_recipe
-    from .train import resume_config, train
+    from .runs import resume_config
+    from .train import train
 
     if args.resume:
         if args.recipe:
             raise ConfigError("--resume takes its recipe from the run folder; drop --recipe")
+        if args.overwrite:
+            raise ConfigError("--resume continues the run in its folder; drop --overwrite")
         train(resume_config(args.resume, overrides), resume=args.resume, progress_bar=not args.no_progress)
         return
-    train(load_recipe(args.recipe, overrides), out=args.out, progress_bar=not args.no_progress)
+    train(load_recipe(args.recipe, overrides), out=args.out, progress_bar=not args.no_progress, overwrite=args.overwrite)
 
 
 def _cmd_finetune(args: argparse.Namespace, overrides: dict) -> None:
     from .finetune import finetune
 
-    finetune(args.from_dir, overrides, out=args.out, progress_bar=not args.no_progress)
+    finetune(args.from_dir, overrides, out=args.out, progress_bar=not args.no_progress, overwrite=args.overwrite)
 
 
 def _cmd_prepare(args: argparse.Namespace, overrides: dict) -> None:
     from .config import load_recipe
-    from .data.shards import prepare
+    from .data.prepare import prepare
 
     out = prepare(load_recipe(args.recipe, overrides), force=args.force)
     print(out)
 
 
 def _cmd_sample(args: argparse.Namespace) -> None:
-    from .checkpoint import LAST, BEST, load_run
+    from .runs import BEST, LAST, load_run
     from .config import SampleConfig
     from .generate import stream
 
@@ -179,7 +186,7 @@ def _cmd_data(args: argparse.Namespace) -> None:
 def _cmd_eval(args: argparse.Namespace) -> None:
     from .evaluate import evaluate_run
 
-    print(evaluate_run(args.run, source=args.source, split=args.split, int8=args.int8).summary())
+    print(evaluate_run(args.run, source=args.source, split=args.split, int8=args.int8, unknown=args.unknown).summary())
 
 
 def _cmd_plot(args: argparse.Namespace) -> None:
@@ -189,7 +196,7 @@ def _cmd_plot(args: argparse.Namespace) -> None:
 
 
 def _cmd_quantize(args: argparse.Namespace) -> None:
-    from .quantize import quantize_run
+    from .runs import quantize_run
 
     result = quantize_run(args.run)
     print(

@@ -36,6 +36,8 @@ class DataConfig:
     collapse_whitespace: bool = False
     drop_empty_lines: bool = False
     errors: str = "strict"  # strict | replace: what to do with bytes that are not UTF-8
+    keep_crlf: bool = False  # keep Windows line endings (\r\n); by default they become \n
+    unknown: str = "error"  # error | drop: characters a char tokenizer lacks (eval and fine-tune on other text)
     shard_dir: str = ""  # where shards go; empty = shards/<source>-<tokenizer>-<hash>
     num_workers: int = 0  # tokenizer processes writing shards; 0 = one per CPU core
 
@@ -44,6 +46,8 @@ class DataConfig:
             raise ConfigError(f"data.val_fraction={self.val_fraction} must be between 0 and 1 (e.g. 0.1)")
         if self.errors not in ("strict", "replace"):
             raise ConfigError(f"data.errors={self.errors!r} must be 'strict' or 'replace'")
+        if self.unknown not in ("error", "drop"):
+            raise ConfigError(f"data.unknown={self.unknown!r} must be 'error' or 'drop'")
         if not self.source:
             raise ConfigError("data.source is empty: give 'kjv', a file, a folder or a glob")
         if self.num_workers < 0:
@@ -52,33 +56,18 @@ class DataConfig:
 
 @dataclass
 class TokenizerConfig:
-    """Which tokenizer to fit (or load) for the corpus."""
+    """Which tokenizer to fit on the train split (or load) for the corpus."""
 
-    kind: str = "char"  # char | word | bpe | wordpiece | gpt2 (fixed, needs no training)
-    vocab_size: int = 0  # 0 = the kind's default: char all characters, word 10000, bpe/wordpiece 30000
+    kind: str = "char"  # a kind declared in slmkit/tokenizer/ (`slm` lists them): char | word | bpe | wordpiece | gpt2
+    vocab_size: int = 0  # 0 = the kind's default (char: every character of the train split)
     min_frequency: int = 2  # word/bpe/wordpiece: tokens seen fewer times are not learned
 
     def validate(self) -> None:
-        if self.kind not in TOKENIZER_KINDS:
-            raise ConfigError(f"tokenizer.kind={self.kind!r} is not known; valid: {', '.join(TOKENIZER_KINDS)}")
-        if self.vocab_size < 0:
-            raise ConfigError(f"tokenizer.vocab_size={self.vocab_size} must be >= 0")
-        least = MIN_VOCAB_SIZE.get(self.kind, 0)
-        if 0 < self.vocab_size < least:
-            raise ConfigError(
-                f"tokenizer.vocab_size={self.vocab_size} is too small for a {self.kind} tokenizer: "
-                f"it needs at least {least} (its special tokens and base alphabet); use 0 for the default"
-            )
-        if self.kind == "gpt2" and self.vocab_size not in (0, 50257):
-            raise ConfigError(f"tokenizer.vocab_size={self.vocab_size}: gpt2's vocabulary is fixed at 50257; use 0")
+        from .tokenizer.registry import get_kind  # the kinds declare their own vocabulary limits
+
+        get_kind(self.kind).check_vocab_size(self.vocab_size)
         if self.min_frequency < 0:
             raise ConfigError(f"tokenizer.min_frequency={self.min_frequency} must be >= 0")
-
-
-TOKENIZER_KINDS = ("char", "word", "bpe", "wordpiece", "gpt2")
-# Smallest tokenizer.vocab_size each trained kind can hold: word and wordpiece need <|endoftext|>,
-# <unk> and one token; byte-level bpe needs <|endoftext|> and its 256 byte tokens.
-MIN_VOCAB_SIZE = {"word": 3, "wordpiece": 3, "bpe": 257}
 
 
 POS_EMBEDDINGS = ("learned", "sinusoidal", "rotary", "none")
@@ -259,7 +248,7 @@ class RunConfig:
     """A whole recipe: every stage's section."""
 
     name: str = DEFAULT_RECIPE
-    seed: str = ""  # the seed system this recipe reproduces (its number in ../shared/seeds), if any
+    reproduces: str = ""  # the number of the seed system this recipe reproduces, if any (not an RNG seed: train.seed)
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -282,6 +271,7 @@ class RunConfig:
 
 
 SECTIONS = ("data", "tokenizer", "model", "train", "sample", "serve")
+LABELS = ("name", "reproduces")  # top-level keys that are plain strings
 
 
 def _coerce(value: Any, kind: Any, key: str) -> Any:
@@ -332,7 +322,7 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
 
 def apply_override(cfg: RunConfig, key: str, value: Any) -> None:
     """Set dotted `key` (e.g. 'train.lr') on cfg, checking that it exists and its type."""
-    if key in ("name", "seed"):
+    if key in LABELS:
         setattr(cfg, key, _coerce(value, str, key))
         return
     section, _, name = key.partition(".")
@@ -354,11 +344,11 @@ def from_dict(raw: Any, origin: str = "recipe") -> RunConfig:
         raise ConfigError(f"{origin}: expected a mapping of sections (data, model, train, ...), got {type(raw).__name__}")
     cfg = RunConfig()
     for section, body in raw.items():
-        if section in ("name", "seed"):
+        if section in LABELS:
             apply_override(cfg, section, body)
             continue
         if section not in SECTIONS:
-            raise ConfigError(f"{origin}: unknown section {section!r}; valid: name, seed, {', '.join(SECTIONS)}")
+            raise ConfigError(f"{origin}: unknown section {section!r}; valid: {', '.join(LABELS + SECTIONS)}")
         if body is None:
             continue
         if not isinstance(body, dict):
@@ -393,7 +383,8 @@ def find_recipe(name_or_path: str) -> Path:
 
 
 def load_recipe(name_or_path: Optional[str] = None, overrides: Optional[dict[str, Any]] = None) -> RunConfig:
-    """Load a recipe (default: kjv-char), apply `{"section.key": value}` overrides, validate."""
+    """Load a recipe (default: kjv-char, then named after its data and tokenizer), apply
+    `{"section.key": value}` overrides, validate."""
     path = find_recipe(name_or_path or DEFAULT_RECIPE)
     if path.stat().st_size > MAX_RECIPE_BYTES:  # parsing megabytes of YAML takes seconds for nothing
         raise ConfigError(
@@ -410,7 +401,17 @@ def load_recipe(name_or_path: Optional[str] = None, overrides: Optional[dict[str
         cfg.name = path.stem
     for key, value in (overrides or {}).items():
         apply_override(cfg, key, value)
-    return cfg.validate()
+    cfg.validate()
+    if name_or_path is None and "name" not in (overrides or {}):
+        cfg.name = run_name(cfg)
+    return cfg
+
+
+def run_name(cfg: RunConfig) -> str:
+    """The name of a run given no recipe: its data and tokenizer, e.g. `kjv-char` or `sotu-bpe`."""
+    from .data.sources import source_label  # the source kinds name their data
+
+    return f"{source_label(cfg.data.source)}-{cfg.tokenizer.kind}"
 
 
 def parse_overrides(args: list[str]) -> dict[str, Any]:
@@ -454,4 +455,6 @@ def load_config(path: Path) -> RunConfig:
         raise ConfigError(f"{path} is not valid YAML; restore it from the recipe") from None
     if not raw:  # an empty file would silently become the default recipe
         raise ConfigError(f"{path} is empty; restore it from the recipe the run was trained with")
+    if isinstance(raw, dict) and "seed" in raw:  # run folders written before the label was renamed
+        raw["reproduces"] = raw.pop("seed")
     return from_dict(raw, origin=str(path)).validate()

@@ -11,12 +11,13 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .checkpoint import load_run
 from .config import RunConfig
-from .data.shards import Shard, prepare, read_manifest, shard_dir_for
+from .data.prepare import prepare, shard_dir_for
+from .data.shards import Shard, read_manifest
 from .data.sources import Corpus
 from .errors import DataError
 from .model import GPT
+from .runs import load_run
 from .tokenizer import Tokenizer
 
 
@@ -70,11 +71,13 @@ class EvalResult:
     tokens: int  # tokens predicted
     text_bytes: int  # UTF-8 bytes of the evaluated text
     metrics: dict[str, float]  # loss, perplexity, bits_per_token, bits_per_byte
+    dropped_chars: int = 0  # characters outside the tokenizer's vocabulary left out (--data.unknown=drop)
 
     def summary(self) -> str:
         m = self.metrics
+        dropped = f" ({self.dropped_chars:,} characters the tokenizer lacks were dropped)" if self.dropped_chars else ""
         return (
-            f"{self.source}: {self.tokens:,} tokens, {self.text_bytes:,} bytes: loss {m['loss']:.4f} nats/token, "
+            f"{self.source}: {self.tokens:,} tokens, {self.text_bytes:,} bytes{dropped}: loss {m['loss']:.4f} nats/token, "
             f"perplexity {m['perplexity']:.3f}, {m['bits_per_token']:.4f} bits/token, "
             f"{m['bits_per_byte']:.4f} bits/byte"
         )
@@ -97,20 +100,26 @@ def split_tokens(cfg: RunConfig, split: str) -> tuple[np.ndarray, int]:
     return tokens, int(splits[split]["bytes"])
 
 
-def text_tokens(cfg: RunConfig, tokenizer: Tokenizer, source: str) -> tuple[np.ndarray, int]:
-    """A text file, folder or glob normalized as the run's data and tokenized with its tokenizer.
+def text_tokens(cfg: RunConfig, tokenizer: Tokenizer, source: str, unknown: str = "") -> tuple[np.ndarray, int, int]:
+    """A text file, folder or glob normalized as the run's data and tokenized with its tokenizer:
+    (ids, text bytes, characters dropped). `unknown` ("error" or "drop", default the run's data.unknown):
+    what to do with characters the tokenizer refuses.
 
     Documents are joined with the end-of-text id, with one in front so the first token is predicted too.
     """
-    data = dataclasses.replace(cfg.data, source=source)
+    data = dataclasses.replace(cfg.data, source=source, unknown=unknown or cfg.data.unknown)
     docs = list(Corpus(data).all_documents())
     if not docs:
         raise DataError(f"--data.source {source} has no text to evaluate")
+    dropped = 0
+    if data.unknown == "drop":
+        kept = [tokenizer.drop_unknown(doc) for doc in docs]
+        docs, dropped = [doc for doc, _ in kept], sum(n for _, n in kept)
     ids = [tokenizer.eot_id]
     for doc_ids in tokenizer.encode_batch(docs):  # the tokenizer's batched (parallel) encoder
         ids += doc_ids + [tokenizer.eot_id]
     ids.pop()  # no separator after the last document
-    return np.asarray(ids, dtype=np.int64), sum(len(d.encode("utf-8")) for d in docs)
+    return np.asarray(ids, dtype=np.int64), sum(len(d.encode("utf-8")) for d in docs), dropped
 
 
 def evaluate_run(
@@ -119,11 +128,14 @@ def evaluate_run(
     split: str = "val",
     int8: bool = False,
     batch_size: int = 32,
+    unknown: str = "",
 ) -> EvalResult:
-    """Loss, perplexity and bits per byte of a run's best model over a whole split or a text source."""
+    """Loss, perplexity and bits per byte of a run's best model over a whole split or a text source
+    (`unknown="drop"`: without the characters its tokenizer lacks, counted in the result)."""
     run = load_run(run_dir, int8=int8)
+    dropped = 0
     if source is not None:
-        tokens, text_bytes = text_tokens(run.config, run.tokenizer, source)
+        tokens, text_bytes, dropped = text_tokens(run.config, run.tokenizer, source, unknown)
         name = source
     else:
         tokens, text_bytes = split_tokens(run.config, split)
@@ -131,4 +143,4 @@ def evaluate_run(
     if len(tokens) < 2:
         raise DataError(f"{name} has fewer than 2 tokens; there is nothing to evaluate")
     loss = mean_loss(run.model, tokens, batch_size=batch_size)
-    return EvalResult(name, len(tokens) - 1, text_bytes, report(loss, len(tokens) - 1, text_bytes))
+    return EvalResult(name, len(tokens) - 1, text_bytes, report(loss, len(tokens) - 1, text_bytes), dropped)

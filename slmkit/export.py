@@ -22,15 +22,16 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .atomic import atomic_path, atomic_write_text
-from .checkpoint import BEST, LAST, load_run, save_weights, write_run_files
 from .config import ModelConfig, RunConfig, TokenizerConfig
 from .errors import ExportError, SlmError
 from .model import GPT
+from .runs import BEST, LAST, load_run, save_weights, write_run_files
 from .tokenizer import GPT2Tokenizer, HFTokenizer, Tokenizer, load_tokenizer
+from .tokenizer.bpe import BPETokenizer
 from .tokenizer.gpt2 import ENCODER_JSON, EOT, VOCAB_SIZE, check_files, gpt2_data_dir
 
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-# Model options (added by later slmkit versions) and the one value GPT-2 can represent.
+# Model options GPT-2's architecture has one fixed value of, and that value.
 GPT2_ONLY = {"pos_embedding": "learned", "norm": "layernorm", "mlp": "gelu", "qk_norm": False}
 GPT2_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")  # GPT-2's tanh GELU, the one our model uses
 LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, used by our model
@@ -121,7 +122,7 @@ def _write_tokenizer(tokenizer: Tokenizer, out: Path, max_length: int) -> Option
     elif isinstance(tokenizer, HFTokenizer):
         tokenizer.save(out / "tokenizer.json")  # a bpe tokenizer also writes vocab.json + merges.txt
         config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": EOT, "eos_token": EOT}
-        if tokenizer.kind in ("word", "wordpiece"):
+        if tokenizer.unk_id is not None:
             config["unk_token"] = "<unk>"
     else:
         return f"no Hugging Face tokenizer is written for the {tokenizer.kind!r} kind; use slmkit's tokenizer.json"
@@ -255,7 +256,7 @@ def _read_tokenizer(folder: Path) -> Tokenizer:
         return GPT2Tokenizer()
     if (folder / "tokenizer.json").is_file():
         tokenizer = load_tokenizer(folder / "tokenizer.json")
-        if tokenizer.vocab_size == VOCAB_SIZE and isinstance(tokenizer, HFTokenizer) and tokenizer.kind == "bpe":
+        if tokenizer.vocab_size == VOCAB_SIZE and isinstance(tokenizer, BPETokenizer):
             try:
                 if tokenizer.backend.get_vocab() == json.loads(
                     (gpt2_data_dir() / ENCODER_JSON).read_text(encoding="utf-8")
@@ -271,7 +272,7 @@ def _read_tokenizer(folder: Path) -> Tokenizer:
         backend = HFBackend(models.BPE.from_file(str(vocab), str(merges)))
         backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         backend.decoder = decoders.ByteLevel()
-        return HFTokenizer(backend, str(folder))
+        return BPETokenizer(backend, str(folder), "bpe")
     raise ExportError(f"{folder} has no tokenizer (tokenizer.json, or vocab.json + merges.txt); add one and retry")
 
 

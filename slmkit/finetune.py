@@ -6,10 +6,10 @@ import hashlib
 from pathlib import Path
 from typing import Any, Optional
 
-from .checkpoint import BEST
 from .config import RunConfig, apply_override, load_config
-from .data.shards import shard_dir_for
+from .data.prepare import shard_dir_for
 from .errors import ConfigError
+from .runs import BEST, CONFIG, TOKENIZER
 from .tokenizer import load_tokenizer
 from .train import TrainResult, train
 
@@ -30,15 +30,17 @@ def finetune(
     overrides: Optional[dict[str, Any]] = None,
     out: Optional[Path | str] = None,
     progress_bar: bool = True,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Fine-tune the best weights of run `from_dir`, with its tokenizer, on new text into a new run folder.
 
     The source run's recipe with FINETUNE_DEFAULTS (and lr, min_lr a tenth of the original) applied, then
     `overrides` (data.*, train.*, sample.*, model.dropout; the model's shape and the tokenizer stay).
+    A folder `out` that is not empty is refused unless `overwrite` (see train).
     """
     from_dir = Path(from_dir)
-    cfg = load_config(from_dir / "config.yaml")
-    tokenizer = load_tokenizer(from_dir / "tokenizer.json")
+    cfg = load_config(from_dir / CONFIG)
+    tokenizer = load_tokenizer(from_dir / TOKENIZER)
     defaults = {**FINETUNE_DEFAULTS, "train.lr": cfg.train.lr / 10, "train.min_lr": cfg.train.min_lr / 10}
     for key, value in defaults.items():
         apply_override(cfg, key, value)
@@ -49,8 +51,9 @@ def finetune(
         apply_override(cfg, key, value)
     cfg.validate()
     if not cfg.data.shard_dir:  # not shards/<...>: those hold a tokenizer fitted on the new text
-        digest = hashlib.sha256((from_dir / "tokenizer.json").read_bytes()).hexdigest()[:8]
+        digest = hashlib.sha256((from_dir / TOKENIZER).read_bytes()).hexdigest()[:8]
         cfg.data.shard_dir = str(shard_dir_for(cfg)) + f"-tok{digest}"
     return train(
-        cfg, out=out or Path("runs") / cfg.name, progress_bar=progress_bar, init_weights=from_dir / BEST, tokenizer=tokenizer
+        cfg, out=out or Path("runs") / cfg.name, progress_bar=progress_bar, init_weights=from_dir / BEST,
+        tokenizer=tokenizer, overwrite=overwrite,
     )

@@ -9,8 +9,7 @@ from typing import Sequence
 
 from .atomic import atomic_path
 from .errors import DataError
-
-METRICS = "metrics.csv"
+from .runs import METRICS
 
 
 def read_metrics(run_dir: Path | str) -> dict[str, list[float]]:

@@ -1,36 +1,28 @@
-"""int8 weights for faster CPU inference: PyTorch's dynamic quantization of every nn.Linear.
+"""int8 weights for faster CPU inference: PyTorch's dynamic quantization of every nn.Linear of the blocks.
 
 `torch.ao.quantization.quantize_dynamic` swaps each Linear of the blocks for a DynamicQuantizedLinear:
 int8 weights (one scale per output row, symmetric), activations quantized on the fly,
-fbgemm int8 matmuls. Embeddings, norms and the lm_head stay fp32: the lm_head is tied to the
-token embedding (one stored copy), and code that asks `model.lm_head.weight` for the device and
-dtype (generation, the KV cache) keeps working.
+fbgemm int8 matmuls. Embeddings, norms and the lm_head stay fp32 (the lm_head is tied to the
+token embedding by default: one tensor, which the embedding lookup reads in fp32).
 
-Saved form, never pickled: `model-int8.safetensors` in the run folder holds, for each
-quantized layer `NAME`, `NAME.weight` (int8), `NAME.weight_scale` (fp32, one per row) and
-`NAME.bias` (fp32), plus every fp32 tensor that is not a quantized weight (a tied lm_head is
-stored once, as `transformer.wte.weight`).
+A model transform only; runs.py writes and reads the int8 file. Its tensors (int8_state), never
+pickled: for each quantized layer `NAME`, `NAME.weight` (int8), `NAME.weight_scale` (fp32, one
+per row) and `NAME.bias` (fp32), plus every fp32 tensor that is not a quantized weight (a tied
+lm_head is stored once, as `transformer.wte.weight`).
 """
 
 from __future__ import annotations
 
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator
 
 import torch
 import torch.nn as nn
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
-from .atomic import atomic_path
 from .config import ModelConfig
-from .errors import CheckpointError
 from .model import GPT
 
-INT8 = "model-int8.safetensors"
 SCHEME = "dynamic-int8-per-channel"
 
 
@@ -65,7 +57,7 @@ def _quantized_linears(qmodel: nn.Module) -> dict[str, nn.Module]:
 
 
 def int8_state(model: GPT) -> dict[str, torch.Tensor]:
-    """The tensors of model-int8.safetensors for a float `model` (see the module docstring)."""
+    """The tensors of the int8 form of a float `model` (see the module docstring)."""
     qmodel = quantize_model(model)
     linears = _quantized_linears(qmodel)
     out: dict[str, torch.Tensor] = {}
@@ -83,43 +75,26 @@ def int8_state(model: GPT) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_int8(model: GPT, path: Path) -> None:
-    """Quantize `model` and write its int8 safetensors file atomically."""
-    tensors = int8_state(model)
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt", "quantization": SCHEME, "torch": torch.__version__})
+def int8_model(config: ModelConfig, tensors: dict[str, torch.Tensor]) -> nn.Module:
+    """Rebuild the dynamic int8 model of `config` from the tensors of int8_state.
 
-
-def load_int8(config: ModelConfig, path: Path) -> nn.Module:
-    """Rebuild the dynamic int8 model of `config` from a file written by save_int8."""
-    if not path.is_file():
-        raise CheckpointError(f"{path} does not exist; write it with `slm quantize --run {path.parent}`")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            scheme = (f.metadata() or {}).get("quantization")
-            tensors = {key: f.get_tensor(key) for key in f.keys()}
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"{path} is not a readable safetensors file ({e}); re-run `slm quantize`") from None
-    if scheme != SCHEME:
-        raise CheckpointError(f"{path} is not an int8 model of this slmkit (scheme {scheme!r}); re-run `slm quantize`")
+    Raises ValueError naming what does not fit (missing or unexpected tensors, a wrong shape).
+    """
     model = GPT(config)
     floats = {k: v for k, v in tensors.items() if v.dtype != torch.int8 and not k.endswith(".weight_scale")}
     linear_weights = {k for k, v in tensors.items() if v.dtype == torch.int8}
     missing, unexpected = model.load_state_dict(floats, strict=False)
-    missing = [k for k in missing if k not in linear_weights and not (k == "lm_head.weight" and model.config.tie_embeddings)]
+    missing = [k for k in missing if k not in linear_weights and not (k == "lm_head.weight" and config.tie_embeddings)]
     if missing or unexpected:
-        raise CheckpointError(
-            f"{path} does not fit the model in config.yaml (missing {sorted(missing)[:3]}, "
-            f"unexpected {sorted(unexpected)[:3]}); re-run `slm quantize`"
-        )
+        raise ValueError(f"missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}")
     qmodel = quantize_model(model, inplace=True)  # `model` was built here for this alone
     for name, layer in _quantized_linears(qmodel).items():
         if f"{name}.weight" not in tensors:
-            raise CheckpointError(f"{path} lacks {name}.weight; re-run `slm quantize`")
+            raise ValueError(f"no {name}.weight")
         ints, scale = tensors[f"{name}.weight"], tensors[f"{name}.weight_scale"].double()
         if ints.shape != (layer.out_features, layer.in_features):
-            raise CheckpointError(f"{path}: {name}.weight has shape {tuple(ints.shape)}, config.yaml needs "
-                                  f"{(layer.out_features, layer.in_features)}; re-run `slm quantize`")
+            raise ValueError(f"{name}.weight has shape {tuple(ints.shape)}, the model needs "
+                             f"{(layer.out_features, layer.in_features)}")
         with _quiet():
             # re-quantizing the dequantized values gives back exactly the stored integers
             weight = torch.quantize_per_channel(
@@ -127,22 +102,3 @@ def load_int8(config: ModelConfig, path: Path) -> nn.Module:
             )
             layer.set_weight_bias(weight, tensors.get(f"{name}.bias"))
     return qmodel.eval()
-
-
-@dataclass
-class QuantizeResult:
-    """Where the int8 file went and how big it is next to the fp32 one."""
-
-    path: Path
-    bytes_int8: int
-    bytes_fp32: int
-
-
-def quantize_run(run_dir: Path | str) -> QuantizeResult:
-    """Write RUN/model-int8.safetensors from the run's best weights; `--int8` loads it."""
-    from .checkpoint import BEST, load_run
-
-    run = load_run(run_dir)
-    path = Path(run_dir) / INT8
-    save_int8(run.model, path)
-    return QuantizeResult(path, path.stat().st_size, (Path(run_dir) / BEST).stat().st_size)

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterator, Optional, Union
 
-from .checkpoint import Run, load_run
 from .config import ConfigError, ServeConfig, apply_override
 from .errors import ServeError, SlmError
 from .generate import stream
+from .runs import CONFIG, Run, load_run
 
 try:
     import uvicorn
@@ -87,7 +87,7 @@ class Server:
         self.run = run
         self.cfg = cfg
         self.model_id = run.path.resolve().name
-        self.created = int((run.path / "config.yaml").stat().st_mtime) if (run.path / "config.yaml").exists() else 0
+        self.created = int((run.path / CONFIG).stat().st_mtime) if (run.path / CONFIG).exists() else 0
         self.lock = threading.Lock()
 
     def job(self, req: CompletionRequest) -> Job:

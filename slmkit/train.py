@@ -18,25 +18,32 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from .atomic import remove_temp_files
-from .checkpoint import (
-    BEST,
-    LAST,
-    STATE,
-    load_state,
-    load_state_weights,
-    load_weights,
-    save_state,
-    save_weights,
-    write_run_files,
-)
-from .config import RunConfig, SampleConfig, apply_override, load_config
-from .data.shards import BatchSampler, load_prepared, prepare, shard_dir_for
+from .config import RunConfig, SampleConfig
+from .data.prepare import load_prepared, prepare, shard_dir_for
+from .data.sampler import WindowSampler
 from .errors import CheckpointError, ConfigError, TrainingError
 from .evaluate import mean_loss, report
 from .generate import generate
 from .model import GPT
 from .optim import early_stop_update, lr_multiplier, make_optimizers, plateau_update
 from .plot import plot_runs
+from .runs import (
+    BEST,
+    LAST,
+    LOG,
+    METRICS,
+    PLOT,
+    STATE,
+    TENSORBOARD,
+    check_new_run,
+    load_state,
+    load_state_weights,
+    load_weights,
+    resume_config,
+    save_checkpoint,
+    save_weights,
+    write_run_files,
+)
 from .tokenizer import Tokenizer
 
 METRICS_FIELDS = [
@@ -68,25 +75,6 @@ def resolve_precision(name: str, device: torch.device) -> Optional[torch.dtype]:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
-# keys a resumed run may change: its budget and cadence, never its model or data
-RESUME_KEYS = (
-    "train.max_steps", "train.max_minutes", "train.max_epochs", "train.eval_interval", "train.log_interval",
-    "train.sample_interval", "train.keep_last_k", "train.tensorboard", "train.device", "train.threads",
-)  # fmt: skip
-
-def resume_config(run_dir: Path | str, overrides: Optional[dict[str, Any]] = None) -> RunConfig:
-    """The config of a run folder to resume, with budget/cadence overrides applied."""
-    run_dir = Path(run_dir)
-    if not (run_dir / STATE).is_file():
-        raise CheckpointError(f"{run_dir} has no {STATE} to resume from; start it with `slm train --out {run_dir}`")
-    cfg = load_config(run_dir / "config.yaml")
-    for key, value in (overrides or {}).items():
-        if key not in RESUME_KEYS:
-            raise ConfigError(f"--{key} cannot change when resuming; only {', '.join(RESUME_KEYS)} can")
-        apply_override(cfg, key, value)
-    return cfg.validate()
-
-
 @dataclass
 class TrainResult:
     """What a finished run reports."""
@@ -114,10 +102,10 @@ class _Logger:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
                 raise ConfigError("train.tensorboard=true needs the tensorboard package: pip install tensorboard (or slmkit[tensorboard])") from None
-            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
-        self.log = open(run_dir / "train.log", "a", encoding="utf-8")
-        new = not (run_dir / "metrics.csv").exists()
-        self.metrics_file = open(run_dir / "metrics.csv", "a", newline="", encoding="utf-8")
+            self.tb = SummaryWriter(str(run_dir / TENSORBOARD))
+        self.log = open(run_dir / LOG, "a", encoding="utf-8")
+        new = not (run_dir / METRICS).exists()
+        self.metrics_file = open(run_dir / METRICS, "a", newline="", encoding="utf-8")
         self.metrics = csv.DictWriter(self.metrics_file, fieldnames=METRICS_FIELDS)
         if new:
             self.metrics.writeheader()
@@ -175,7 +163,7 @@ def _rank_mean(value: float, device: torch.device) -> float:
     return t.item() / dist.get_world_size()
 
 
-def _rank_state(sampler: BatchSampler) -> dict[str, Any]:
+def _rank_state(sampler: WindowSampler) -> dict[str, Any]:
     """This rank's data position and every RNG state (torch, CUDA, numpy, python)."""
     kind, key, pos, has_gauss, cached = np.random.get_state()
     return {
@@ -187,7 +175,7 @@ def _rank_state(sampler: BatchSampler) -> dict[str, Any]:
     }
 
 
-def _set_rank_state(state: dict[str, Any], sampler: BatchSampler) -> None:
+def _set_rank_state(state: dict[str, Any], sampler: WindowSampler) -> None:
     sampler.set_state(state["sampler"])
     torch.set_rng_state(state["torch_rng"])
     if state["cuda_rng"] and torch.cuda.is_available():
@@ -195,25 +183,6 @@ def _set_rank_state(state: dict[str, Any], sampler: BatchSampler) -> None:
     kind, key, pos, has_gauss, cached = state["numpy_rng"]
     np.random.set_state((kind, key.numpy().astype(np.uint32), pos, has_gauss, cached))
     random.setstate(state["python_rng"])
-
-
-def _checkpoint(run_dir: Path, model: GPT, state: dict[str, Any], keep_last_k: int) -> None:
-    """last.safetensors + state.pt: everything needed to continue exactly; and the last k copies.
-
-    state.pt holds its own copy of the weights: a kill between the two writes must not pair
-    the optimizer of one step with the weights of the next.
-    """
-    step = state["step"]
-    state = {**state, "model": model.state_dict()}
-    save_weights(model, run_dir / LAST, metadata={"step": str(step)})
-    save_state(state, run_dir / STATE)
-    if keep_last_k:
-        folder = run_dir / "checkpoints"
-        save_weights(model, folder / f"step-{step:07d}.safetensors", metadata={"step": str(step)})
-        save_state(state, folder / f"step-{step:07d}.state.pt")
-        for old in sorted(folder.glob("step-*.safetensors"))[:-keep_last_k]:
-            old.unlink()
-            old.with_name(old.name.replace(".safetensors", ".state.pt")).unlink(missing_ok=True)
 
 
 def _sample(model: GPT, tokenizer: Tokenizer, sc: SampleConfig) -> str:
@@ -228,12 +197,15 @@ def train(
     progress_bar: bool = True,
     init_weights: Optional[Path | str] = None,
     tokenizer: Optional[Tokenizer] = None,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train a GPT as `cfg` says into run folder `out` (default runs/<name>).
 
     With `resume`, continue that run folder from its last checkpoint (cfg defaults to its config.yaml).
     With `init_weights`, start from those safetensors weights instead of a random init, and with
     `tokenizer`, tokenize the data with it instead of fitting one (fine-tuning).
+    A folder `out` that is not empty is refused (nothing in it touched) unless `overwrite`: then the
+    earlier run's files are deleted when the new run writes its first ones.
     Under torchrun, every rank runs this; rank 0 alone writes files.
     """
     if resume is not None:
@@ -242,6 +214,7 @@ def train(
     else:
         cfg = cfg or RunConfig()
         run_dir = Path(out) if out is not None else Path("runs") / cfg.name
+        check_new_run(run_dir, overwrite)
     tc = cfg.train
     rank, world, local_rank = _init_distributed()
     device = resolve_device(tc.device, local_rank)
@@ -265,8 +238,8 @@ def train(
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     seq_len = tc.seq_len or cfg.model.block_size
     # each rank its own data; rank 0 of a single process keeps the seeds of earlier versions
-    sampler = BatchSampler(shards["train"], seq_len, tc.batch_size, seed=tc.seed + 7919 * rank)
-    val_sampler = BatchSampler(shards["val"], seq_len, tc.batch_size, seed=tc.seed + 1 + 7919 * rank)
+    sampler = WindowSampler(shards["train"], seq_len, tc.batch_size, seed=tc.seed + 7919 * rank)
+    val_sampler = WindowSampler(shards["val"], seq_len, tc.batch_size, seed=tc.seed + 1 + 7919 * rank)
     eval_full = tc.eval_full or tc.eval_batches == 0 or tc.stop_at_val_loss > 0
     val_batches = [] if eval_full else [val_sampler.next() for _ in range(tc.eval_batches)]
     if world > 1:
@@ -299,7 +272,7 @@ def train(
         _set_rank_state(state["ranks"][rank], sampler)
         progress.update({k: state[k] for k in progress})
     elif rank == 0:
-        write_run_files(run_dir, cfg, tokenizer)
+        write_run_files(run_dir, cfg, tokenizer, overwrite)
 
     train_model: torch.nn.Module = model
     if world > 1:
@@ -458,7 +431,7 @@ def train(
                         "ranks": ranks,
                         **progress,
                     }
-                    _checkpoint(run_dir, model, state, tc.keep_last_k)
+                    save_checkpoint(run_dir, model, state, tc.keep_last_k)
         log.row(
             step=progress["step"],
             epoch=f"{progress['step'] / steps_per_epoch:.4f}",
@@ -502,7 +475,7 @@ def train(
         )
         text = _sample(model, tokenizer, cfg.sample)
         log.info(f"sample from the best model:\n{cfg.sample.prompt}{text}")
-        plot_runs([run_dir], run_dir / "loss.png")
+        plot_runs([run_dir], run_dir / PLOT)
     log.close()
     if world > 1:
         dist.barrier()

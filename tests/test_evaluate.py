@@ -5,11 +5,11 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from slmkit.checkpoint import load_run
 from slmkit.config import ModelConfig
 from slmkit.errors import DataError
 from slmkit.evaluate import evaluate_run, mean_loss, report, text_tokens
 from slmkit.model import GPT
+from slmkit.runs import load_run
 
 
 def by_hand(model: GPT, tokens: list[int]) -> float:
@@ -65,7 +65,26 @@ def test_documents_are_joined_with_eot(tiny_run, tmp_path):
     (tmp_path / "a.txt").write_text("And", encoding="utf-8")
     (tmp_path / "b.txt").write_text("God", encoding="utf-8")
     run = load_run(tiny_run)
-    tokens, n_bytes = text_tokens(run.config, run.tokenizer, str(tmp_path))
+    tokens, n_bytes, _ = text_tokens(run.config, run.tokenizer, str(tmp_path))
     eot = run.tokenizer.eot_id
     assert tokens.tolist() == [eot, *run.tokenizer.encode("And"), eot, *run.tokenizer.encode("God")]
     assert n_bytes == 6
+
+
+def test_text_with_characters_the_tokenizer_lacks_is_refused_or_dropped(tiny_run, tmp_path):
+    """Issue 23.6: the default names the option; --data.unknown=drop evaluates the rest and says how much went."""
+    from slmkit.cli import main
+
+    path = tmp_path / "other.txt"
+    path.write_text("And God said \u263a\u263a, Let there be light \u00a7.\n", encoding="utf-8")
+    with pytest.raises(DataError, match="--data.unknown=drop"):
+        evaluate_run(tiny_run, source=str(path))
+    result = evaluate_run(tiny_run, source=str(path), unknown="drop")
+    plain = tmp_path / "plain.txt"
+    plain.write_text("And God said , Let there be light .\n", encoding="utf-8")
+    expected = evaluate_run(tiny_run, source=str(plain))
+    assert result.dropped_chars == 3 and "3 characters the tokenizer lacks were dropped" in result.summary()
+    assert (result.tokens, result.text_bytes) == (expected.tokens, expected.text_bytes)
+    assert result.metrics["loss"] == pytest.approx(expected.metrics["loss"], abs=1e-6)
+    assert main(["eval", "--run", str(tiny_run), "--data.source", str(path), "--data.unknown", "drop"]) == 0
+    assert main(["eval", "--run", str(tiny_run), "--data.source", str(path)]) == 1

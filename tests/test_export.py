@@ -8,12 +8,12 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from slmkit.checkpoint import load_run, save_weights, write_run_files  # noqa: E402
 from slmkit.config import RunConfig, TokenizerConfig  # noqa: E402
 from slmkit.errors import ExportError  # noqa: E402
 from slmkit.export import check_gpt2_compatible, export_hf, import_hf  # noqa: E402
 from slmkit.generate import sample_ids  # noqa: E402
 from slmkit.model import GPT  # noqa: E402
+from slmkit.runs import BEST, LAST, load_run, save_weights, write_run_files  # noqa: E402
 from slmkit.tokenizer import fit_tokenizer  # noqa: E402
 from slmkit.tokenizer.gpt2 import gpt2_data_dir  # noqa: E402
 
@@ -33,7 +33,7 @@ def make_run(path, kind: str, bias: bool = True, vocab_size: int = 0):
             if p.dim() == 1:
                 p.normal_(0.0 if name.endswith("bias") else 1.0, 0.1)
     write_run_files(path, cfg, tokenizer)
-    save_weights(model, path / "model.safetensors")
+    save_weights(model, path / BEST)
     return path
 
 
@@ -111,7 +111,7 @@ def test_import_random_transformers_gpt2(tmp_path):
     run_dir = import_hf(tmp_path / "hf", tmp_path / "run")
     run = load_run(run_dir)
     assert run.tokenizer.kind == "gpt2" and run.config.model.block_size == 64
-    assert (run_dir / "last.safetensors").is_file()
+    assert (run_dir / LAST).is_file()
     assert_same_model(hf_model, run.model, 50257)
 
 

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from slmkit.checkpoint import load_weights, save_weights
 from slmkit.config import ConfigError
 from slmkit.model import GPT, GPTConfig, RMSNorm, _ReLUSquared, rms_norm
+from slmkit.runs import load_weights, save_weights
 
 
 def tiny_config(**kw) -> GPTConfig:

@@ -2,6 +2,7 @@ import pytest
 
 from slmkit.errors import DataError
 from slmkit.plot import plot_runs, read_metrics
+from slmkit.runs import METRICS
 
 
 def test_plot_writes_a_png(tiny_run, tmp_path):
@@ -12,7 +13,7 @@ def test_plot_writes_a_png(tiny_run, tmp_path):
 
 
 def test_read_metrics_by_column_name(tmp_path):
-    (tmp_path / "metrics.csv").write_text("step,lr,train_loss,val_loss,epoch\n5,0.1,3.0,,0\n10,0.2,2.5,2.7,1\n")
+    (tmp_path / METRICS).write_text("step,lr,train_loss,val_loss,epoch\n5,0.1,3.0,,0\n10,0.2,2.5,2.7,1\n")
     m = read_metrics(tmp_path)
     assert m["step"] == [5, 10] and m["train_loss"] == [3.0, 2.5] and m["val_loss"][1] == 2.7
     plot_runs([tmp_path], tmp_path / "x.png")  # no tokens column: that panel is empty, nothing fails

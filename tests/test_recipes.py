@@ -10,19 +10,21 @@ import pytest
 import yaml
 
 from slmkit.config import list_recipes, load_recipe
-from slmkit.data import sources
+from slmkit.data.sources import hf as hf_source
+from slmkit.data.sources import kjv
 from slmkit.model import count_parameters
 from slmkit.recipes import summarize
+from slmkit.runs import CONFIG
 from slmkit.train import train
 
 from conftest import TINY_TEXT  # tests/ is on sys.path: rootdir conftest
 
 RECIPES = [p.stem for p in list_recipes() if not p.stem.startswith("speedrun-")]
 
-# recipe -> (seed, vocab size the full-size model is counted with, exact parameter count)
+# recipe -> (seed system it reproduces, vocab size the full-size model is counted with, exact parameter count)
 EXPECTED = {
-    "kjv-char": ("", 65, 818_048),
-    "kjv-char-gpt2": ("", 65, 818_048),  # the GPT-2-style reference (the default before issue 21)
+    "kjv-char": ("", 63, 817_792),  # the characters of the train split
+    "kjv-char-gpt2": ("", 63, 817_792),  # the GPT-2-style reference (the default before issue 21)
     "shakespeare-char": ("002", 65, 818_048),
     "shakespeare-char-nodecay": ("002", 65, 818_048),
     "shakespeare-char-lower": ("003", 39, 814_720),  # lowercased: 65 - 26 letters
@@ -53,7 +55,7 @@ def test_every_seed_has_its_recipe():
 def test_recipe_loads_with_its_seed_and_exact_parameter_count(name):
     cfg = load_recipe(name)
     seed, vocab, params = EXPECTED[name]
-    assert cfg.seed == seed
+    assert cfg.reproduces == seed
     assert count_parameters(cfg.model, vocab) == params == by_hand(cfg.model, vocab)
 
 
@@ -86,7 +88,9 @@ def test_seed_numbers():
 
 def test_char_vocab_is_counted_from_the_corpus_or_reported_missing(tmp_path, monkeypatch):
     monkeypatch.setenv("SLMKIT_CACHE", str(tmp_path))  # no tinyshakespeare here: no download is attempted
-    row = summarize(load_recipe("shakespeare-char"))
+    row = summarize(load_recipe("shakespeare-char"))  # the pinned file's characters: no download needed
+    assert (row.vocab_size, row.parameters, row.download) == (65, 818_048, "1.1 MB")
+    row = summarize(load_recipe("shakespeare-char", {"data.source": "hf:wikitext-2-raw-v1"}))
     assert row.parameters is None and "slm prepare --recipe shakespeare-char" in row.vocab_note
     (tmp_path / "shakes.txt").write_text("abc\nab", encoding="utf-8")
     row = summarize(load_recipe("shakespeare-char", {"data.source": str(tmp_path / "shakes.txt")}))
@@ -114,7 +118,7 @@ def _local_source(name: str, source: str, tmp_path, monkeypatch) -> str:
     """Point the recipe's source at a local slice in the same format; returns the data.source to use."""
     if source.startswith("hf:"):
         key = source[3:]
-        _, _, streaming = sources.HF_DATASETS[key]
+        _, _, streaming = hf_source.HF_DATASETS[key]
         repo = tmp_path / key  # the folder name keeps "wikitext": articles are rejoined as on the hub
         if "wikitext" in key:
             _parquet(repo / "train-00000-of-00001.parquet", _wikitext_rows(12))
@@ -123,11 +127,11 @@ def _local_source(name: str, source: str, tmp_path, monkeypatch) -> str:
             stories = [f"Once upon a time there was a cat number {i}. It was happy." for i in range(40)]
             _parquet(repo / "data" / "train-00000-of-00001.parquet", stories)
             _parquet(repo / "data" / "validation-00000-of-00001.parquet", stories[:4])
-        monkeypatch.setitem(sources.HF_DATASETS, key, (str(repo), None, streaming))
+        monkeypatch.setitem(hf_source.HF_DATASETS, key, (str(repo), None, streaming))
         return source  # unchanged: the hub loader itself reads the local folder
     if source == "kjv":
         path = tmp_path / "kjv.jsonl"  # the built-in corpus' own format: one JSON verse a line
-        with open(sources.kjv_path(), encoding="utf-8") as f:
+        with open(kjv.kjv_path(), encoding="utf-8") as f:
             path.write_text("".join(next(f) for _ in range(300)), encoding="utf-8")
         return str(path)
     path = tmp_path / "input.txt"  # tinyshakespeare: one plain text file (holding the prompt's characters)
@@ -153,8 +157,8 @@ def test_recipe_trains_a_few_steps_on_a_local_slice(name, tmp_path, monkeypatch)
     assert cfg.model == recipe.model and cfg.tokenizer == recipe.tokenizer
     result = train(cfg, out=tmp_path / "run", progress_bar=False)
     assert result.steps == 3 and math.isfinite(result.final_val["loss"])
-    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
-    assert saved["seed"] == recipe.seed and saved["model"]["n_layer"] == recipe.model.n_layer
+    saved = yaml.safe_load((tmp_path / "run" / CONFIG).read_text())
+    assert saved["reproduces"] == recipe.reproduces and saved["model"]["n_layer"] == recipe.model.n_layer
     assert saved["model"]["d_ff"] == recipe.model.d_ff and saved["model"]["n_embd"] == recipe.model.n_embd
 
 
@@ -166,7 +170,8 @@ def test_slm_recipes_prints_every_recipe_with_its_count(tmp_path, monkeypatch, c
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
     for name in RECIPES:
         seed, vocab, params = EXPECTED[name]
-        assert f"seed={seed or '-'}" in lines[name]
-        if load_recipe(name).data.source != "tinyshakespeare":  # not downloaded here: reported, not guessed
-            assert f"{params:,} params" in lines[name] and f"vocab {vocab:,}" in lines[name]
-    assert "params need the corpus" in lines["shakespeare-char"]
+        assert f"reproduces={seed or '-'}" in lines[name]
+        # tinyshakespeare is not downloaded here: its pinned file's characters are counted (issue 20.5)
+        assert f"{params:,} params" in lines[name] and f"vocab {vocab:,}" in lines[name]
+    assert "(65 characters of the pinned tinyshakespeare; downloads 1.1 MB)" in lines["shakespeare-char"]
+    assert "downloads 13 MB" in lines["wikitext2-word"] and "downloads" not in lines["kjv-char"]

@@ -20,10 +20,10 @@ uvicorn = pytest.importorskip("uvicorn")
 from fastapi.testclient import TestClient  # noqa: E402
 
 import slmkit.serve  # noqa: E402
-from slmkit.checkpoint import load_run  # noqa: E402
 from slmkit.config import ServeConfig, load_recipe  # noqa: E402
 from slmkit.errors import SlmError  # noqa: E402
 from slmkit.generate import stream  # noqa: E402
+from slmkit.runs import load_run  # noqa: E402
 from slmkit.serve import create_app  # noqa: E402
 from slmkit.train import train  # noqa: E402
 

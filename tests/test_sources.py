@@ -11,9 +11,20 @@ import pytest
 
 from slmkit.config import DataConfig
 from slmkit.data import sources
-from slmkit.data.sources import load_splits, normalize, read_kjv
+from slmkit.data.sources import files as _files  # noqa: F401  (sources.files)
+from slmkit.data.sources import Corpus, normalize
+from slmkit.data.sources.files import read_pieces
+from slmkit.data.sources.hf import hf_dataset_id, load_hf
+from slmkit.data.sources.kjv import read_kjv
+from slmkit.data.sources.tinyshakespeare import TINYSHAKESPEARE_SHA256, fetch_verified
 from slmkit.errors import DataError
 from slmkit.tokenizer import GPT2Tokenizer
+
+
+def load_splits(cfg: DataConfig) -> dict[str, list[str]]:
+    """Both splits' whole documents."""
+    corpus = Corpus(cfg)
+    return {split: list(corpus.documents(split)) for split in ("train", "val")}
 
 
 def test_kjv_is_built_in():
@@ -80,39 +91,39 @@ PARAGRAPHS = "".join(
 
 
 def test_big_file_is_read_in_pieces_that_tokenize_like_the_whole(tmp_path, monkeypatch):
-    monkeypatch.setattr(sources, "CHUNK_BYTES", 1000)
+    monkeypatch.setattr(sources.files, "CHUNK_BYTES", 1000)
     path = tmp_path / "big.txt"
     path.write_text(PARAGRAPHS, encoding="utf-8")
-    pieces = list(sources.read_pieces(path))
+    pieces = list(read_pieces(path))
     assert len(pieces) > 20 and "".join(pieces) == PARAGRAPHS
     tokenizer = GPT2Tokenizer()
     assert [i for p in pieces for i in tokenizer.encode(p)] == tokenizer.encode(PARAGRAPHS)
     for options in [{}, {"lowercase": True, "collapse_whitespace": True, "drop_empty_lines": True}]:
         cfg = DataConfig(source=str(path), **options)
-        normalized = list(sources.normalized_pieces(sources.read_pieces(path), cfg))
+        normalized = list(sources.normalized_pieces(read_pieces(path), cfg))
         assert "".join(text for text, _ in normalized) == normalize(PARAGRAPHS, cfg)
         assert [ends for _, ends in normalized] == [False] * (len(normalized) - 1) + [True]
 
 
 def test_single_big_file_char_split_matches_whole_text_split(tmp_path, monkeypatch):
-    monkeypatch.setattr(sources, "CHUNK_BYTES", 1000)
+    monkeypatch.setattr(sources.files, "CHUNK_BYTES", 1000)
     path = tmp_path / "big.txt"
     path.write_text(PARAGRAPHS, encoding="utf-8")
     cut = int(len(PARAGRAPHS) * 0.9)
-    corpus = sources.Corpus(DataConfig(source=str(path)))
+    corpus = Corpus(DataConfig(source=str(path)))
     assert list(corpus.documents("train")) == [PARAGRAPHS[:cut]]
     assert list(corpus.documents("val")) == [PARAGRAPHS[cut:]]
     assert sum(ends for _, ends in corpus.pieces("train")) == 1
 
 
 def test_bad_bytes_are_reported_at_their_offset_in_a_big_file(tmp_path, monkeypatch):
-    monkeypatch.setattr(sources, "CHUNK_BYTES", 1000)
+    monkeypatch.setattr(sources.files, "CHUNK_BYTES", 1000)
     good = PARAGRAPHS.encode("utf-8")
     bad = tmp_path / "bad.txt"
     bad.write_bytes(good[:5000] + b"\xff" + good[5000:])
     with pytest.raises(DataError, match=r"bad.txt is not UTF-8 text \(bad byte at offset 5000\)"):
-        list(sources.read_pieces(bad))
-    assert "\ufffd" in "".join(sources.read_pieces(bad, errors="replace"))
+        list(read_pieces(bad))
+    assert "\ufffd" in "".join(read_pieces(bad, errors="replace"))
     binary = tmp_path / "image.txt"
     binary.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
     with pytest.raises(DataError, match=r"image.txt is not UTF-8 text \(bad byte at offset 0\)"):
@@ -140,12 +151,12 @@ def test_parquet_files_with_a_text_field(tmp_path):
 
 
 def test_hf_ids_map_to_the_hub():
-    assert sources.hf_dataset_id("hf:wikitext-2-raw-v1") == ("Salesforce/wikitext", "wikitext-2-raw-v1", False)
-    assert sources.hf_dataset_id("hf:wikitext-103-raw-v1") == ("Salesforce/wikitext", "wikitext-103-raw-v1", True)
-    assert sources.hf_dataset_id("hf:tinystories") == ("roneneldan/TinyStories", None, True)
-    assert sources.hf_dataset_id("hf:user/repo:cfg") == ("user/repo", "cfg", True)
+    assert hf_dataset_id("hf:wikitext-2-raw-v1") == ("Salesforce/wikitext", "wikitext-2-raw-v1", False)
+    assert hf_dataset_id("hf:wikitext-103-raw-v1") == ("Salesforce/wikitext", "wikitext-103-raw-v1", True)
+    assert hf_dataset_id("hf:tinystories") == ("roneneldan/TinyStories", None, True)
+    assert hf_dataset_id("hf:user/repo:cfg") == ("user/repo", "cfg", True)
     with pytest.raises(DataError, match="names no dataset"):
-        sources.hf_dataset_id("hf:")
+        hf_dataset_id("hf:")
 
 
 def test_hf_dataset_uses_its_own_validation_split(tmp_path):
@@ -169,13 +180,13 @@ def test_hf_dataset_without_validation_split_and_wikitext_articles(tmp_path, mon
         rows += ["", f" = Article {a} = \n", "", f" Text of {a} . \n", f" = = Section = = \n", f" More {a} . \n"]
     repo = tmp_path / "my-wikitext"
     write_parquet(repo / "train.parquet", rows)
-    corpus = sources.Corpus(DataConfig(source=f"hf:{repo}", val_fraction=0.2))
+    corpus = Corpus(DataConfig(source=f"hf:{repo}", val_fraction=0.2))
     train, val = list(corpus.documents("train")), list(corpus.documents("val"))
     # one document per article; no validation split, so every 5th article is val
     assert [d.splitlines()[0] for d in val] == [" = Article 4 = ", " = Article 9 = "]
     assert len(train) == 8 and train[0] == " = Article 0 = \n Text of 0 . \n = = Section = = \n More 0 . \n"
     # not streamed (as hf:wikitext-2-raw-v1): the same rows
-    loaded = sources.load_hf(str(repo), None, streaming=False)
+    loaded = load_hf(str(repo), None, streaming=False)
     assert list(loaded["train"]["text"]) == rows
 
 
@@ -238,9 +249,9 @@ def test_download_with_a_wrong_hash_or_no_server_leaves_nothing(tmp_path):
     dest = tmp_path / "cache" / "input.txt"
     with http_server(served) as url:
         with pytest.raises(DataError, match=r"input.txt has sha256 .*expected 86c4e6aa9db7"):
-            sources.fetch_verified(f"{url}/input.txt", dest, 16, sources.TINYSHAKESPEARE_SHA256)
+            fetch_verified(f"{url}/input.txt", dest, 16, TINYSHAKESPEARE_SHA256)
         with pytest.raises(DataError, match=r"gave 16 bytes, expected 1115394"):
-            sources.fetch_verified(f"{url}/input.txt", dest, 1_115_394, sources.TINYSHAKESPEARE_SHA256)
+            fetch_verified(f"{url}/input.txt", dest, 1_115_394, TINYSHAKESPEARE_SHA256)
         with pytest.raises(DataError, match=r"cannot download .*missing.txt"):
-            sources.fetch_verified(f"{url}/missing.txt", dest, 16, sources.TINYSHAKESPEARE_SHA256)
+            fetch_verified(f"{url}/missing.txt", dest, 16, TINYSHAKESPEARE_SHA256)
     assert list(dest.parent.iterdir()) == []

@@ -6,6 +6,7 @@ import pytest
 
 from slmkit.config import load_recipe
 from slmkit.model import GPT
+from slmkit.runs import METRICS
 from slmkit.train import train
 
 
@@ -31,7 +32,7 @@ def test_speedrun_recipe_builds_its_model_and_trains(name, tiny_corpus, tmp_path
     }
     result = train(load_recipe(name, overrides), out=tmp_path / "run", progress_bar=False)
     assert result.steps == 3
-    with open(tmp_path / "run" / "metrics.csv", newline="") as f:
+    with open(tmp_path / "run" / METRICS, newline="") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["step"]) for r in rows] == [1, 2, 3]
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])  # it learns

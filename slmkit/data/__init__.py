@@ -1,1 +1,3 @@
-"""Data stages: sources of text, and tokenized binary shards."""
+"""The data stages: `sources` (text of a data.source, split into train and val) -> `prepare`
+(tokenizer fitted on the train split, both splits written as shards) -> `shards` (the file
+format, read by memmap) -> `sampler` (random training windows)."""

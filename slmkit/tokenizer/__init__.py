@@ -1,57 +1,49 @@
-"""Tokenizers behind one interface; `load_tokenizer` finds the kind from the saved file.
+"""Tokenizers behind one interface (`Tokenizer`): fit one of a kind on text, or load a saved one.
 
-    kind       saved as                                  trained by
-    char       {"kind": "char", "chars": [...]}          CharTokenizer.fit
-    word       HF tokenizer.json (model WordLevel)       fit_word
-    bpe        HF tokenizer.json + vocab.json/merges.txt fit_bpe
-    wordpiece  HF tokenizer.json (model WordPiece)       fit_wordpiece
-    gpt2       {"kind": "gpt2"}                          (fixed; tiktoken)
+Each kind is one module declaring `KIND = TokenizerKind(...)` (see registry.py); `fit_tokenizer`
+and `load_tokenizer` find it there. A saved tokenizer.json is either our own JSON with a
+"kind" key (char, gpt2) or a Hugging Face tokenizer.json whose model type names the kind
+(word, bpe, wordpiece).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import TYPE_CHECKING, Iterable, Optional
 
-from ..config import TOKENIZER_KINDS, TokenizerConfig
 from ..errors import DataError
 from .base import Tokenizer
-from .bpe import fit_bpe, fit_wordpiece
 from .char import CharTokenizer
 from .gpt2 import GPT2Tokenizer
-from .hf import KIND_OF_MODEL, HFTokenizer
-from .word import fit_word
+from .hf import HFTokenizer
+from .registry import TokenizerKind, get_kind, kind_of_hf_model, kinds
 
-__all__ = ["Tokenizer", "CharTokenizer", "GPT2Tokenizer", "HFTokenizer", "fit_tokenizer", "load_tokenizer"]
+if TYPE_CHECKING:
+    from ..config import TokenizerConfig
 
-_FITTERS = {
-    "char": lambda cfg, texts: CharTokenizer.fit(texts),
-    "word": fit_word,
-    "bpe": fit_bpe,
-    "wordpiece": fit_wordpiece,
-    "gpt2": lambda cfg, texts: GPT2Tokenizer(),
-}
-_OWN_FORMATS = {"char": CharTokenizer, "gpt2": GPT2Tokenizer}  # our JSON, with a "kind" key
-_NAMES = {"gpt2": GPT2Tokenizer}  # load_tokenizer("gpt2") needs no file
+__all__ = [
+    "Tokenizer", "CharTokenizer", "GPT2Tokenizer", "HFTokenizer", "TokenizerKind",
+    "fit_tokenizer", "load_tokenizer", "get_kind", "kinds",
+]  # fmt: skip
 
 
-def fit_tokenizer(cfg: TokenizerConfig, texts: Iterable[str]) -> Tokenizer:
-    """Train a tokenizer of kind `cfg.kind` on `texts` (gpt2 is fixed and ignores them)."""
-    cfg.validate()
-    if cfg.kind not in _FITTERS:
-        raise DataError(f"tokenizer.kind={cfg.kind!r} is not available; valid: {', '.join(TOKENIZER_KINDS)}")
-    return _FITTERS[cfg.kind](cfg, texts)
+def fit_tokenizer(cfg: "TokenizerConfig", texts: Iterable[str]) -> Tokenizer:
+    """Train a tokenizer of kind `cfg.kind` on `texts` (a fixed kind such as gpt2 ignores them)."""
+    kind = get_kind(cfg.kind)
+    kind.check_vocab_size(cfg.vocab_size)
+    return kind.fit(texts, cfg.vocab_size, cfg.min_frequency)
 
 
 def load_tokenizer(path_or_name: Path | str, kind: Optional[str] = None) -> Tokenizer:
-    """Load a saved tokenizer (a file, or a folder holding tokenizer.json) or a named one ("gpt2").
+    """Load a saved tokenizer (a file, or a folder holding tokenizer.json) or a fixed kind by name ("gpt2").
 
     With `kind`, a tokenizer of another kind is an error.
     """
     path = Path(path_or_name)
-    if not path.exists() and str(path_or_name) in _NAMES:
-        tokenizer: Tokenizer = _NAMES[str(path_or_name)]()
+    fixed = kinds().get(str(path_or_name))
+    if not path.exists() and fixed is not None and fixed.fixed:
+        tokenizer = fixed.fit([], 0, 0)
     else:
         tokenizer = _load_file(path / "tokenizer.json" if path.is_dir() else path)
     if kind is not None and tokenizer.kind != kind:
@@ -71,17 +63,17 @@ def _load_file(path: Path) -> Tokenizer:
         raise DataError(f"{path} is not a tokenizer file (not valid JSON); re-run `slm prepare`") from None
     if not isinstance(data, dict):
         raise DataError(f"{path} is not a tokenizer file (not a JSON object); re-run `slm prepare`")
+    valid = ", ".join(kinds())
     if "kind" in data:
-        kind = data["kind"]
-        if kind not in _OWN_FORMATS:
-            raise DataError(f"{path}: unknown tokenizer kind {kind!r}; valid: {', '.join(TOKENIZER_KINDS)}")
-        return _OWN_FORMATS[kind].from_dict(data, str(path))
+        declared = kinds().get(data["kind"])
+        if declared is None or declared.hf_model:
+            raise DataError(f"{path}: unknown tokenizer kind {data['kind']!r}; valid: {valid}")
+        return declared.load(data, str(path))
     model = data.get("model")
     if isinstance(model, dict) and "type" in model:
-        if model["type"] not in KIND_OF_MODEL:
-            raise DataError(
-                f"{path}: unknown tokenizer kind: Hugging Face model {model['type']!r}; "
-                f"valid: {', '.join(KIND_OF_MODEL)} (tokenizer.kind {', '.join(KIND_OF_MODEL.values())})"
-            )
-        return HFTokenizer.from_file(path)
+        declared = kind_of_hf_model(model["type"])
+        if declared is None:
+            models = ", ".join(f"{k.hf_model} ({k.name})" for k in kinds().values() if k.hf_model)
+            raise DataError(f"{path}: unknown tokenizer kind: Hugging Face model {model['type']!r}; valid: {models}")
+        return declared.load(data, str(path))
     raise DataError(f"{path}: unknown tokenizer kind: no 'kind' key and no Hugging Face model; re-run `slm prepare`")

@@ -38,9 +38,18 @@ class Tokenizer(ABC):
         """Ids of each text; kinds backed by a fast library override this."""
         return [self.encode(text) for text in texts]
 
-    def encode_document(self, text: str) -> list[int]:
-        """Ids of one document followed by the end-of-text id."""
-        return self.encode(text) + [self.eot_id]
+    @property
+    def unk_id(self) -> Optional[int]:
+        """Id that stands for text outside the vocabulary (lossy kinds), or None when every text is kept."""
+        return None
+
+    def unknown_chars(self, text: str) -> list[str]:
+        """Distinct characters of `text` that `encode` refuses (only a char tokenizer refuses any)."""
+        return []
+
+    def drop_unknown(self, text: str) -> tuple[str, int]:
+        """`text` without the characters `encode` refuses, and how many were dropped."""
+        return text, 0
 
     def token_bytes(self, ids: Optional[list[int]] = None) -> int:
         """UTF-8 byte length of the decoded ids (for bits per byte)."""

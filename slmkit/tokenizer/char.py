@@ -1,8 +1,8 @@
-"""Character-level tokenizer (seed 003's CharacterTokenizer): one id per distinct character.
+"""Character-level tokenizer: one id per distinct character of the text it was fitted on.
 
-Policy for characters not seen when fitting: `encode` raises a DataError that names
-them (a silent drop would change the text the model sees); `encode(..., unknown="skip")`
-drops them instead, which `slm sample` uses for prompts after warning.
+Characters it has not seen: `encode` raises a DataError that names them (a silent drop
+would change the text the model sees); `drop_unknown` removes them first, for callers
+that chose to (`slm sample` for prompts, `--data.unknown=drop` for eval and fine-tuning).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Iterable
 from ..atomic import atomic_write_text
 from ..errors import DataError
 from .base import Tokenizer
+from .registry import TokenizerKind
 
 FORMAT_VERSION = 1
 
@@ -44,23 +45,27 @@ class CharTokenizer(Tokenizer):
         # Characters have no special tokens: documents are separated by a newline.
         return self.stoi["\n"]
 
-    def encode(self, text: str, unknown: str = "error") -> list[int]:
+    def encode(self, text: str) -> list[int]:
         stoi = self.stoi
         try:
             return [stoi[c] for c in text]
         except KeyError:
-            missing = sorted({c for c in text if c not in stoi})
-            if unknown == "skip":
-                return [stoi[c] for c in text if c in stoi]
+            missing = self.unknown_chars(text)
             shown = ", ".join(repr(c) for c in missing[:10])
             raise DataError(
                 f"text has {len(missing)} character(s) not in the char tokenizer's vocabulary ({shown}); "
-                "remove them or refit the tokenizer on text that has them"
+                "remove them, refit the tokenizer on text that has them, or set --data.unknown=drop"
             ) from None
 
     def unknown_chars(self, text: str) -> list[str]:
-        """Characters of `text` the vocabulary lacks."""
+        """Distinct characters of `text` the vocabulary lacks, sorted."""
         return sorted({c for c in text if c not in self.stoi})
+
+    def drop_unknown(self, text: str) -> tuple[str, int]:
+        """`text` without the characters the vocabulary lacks, and how many were dropped."""
+        stoi = self.stoi
+        kept = "".join(c for c in text if c in stoi)
+        return kept, len(text) - len(kept)
 
     def decode(self, ids: list[int]) -> str:
         chars = self.chars
@@ -77,3 +82,12 @@ class CharTokenizer(Tokenizer):
         if len(set(chars)) != len(chars) or "\n" not in chars:
             raise DataError(f"{path}: char tokenizer vocabulary has duplicates or lacks '\\n'; re-run `slm prepare`")
         return cls(chars)
+
+
+KIND = TokenizerKind(
+    name="char",
+    fit=lambda texts, vocab_size, min_frequency: CharTokenizer.fit(texts),
+    load=CharTokenizer.from_dict,
+    default_vocab_size=None,
+    summary="one id per distinct character of the train split (vocab_size is ignored); newline ends a document",
+)

@@ -18,6 +18,7 @@ from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 from ..atomic import atomic_write_text
 from ..errors import DataError
 from .base import Tokenizer
+from .registry import TokenizerKind
 
 FORMAT_VERSION = 1
 EOT = "<|endoftext|>"
@@ -104,3 +105,14 @@ class GPT2Tokenizer(Tokenizer):
     @classmethod
     def from_dict(cls, data: dict, path: str) -> "GPT2Tokenizer":
         return cls()
+
+
+KIND = TokenizerKind(
+    name="gpt2",
+    fit=lambda texts, vocab_size, min_frequency: GPT2Tokenizer(),
+    load=GPT2Tokenizer.from_dict,
+    default_vocab_size=VOCAB_SIZE,
+    min_vocab_size=VOCAB_SIZE,
+    fixed=True,
+    summary=f"GPT-2's byte-level BPE through tiktoken, fixed at {VOCAB_SIZE:,} tokens (no fitting)",
+)

@@ -1,18 +1,15 @@
-"""Tokenizers trained with Hugging Face `tokenizers` (word, bpe, wordpiece), saved as one tokenizer.json.
+"""What the kinds trained with Hugging Face `tokenizers` share (word, bpe, wordpiece): one tokenizer.json.
 
-The kind is not stored separately: it is the file's model type (WordLevel -> word,
-BPE -> bpe, WordPiece -> wordpiece), so any HF tokenizer.json holding
-`<|endoftext|>` loads. Text is always ordinary text: a literal "<|endoftext|>" in a
-document is split like any other characters, never turned into the end-of-text id.
+The kind is not stored separately: it is the file's model type (each kind declares its
+`hf_model`), so any HF tokenizer.json holding `<|endoftext|>` loads. Text is always
+ordinary text: a literal "<|endoftext|>" in a document is split like any other
+characters, never turned into the end-of-text id.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Optional
 
 from tokenizers import Regex
 from tokenizers import Tokenizer as HFBackend
@@ -24,7 +21,6 @@ from .base import Tokenizer
 
 EOT = "<|endoftext|>"
 UNK = "<unk>"
-KIND_OF_MODEL = {"WordLevel": "word", "BPE": "bpe", "WordPiece": "wordpiece"}
 
 # Words, single punctuation marks and single whitespace characters are separate pieces, so
 # decoding is plain concatenation and text made of known pieces round-trips exactly.
@@ -43,39 +39,41 @@ def concat_decoder(continuing_prefix: str = "") -> decoders.Decoder:
     return decoders.Sequence([decoders.Replace(continuing_prefix, ""), decoders.Fuse()])
 
 
-def train_backend(backend: HFBackend, trainer, texts: Iterable[str]) -> "HFTokenizer":
-    """Train `backend` with `trainer` on `texts` and wrap it."""
+def train_backend(
+    backend: HFBackend, trainer, texts: Iterable[str], kind: str, cls: Optional[type["HFTokenizer"]] = None
+) -> "HFTokenizer":
+    """Train `backend` with `trainer` on `texts` and wrap it as a tokenizer of `kind` (class `cls`)."""
     backend.train_from_iterator(texts, trainer)
-    return HFTokenizer(backend, "trained tokenizer")
+    return (cls or HFTokenizer)(backend, "trained tokenizer", kind)
 
 
 class HFTokenizer(Tokenizer):
     """A Hugging Face `tokenizers.Tokenizer` behind the slmkit interface."""
 
-    def __init__(self, backend: HFBackend, origin: str):
-        model_type = type(backend.model).__name__  # BPE, WordLevel, WordPiece, Unigram
-        if model_type not in KIND_OF_MODEL:
-            raise DataError(
-                f"{origin}: Hugging Face tokenizer model {model_type!r} is not supported; "
-                f"valid: {', '.join(KIND_OF_MODEL)}"
-            )
+    def __init__(self, backend: HFBackend, origin: str, kind: str):
         eot = backend.token_to_id(EOT)
         if eot is None:
             raise DataError(f"{origin}: tokenizer has no {EOT} token; retrain it with `slm prepare --force`")
         backend.encode_special_tokens = True  # not saved in tokenizer.json, so set on every load
         self.backend = backend
-        self.kind = KIND_OF_MODEL[model_type]
+        self.kind = kind
         self._eot_id = eot
+        self._unk_id = backend.token_to_id(UNK)
 
     @classmethod
-    def from_file(cls, path: Path | str) -> "HFTokenizer":
-        """Load a Hugging Face tokenizer.json."""
+    def from_file(cls, path: Path | str, kind: str) -> "HFTokenizer":
+        """Load a Hugging Face tokenizer.json as a tokenizer of `kind`."""
         try:
             backend = HFBackend.from_file(str(path))
         except Exception as e:  # the Rust side raises a bare Exception for every parse error
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise DataError(f"{path} is not a valid Hugging Face tokenizer file ({first}); re-run `slm prepare`") from None
-        return cls(backend, str(path))
+        return cls(backend, str(path), kind)
+
+    @classmethod
+    def loader(cls, kind: str):
+        """The `TokenizerKind.load` of a kind saved as a Hugging Face tokenizer.json."""
+        return lambda data, path: cls.from_file(path, kind)
 
     @property
     def vocab_size(self) -> int:
@@ -84,6 +82,10 @@ class HFTokenizer(Tokenizer):
     @property
     def eot_id(self) -> int:
         return self._eot_id
+
+    @property
+    def unk_id(self) -> Optional[int]:
+        return self._unk_id
 
     def encode(self, text: str) -> list[int]:
         return self.backend.encode(text, add_special_tokens=False).ids
@@ -95,18 +97,6 @@ class HFTokenizer(Tokenizer):
         return self.backend.decode(list(ids), skip_special_tokens=False)
 
     def save(self, path: Path | str) -> None:
-        """Write tokenizer.json; a bpe tokenizer also writes vocab.json and merges.txt beside it (seed 000)."""
-        path = Path(path)
-        with atomic_path(path) as tmp:
+        """Write tokenizer.json (atomically)."""
+        with atomic_path(Path(path)) as tmp:
             self.backend.save(str(tmp))
-        if self.kind == "bpe":
-            self._save_vocab_and_merges(path.parent)
-
-    def _save_vocab_and_merges(self, folder: Path) -> None:
-        # The library writes both files; write them into a temp folder, then rename each into place.
-        staging = Path(tempfile.mkdtemp(prefix=".vocab-merges.", dir=folder))
-        try:
-            for written in self.backend.model.save(str(staging)):
-                os.replace(written, folder / Path(written).name)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)

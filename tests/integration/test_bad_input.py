@@ -29,9 +29,9 @@ from typing import Callable, Optional
 
 import pytest
 
-from slmkit.checkpoint import BEST, LAST, STATE
 from slmkit.cli import main
 from slmkit.data.shards import read_manifest
+from slmkit.runs import BEST, CONFIG, LAST, STATE, TOKENIZER
 
 HUGE_BYTES = 5_000_000  # 5 MB on one line: enough to show nothing reads it line by line or chokes on it
 DATA = ["--data.shard_dir={tmp}/shards"]  # keep prepared shards inside the test folder
@@ -58,11 +58,11 @@ def delete(name: str) -> Callable[[Path], None]:
 
 def other_char_tokenizer(run: Path) -> None:
     """The tokenizer of a run on other text (fewer characters)."""
-    (run / "tokenizer.json").write_text(json.dumps({"kind": "char", "chars": list("\nabc")}))
+    (run / TOKENIZER).write_text(json.dumps({"kind": "char", "chars": list("\nabc")}))
 
 
 def weights_of_another_model(run: Path) -> None:
-    from slmkit.checkpoint import save_weights
+    from slmkit.runs import save_weights
     from slmkit.config import ModelConfig
     from slmkit.model import GPT
 
@@ -103,7 +103,7 @@ CASES = [
     Case("train-binary-source", ["train", "--data.source={binary}", *DATA], "is not UTF-8 text"),
     Case("train-latin1-source", ["train", "--data.source={latin1}", *DATA], "set --data.errors=replace"),
     Case("train-corpus-shorter-than-a-block", ["train", "--data.source={short.txt}", *DATA, "--model.block_size=64"],
-         "fewer than one block", files={"short.txt": "a few words\n" * 20}),
+         "fewer than one window", files={"short.txt": "a few words\n" * 20}),
     # recipe files
     Case("recipe-missing", ["train", "--recipe", "{missing}.yaml"], "does not exist"),
     Case("recipe-empty-name", ["prepare", "--recipe", "nope"], "unknown recipe 'nope'"),
@@ -150,22 +150,30 @@ CASES = [
     Case("sample-tokenizer-of-another-run", ["sample", "--run", "{run}"], "the tokenizer belongs to another run",
          damage=other_char_tokenizer),
     Case("sample-tokenizer-wrong-kind", ["sample", "--run", "{run}"], "unknown tokenizer kind 'morse'",
-         damage=replace("tokenizer.json", '{"kind": "morse"}')),
+         damage=replace(TOKENIZER, '{"kind": "morse"}')),
     Case("sample-tokenizer-unigram", ["sample", "--run", "{run}"], "Hugging Face model 'Unigram'",
-         damage=replace("tokenizer.json", '{"model": {"type": "Unigram", "vocab": []}}')),
+         damage=replace(TOKENIZER, '{"model": {"type": "Unigram", "vocab": []}}')),
     Case("sample-tokenizer-binary", ["sample", "--run", "{run}"], "tokenizer.json is not a tokenizer file",
-         damage=replace("tokenizer.json", bytes(range(256)))),
+         damage=replace(TOKENIZER, bytes(range(256)))),
     Case("sample-tokenizer-empty", ["sample", "--run", "{run}"], "tokenizer.json is not a tokenizer file",
-         damage=replace("tokenizer.json", b"")),
+         damage=replace(TOKENIZER, b"")),
     Case("sample-tokenizer-missing", ["sample", "--run", "{run}"], "tokenizer.json does not exist",
-         damage=delete("tokenizer.json")),
+         damage=delete(TOKENIZER)),
     Case("sample-config-binary", ["sample", "--run", "{run}"], "config.yaml is not valid YAML",
-         damage=replace("config.yaml", bytes(range(256)))),
+         damage=replace(CONFIG, bytes(range(256)))),
     Case("sample-config-empty", ["sample", "--run", "{run}"], "config.yaml is empty",
-         damage=replace("config.yaml", b"")),
+         damage=replace(CONFIG, b"")),
     Case("sample-negative-tokens", ["sample", "--run", "{run}", "--max-new-tokens", "-1"],
          "sample.max_new_tokens=-1 must be >= 0"),
     Case("sample-extra-argument", ["sample", "--run", "{run}", "--train.lr=1"], "unrecognized arguments"),
+    # text with characters the run's char tokenizer lacks (issue 23.6), and options the registries refuse
+    Case("eval-unknown-characters", ["eval", "--run", "{run}", "--data.source", "{odd.txt}"],
+         "set --data.unknown=drop", files={"odd.txt": "And God said \u263a\n"}),
+    Case("finetune-unknown-characters", ["finetune", "--from", "{run}", "--out", "{tmp}/ft", "--data.source={odd.txt}",
+         "--no-progress"], "set --data.unknown=drop", files={"odd.txt": "And God said \u263a\n" * 30}),
+    Case("prepare-unknown-policy", ["prepare", "--data.unknown=skip", *DATA], "must be 'error' or 'drop'"),
+    Case("prepare-unknown-tokenizer", ["prepare", "--tokenizer.kind=sentencepiece", *DATA],
+         "valid: bpe, char, gpt2, word, wordpiece"),
     # shard files and folders given to data info
     Case("data-info-missing", ["data", "info", "{missing}"], "does not exist"),
     Case("data-info-empty", ["data", "info", "{empty}"], "too short to be a shard"),
@@ -183,9 +191,15 @@ CASES = [
     Case("resume-state-of-another-model", ["train", "--resume", "{run}"], "does not fit the model in config.yaml",
          damage=state_of_another_model),
     Case("resume-config-binary", ["train", "--resume", "{run}"], "config.yaml is not valid YAML",
-         damage=replace("config.yaml", bytes(range(256)))),
+         damage=replace(CONFIG, bytes(range(256)))),
     Case("resume-with-recipe", ["train", "--resume", "{run}", "--recipe", "kjv-char"], "drop --recipe"),
     Case("resume-changes-model", ["train", "--resume", "{run}", "--model.n_layer=3"], "cannot change when resuming"),
+    Case("resume-with-overwrite", ["train", "--resume", "{run}", "--overwrite"], "drop --overwrite"),
+    # an existing run folder given as the --out of a new run
+    Case("train-out-existing-run", ["train", "--out", "{run}", *DATA], "holds a run; continue it with `slm train --resume",
+         subprocess=True),
+    Case("finetune-out-existing-run", ["finetune", "--from", "{run}", "--out", "{run}", *DATA],
+         "give a new --out, or add --overwrite to replace it"),
 ]
 
 

@@ -10,7 +10,9 @@ from safetensors.torch import load_file
 
 from slmkit.cli import main
 from slmkit.config import load_recipe
-from slmkit.data.shards import BatchSampler, Shard
+from slmkit.data.sampler import WindowSampler
+from slmkit.data.shards import Shard
+from slmkit.runs import BEST, CONFIG, LAST, LOG, METRICS, PLOT, STATE, TOKENIZER
 from slmkit.tokenizer import GPT2Tokenizer, load_tokenizer
 from slmkit.train import train
 
@@ -34,11 +36,11 @@ def test_prepare_train_sample(tmp_path, tiny_overrides):
 
     result = slm("train", "--no-progress", "--out", str(run), *as_args(tiny_overrides), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    for name in ["config.yaml", "tokenizer.json", "model.safetensors", "last.safetensors", "state.pt", "metrics.csv", "train.log", "loss.png"]:
+    for name in [CONFIG, TOKENIZER, BEST, LAST, STATE, METRICS, LOG, PLOT]:
         assert (run / name).is_file(), name
     assert "full val split: loss" in result.stdout and "bits/char" in result.stdout and "bits/byte" in result.stdout
-    assert (run / "loss.png").read_bytes()[:4] == b"\x89PNG"
-    rows = (run / "metrics.csv").read_text().splitlines()
+    assert (run / PLOT).read_bytes()[:4] == b"\x89PNG"
+    rows = (run / METRICS).read_text().splitlines()
     assert rows[0].startswith("step,epoch,tokens,lr,train_loss,val_loss,perplexity")
     assert len(rows) == 1 + 20 // 5
     first, last = float(rows[1].split(",")[4]), float(rows[-1].split(",")[4])
@@ -59,7 +61,7 @@ def test_resume_is_bitwise_identical(tmp_path, tiny_overrides, monkeypatch):
     full = train(cfg, out=tmp_path / "full", progress_bar=False)
 
     calls = {"n": 0}
-    original = BatchSampler.next
+    original = WindowSampler.next
 
     def crash_at_step_15(self):
         if self.batch_size == 8 and calls["n"] == 15 + 2:  # +2: the fixed val batches are drawn first
@@ -67,15 +69,15 @@ def test_resume_is_bitwise_identical(tmp_path, tiny_overrides, monkeypatch):
         calls["n"] += 1
         return original(self)
 
-    monkeypatch.setattr(BatchSampler, "next", crash_at_step_15)
+    monkeypatch.setattr(WindowSampler, "next", crash_at_step_15)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(load_recipe("kjv-char", tiny_overrides), out=tmp_path / "crashed", progress_bar=False)
-    monkeypatch.setattr(BatchSampler, "next", original)
+    monkeypatch.setattr(WindowSampler, "next", original)
 
     resumed = train(resume=tmp_path / "crashed", progress_bar=False)
     assert resumed.steps == full.steps == 20
-    a = load_file(tmp_path / "full" / "last.safetensors")
-    b = load_file(tmp_path / "crashed" / "last.safetensors")
+    a = load_file(tmp_path / "full" / LAST)
+    b = load_file(tmp_path / "crashed" / LAST)
     assert a.keys() == b.keys()
     for key in a:
         assert a[key].equal(b[key]), key
@@ -114,7 +116,7 @@ BAD_INPUTS = [
     (["prepare", "--data.source=missing/*.txt"], "glob missing/*.txt matches no files"),
     (["prepare", "--data.source=empty.txt"], "data.source 'empty.txt' has no text"),
     (["prepare", "--data.source=latin1.txt"], "latin1.txt is not UTF-8 text (bad byte at offset 3)"),
-    (["train", "--data.source=short.txt", "--model.block_size=64"], "fewer than one block of 64 + 1"),
+    (["train", "--data.source=short.txt", "--model.block_size=64"], "fewer than one window of 64 + 1"),
     (["prepare", "--data.source=corpus.txt", "--tokenizer.kind=bpe", "--tokenizer.vocab_size=100"], "too small"),
     (["train", "--data.source=corpus.txt", "--data.shard_dir=swapped"], "holds a 'gpt2' tokenizer, expected 'char'"),
     (["data", "info", "bad.bin"], "bad.bin is not an slmkit shard (bad magic)"),
@@ -129,7 +131,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsys,
     write_bad_inputs(tmp_path)
     if "--data.shard_dir=swapped" in args:  # a complete shard folder whose tokenizer was swapped for another kind
         assert main(["prepare", "--data.source=corpus.txt", "--data.shard_dir=swapped"]) == 0
-        GPT2Tokenizer().save(tmp_path / "swapped" / "tokenizer.json")
+        GPT2Tokenizer().save(tmp_path / "swapped" / TOKENIZER)
     before = sorted(p.name for p in tmp_path.iterdir())
     capsys.readouterr()
     assert main([*args, "--out=run"] if args[0] == "train" else args) == 1

@@ -1,5 +1,7 @@
-"""Checkpoints: never unpickle a user file; a failed save (disk full, no permission) leaves the old one intact."""
+"""Run folders: never unpickle a user file; a failed save (disk full, no permission) leaves the old one intact;
+a new run never lands on an old one unless told to."""
 
+import csv
 import errno
 import hashlib
 import os
@@ -10,10 +12,27 @@ import pytest
 import torch
 from safetensors import SafetensorError
 
-from slmkit import atomic, checkpoint
-from slmkit.checkpoint import LAST, STATE, load_run, load_state, save_state, save_weights
+from slmkit import atomic, runs
 from slmkit.cli import main
+from slmkit.config import load_recipe
 from slmkit.errors import CheckpointError, WriteError
+from slmkit.runs import (
+    BEST,
+    CHECKPOINTS,
+    CONFIG,
+    INT8,
+    LAST,
+    LOG,
+    METRICS,
+    STATE,
+    TOKENIZER,
+    check_new_run,
+    load_run,
+    load_state,
+    save_state,
+    save_weights,
+)
+from slmkit.train import train
 
 
 def digests(folder: Path) -> dict[str, str]:
@@ -21,7 +40,7 @@ def digests(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
-CHECKPOINT_FILES = ("model.safetensors", LAST, STATE, "config.yaml", "tokenizer.json")
+CHECKPOINT_FILES = (BEST, LAST, STATE, CONFIG, TOKENIZER)
 
 
 class Payload:
@@ -79,7 +98,7 @@ def test_disk_full_while_saving_weights_keeps_the_old_file(tmp_path, trained_run
     def full(*args, **kwargs):  # what safetensors raises when the disk fills
         raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
-    monkeypatch.setattr(checkpoint, "save_model", full)
+    monkeypatch.setattr(runs, "save_model", full)
     with pytest.raises(WriteError) as info:
         save_weights(model, path)
     message = str(info.value)
@@ -158,3 +177,65 @@ def test_disk_full_during_training_stops_cleanly_and_resume_still_works(tmp_path
     assert main(["train", "--no-progress", "--resume", str(run), f"--train.max_steps={target}"]) == 0
     assert load_state(run / STATE)["step"] == target
     assert not stale.exists()
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, str]]:
+    """mtime and sha256 of every file under `folder`."""
+    return {
+        str(p.relative_to(folder)): (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_a_new_run_may_go_into_a_missing_or_empty_folder_only(tmp_path):
+    check_new_run(tmp_path / "no" / "such")
+    (tmp_path / "empty").mkdir()
+    check_new_run(tmp_path / "empty")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(CheckpointError, match="other is not empty; .* or add --overwrite"):
+        check_new_run(tmp_path / "other")
+    check_new_run(tmp_path / "other", overwrite=True)
+
+
+@pytest.mark.parametrize("command", ["train", "finetune", "train-default-folder"])
+def test_an_existing_run_is_refused_untouched(tmp_path, trained_run, tiny_overrides, monkeypatch, capsys, command):
+    monkeypatch.chdir(tmp_path)
+    # without a recipe the run is named after its data and tokenizer: corpus.txt, char (issue 23.9)
+    run = tmp_path / ("runs/corpus-char" if command == "train-default-folder" else "run")
+    shutil.copytree(trained_run, run)
+    before = snapshot(run)
+    overrides = [f"--{k}={v}" for k, v in tiny_overrides.items()]
+    args = {
+        "train": ["train", "--out", str(run), *overrides],
+        "finetune": ["finetune", "--from", str(trained_run), "--out", str(run), "--train.max_steps=2"],
+        "train-default-folder": ["train", *overrides],  # a second `slm train` into runs/corpus-char
+    }[command]
+    assert main(args) == 1
+    line = one_line_error(capsys)
+    shown = run.relative_to(tmp_path) if command == "train-default-folder" else run
+    assert f"{shown} holds a run; continue it with `slm train --resume {shown}`, give a new --out, or add --overwrite" in line
+    assert snapshot(run) == before  # same bytes, same mtimes
+    assert not (tmp_path / "shards").exists()  # refused before any data was prepared
+
+
+def test_overwrite_replaces_the_old_run_and_keeps_other_files(tmp_path, trained_run, tiny_overrides):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    (run / INT8).write_bytes(b"an int8 model of the old weights")
+    (run / CHECKPOINTS).mkdir()
+    (run / CHECKPOINTS / "step-0000010.safetensors").write_bytes(b"old")
+    (run / "notes.txt").write_text("mine")
+    old_best = (run / BEST).read_bytes()
+    result = train(
+        load_recipe("kjv-char", dict(tiny_overrides, **{"train.max_steps": 4, "train.eval_interval": 2})),
+        out=run, progress_bar=False, overwrite=True,
+    )  # fmt: skip
+    assert result.steps == 4
+    with open(run / METRICS, newline="") as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == [2, 4]  # the new run's rows only
+    assert "training kjv-char" in (run / LOG).read_text() and (run / LOG).read_text().count("done:") == 1
+    assert not (run / INT8).exists() and not (run / CHECKPOINTS).exists()
+    assert (run / BEST).read_bytes() != old_best
+    assert (run / "notes.txt").read_text() == "mine"

@@ -1,0 +1,39 @@
+"""Random training windows from a shard: the batches `slm train` draws."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+from .shards import Shard
+
+
+class WindowSampler:
+    """Random (x, y) windows of `seq_len` tokens from a shard; its position is its RNG state."""
+
+    def __init__(self, shard: Shard, seq_len: int, batch_size: int, seed: int):
+        if len(shard) < seq_len + 1:
+            raise DataError(
+                f"{shard.path} has {len(shard)} tokens, fewer than one window of {seq_len} + 1; "
+                "use more text or a smaller --train.seq_len / --model.block_size"
+            )
+        self.tokens = shard.tokens
+        self.seq_len = seq_len
+        self.batch_size = batch_size
+        self.rng = np.random.default_rng(seed)
+        self.offsets = np.arange(seq_len + 1)
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """x, y: (batch, seq_len) int64, y shifted by one."""
+        starts = self.rng.integers(0, len(self.tokens) - self.seq_len, size=self.batch_size)
+        window = torch.from_numpy(self.tokens[starts[:, None] + self.offsets].astype(np.int64))
+        return window[:, :-1], window[:, 1:]
+
+    def state(self) -> dict[str, Any]:
+        return self.rng.bit_generator.state
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state

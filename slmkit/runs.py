@@ -1,0 +1,267 @@
+"""The run folder: the name of every file in it, writing and loading a run, resuming, checkpoints.
+
+    runs/<name>/
+      config.yaml             CONFIG: the resolved recipe
+      tokenizer.json          TOKENIZER: the tokenizer
+      model.safetensors       BEST: weights of the best evaluation
+      last.safetensors        LAST: weights at the last checkpoint
+      state.pt                STATE: weights, optimizer, step, RNG states, sampler position (torch.load weights_only)
+      metrics.csv  train.log  METRICS, LOG: appended to by training (a resumed run continues them)
+      checkpoints/            CHECKPOINTS: with train.keep_last_k, the last k checkpoints
+      tensorboard/            TENSORBOARD: with train.tensorboard
+      loss.png                PLOT: loss and LR curves drawn at the end of training
+      model-int8.safetensors  INT8: the int8 model of `slm quantize` (quantize.int8_state's tensors)
+
+Everything is written atomically and loaded without unpickling anything.
+"""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_model, save_file, save_model
+
+from .atomic import atomic_path, write_failure
+from .config import ModelConfig, RunConfig, apply_override, load_config, save_config
+from .errors import CheckpointError, ConfigError, SlmError
+from .model import GPT
+from .quantize import SCHEME, int8_model, int8_state
+from .tokenizer import Tokenizer, load_tokenizer
+
+CONFIG = "config.yaml"
+TOKENIZER = "tokenizer.json"
+BEST = "model.safetensors"
+LAST = "last.safetensors"
+STATE = "state.pt"
+METRICS = "metrics.csv"
+LOG = "train.log"
+INT8 = "model-int8.safetensors"
+CHECKPOINTS = "checkpoints"
+TENSORBOARD = "tensorboard"
+PLOT = "loss.png"
+RUN_FILES = (CONFIG, TOKENIZER, BEST, LAST, STATE, METRICS, LOG, INT8, CHECKPOINTS, TENSORBOARD, PLOT)
+
+# keys a resumed run may change: its budget and cadence, never its model or data
+RESUME_KEYS = (
+    "train.max_steps", "train.max_minutes", "train.max_epochs", "train.eval_interval", "train.log_interval",
+    "train.sample_interval", "train.keep_last_k", "train.tensorboard", "train.device", "train.threads",
+)  # fmt: skip
+
+
+def save_weights(model: GPT, path: Path, metadata: Optional[dict[str, str]] = None) -> None:
+    """Model weights to safetensors (tied weights stored once), atomically."""
+    with atomic_path(path) as tmp:
+        try:
+            save_model(model, str(tmp), metadata=metadata)
+        except SafetensorError as e:  # its I/O errors (e.g. disk full) arrive as SafetensorError
+            raise write_failure(path, e) from None
+
+
+def load_weights(model: GPT, path: Path) -> None:
+    """Fill `model` from a safetensors file; errors name the file when it does not match."""
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist; train the run first or pick another --run")
+    try:
+        missing, unexpected = load_model(model, str(path), strict=False)
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({e}); it may be truncated") from None
+    except RuntimeError as e:
+        raise CheckpointError(
+            f"{path} does not fit the model in {CONFIG} ({_first_reason(e)}); it belongs to another run"
+        ) from None
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path} does not fit the model in {CONFIG} (missing {sorted(missing)[:3]}, "
+            f"unexpected {sorted(unexpected)[:3]})"
+        )
+
+
+def load_state_weights(model: GPT, weights: dict[str, torch.Tensor], path: Path) -> None:
+    """Fill `model` from the weights saved inside a state.pt; errors name the file when they do not fit."""
+    try:
+        model.load_state_dict(weights)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise CheckpointError(
+            f"{path} does not fit the model in {CONFIG} ({_first_reason(e)}); it belongs to another run"
+        ) from None
+
+
+def _first_reason(e: Exception) -> str:
+    """The first specific line of a load_state_dict error (its first line is only a heading)."""
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    specific = [line for line in lines if not line.startswith("Error(s) in loading")]
+    return (specific or lines or [type(e).__name__])[0].rstrip(".")
+
+
+def save_state(state: dict[str, Any], path: Path) -> None:
+    """Training state (tensors and plain Python values only), atomically."""
+    with atomic_path(path) as tmp:
+        try:
+            torch.save(state, tmp)
+        except RuntimeError as e:  # torch reports a failed write (e.g. disk full) as RuntimeError
+            raise write_failure(path, e) from None
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    """Training state, loaded with weights_only=True so no arbitrary object is ever unpickled."""
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist; there is nothing to resume in {path.parent}")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip; anything else is damaged (or a raw pickle)
+        raise CheckpointError(f"{path} is unreadable or truncated (not a torch.save zip); resume from another run")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{path} holds objects other than tensors and plain values; refusing to load it") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+        raise CheckpointError(f"{path} is unreadable or truncated ({type(e).__name__}); resume from another run") from None
+
+
+@dataclass
+class Run:
+    """What a run folder holds: the model (best weights), its tokenizer and its config."""
+
+    model: GPT  # with int8=True, a GPT whose Linear layers are dynamic int8 ones
+    tokenizer: Tokenizer
+    config: RunConfig
+    path: Path
+
+
+def check_new_run(run_dir: Path, overwrite: bool = False) -> None:
+    """Refuse to start a run in a folder that is not empty (unless `overwrite`): nothing of it is touched."""
+    if overwrite or not run_dir.is_dir() or not any(run_dir.iterdir()):
+        return
+    what = "holds a run" if (run_dir / CONFIG).is_file() else "is not empty"
+    raise CheckpointError(
+        f"{run_dir} {what}; continue it with `slm train --resume {run_dir}`, give a new --out, "
+        "or add --overwrite to replace it"
+    )
+
+
+def write_run_files(run_dir: Path, cfg: RunConfig, tokenizer: Tokenizer, overwrite: bool = False) -> None:
+    """config.yaml and tokenizer.json, so the folder describes itself from the first step.
+
+    With `overwrite`, first delete the files of an earlier run there (RUN_FILES; any other file stays).
+    """
+    if overwrite:
+        for name in RUN_FILES:
+            path = run_dir / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / CONFIG)
+    tokenizer.save(run_dir / TOKENIZER)
+
+
+def load_run(run_dir: Path | str, weights: str = BEST, device: str = "cpu", int8: bool = False) -> Run:
+    """Load a run folder: model with its best (or `weights=LAST`) weights, tokenizer, config.
+
+    With `int8`, the model is the CPU int8 one from model-int8.safetensors (`slm quantize`).
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run folder {run_dir} does not exist; train one with `slm train --out {run_dir}`")
+    cfg = load_config(run_dir / CONFIG)
+    try:
+        tokenizer = load_tokenizer(run_dir / TOKENIZER)
+    except SlmError as e:
+        raise CheckpointError(str(e)) from None
+    if tokenizer.vocab_size != cfg.model.vocab_size:
+        raise CheckpointError(
+            f"{run_dir / TOKENIZER} has {tokenizer.vocab_size} tokens but the model has {cfg.model.vocab_size}; "
+            "the tokenizer belongs to another run"
+        )
+    if int8:
+        if device != "cpu":
+            raise CheckpointError(f"the int8 model of {run_dir} runs on the CPU only; drop --int8 or use the CPU")
+        return Run(model=load_int8(cfg.model, run_dir / INT8), tokenizer=tokenizer, config=cfg, path=run_dir)
+    model = GPT(cfg.model)
+    load_weights(model, run_dir / weights)
+    model.eval()
+    return Run(model=model.to(device), tokenizer=tokenizer, config=cfg, path=run_dir)
+
+
+def resume_config(run_dir: Path | str, overrides: Optional[dict[str, Any]] = None) -> RunConfig:
+    """The config of a run folder to resume, with budget/cadence overrides (RESUME_KEYS) applied."""
+    run_dir = Path(run_dir)
+    if not (run_dir / STATE).is_file():
+        raise CheckpointError(f"{run_dir} has no {STATE} to resume from; start it with `slm train --out {run_dir}`")
+    cfg = load_config(run_dir / CONFIG)
+    for key, value in (overrides or {}).items():
+        if key not in RESUME_KEYS:
+            raise ConfigError(f"--{key} cannot change when resuming; only {', '.join(RESUME_KEYS)} can")
+        apply_override(cfg, key, value)
+    return cfg.validate()
+
+
+def save_checkpoint(run_dir: Path, model: GPT, state: dict[str, Any], keep_last_k: int = 0) -> None:
+    """last.safetensors + state.pt: everything needed to continue exactly; and the last k copies.
+
+    `state` holds plain values and tensors, with its "step"; state.pt adds its own copy of the
+    weights: a kill between the two writes must not pair the optimizer of one step with the
+    weights of the next.
+    """
+    step = state["step"]
+    state = {**state, "model": model.state_dict()}
+    save_weights(model, run_dir / LAST, metadata={"step": str(step)})
+    save_state(state, run_dir / STATE)
+    if keep_last_k:
+        folder = run_dir / CHECKPOINTS
+        save_weights(model, folder / f"step-{step:07d}.safetensors", metadata={"step": str(step)})
+        save_state(state, folder / f"step-{step:07d}.state.pt")
+        for old in sorted(folder.glob("step-*.safetensors"))[:-keep_last_k]:
+            old.unlink()
+            old.with_name(old.name.replace(".safetensors", ".state.pt")).unlink(missing_ok=True)
+
+
+def save_int8(model: GPT, path: Path) -> None:
+    """Quantize `model` and write its int8 safetensors file atomically."""
+    tensors = int8_state(model)
+    with atomic_path(path) as tmp:
+        try:
+            save_file(tensors, str(tmp), metadata={"format": "pt", "quantization": SCHEME, "torch": torch.__version__})
+        except SafetensorError as e:
+            raise write_failure(path, e) from None
+
+
+def load_int8(config: ModelConfig, path: Path) -> torch.nn.Module:
+    """The dynamic int8 model of `config` from a file written by save_int8."""
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist; write it with `slm quantize --run {path.parent}`")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            scheme = (f.metadata() or {}).get("quantization")
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({e}); re-run `slm quantize`") from None
+    if scheme != SCHEME:
+        raise CheckpointError(f"{path} is not an int8 model of this slmkit (scheme {scheme!r}); re-run `slm quantize`")
+    try:
+        return int8_model(config, tensors)
+    except ValueError as e:
+        raise CheckpointError(f"{path} does not fit the model in {CONFIG} ({e}); re-run `slm quantize`") from None
+
+
+@dataclass
+class QuantizeResult:
+    """Where the int8 file went and how big it is next to the fp32 one."""
+
+    path: Path
+    bytes_int8: int
+    bytes_fp32: int
+
+
+def quantize_run(run_dir: Path | str) -> QuantizeResult:
+    """Write RUN/model-int8.safetensors from the run's best weights; `--int8` loads it."""
+    run = load_run(run_dir)
+    path = run.path / INT8
+    save_int8(run.model, path)
+    return QuantizeResult(path, path.stat().st_size, (run.path / BEST).stat().st_size)
