@@ -38,7 +38,7 @@ def build_model(run: Path) -> tuple[GPT, str]:
 def tokens_per_second(model: GPT, new_tokens: int, use_cache: bool) -> float:
     """Greedy-generate `new_tokens` after one newline id; tokens per second of wall time."""
     t0 = time.perf_counter()
-    n = sum(1 for _ in sample_ids(model, [0], new_tokens, temperature=0, use_cache=use_cache))
+    n = sum(1 for _ in sample_ids(model, [0], max_new_tokens=new_tokens, temperature=0, use_cache=use_cache))
     return n / (time.perf_counter() - t0)
 
 

@@ -23,7 +23,7 @@ from slmkit.runs import load_run, quantize_run
 
 def tokens_per_second(model, prompt: list[int], new_tokens: int) -> float:
     start = time.perf_counter()
-    n = sum(1 for _ in sample_ids(model, prompt, new_tokens, temperature=0))
+    n = sum(1 for _ in sample_ids(model, prompt, max_new_tokens=new_tokens, temperature=0))
     return n / (time.perf_counter() - start)
 
 
@@ -50,7 +50,7 @@ def main() -> None:
     for _ in range(args.repeats):
         speeds["fp32"].append(tokens_per_second(fp32, prompt, args.new_tokens))
         speeds["int8"].append(tokens_per_second(int8, prompt, args.new_tokens))
-    same_greedy = list(sample_ids(fp32, prompt, 50, temperature=0)) == list(sample_ids(int8, prompt, 50, temperature=0))
+    same_greedy = list(sample_ids(fp32, prompt, max_new_tokens=50, temperature=0)) == list(sample_ids(int8, prompt, max_new_tokens=50, temperature=0))
 
     tokens, text_bytes = split_tokens(run.config, "val")
     if args.eval_tokens:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -33,23 +34,27 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prepare", help="corpus -> tokenizer -> train/val shards", epilog=EPILOG)
     p.add_argument("--recipe", default=None, help="recipe name in recipes/ or a YAML path (default: kjv-char)")
+    p.add_argument("--out", default=None, metavar="DIR", help="shard folder to write (= --data.shard_dir)")
     p.add_argument("--force", action="store_true", help="rebuild the shards even if they are complete")
 
     p = sub.add_parser("sample", help="stream text from a trained run")
     p.add_argument("--run", required=True, metavar="DIR", help="run folder written by `slm train`")
     p.add_argument("--prompt", default=None, help="text to continue (default: the recipe's sample.prompt)")
-    p.add_argument("--max-new-tokens", type=int, default=None)
-    p.add_argument("--temperature", type=float, default=None, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=None, help="0 = off")
-    p.add_argument("--seed", type=int, default=None)
     p.add_argument("--last", action="store_true", help="use the last weights instead of the best")
-    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass; 1 = off")
-    p.add_argument("--repetition-penalty", type=float, default=None, help="> 1 discourages repeats; 1 = off")
-    p.add_argument("--stop", action="append", default=None, metavar="TEXT", help="end before this text (repeatable)")
     p.add_argument("--num-samples", type=int, default=1, help="samples per prompt (sample i uses seed + i)")
     p.add_argument("--interactive", action="store_true", help="read prompts from stdin, one per line, until EOF, an empty line or 'exit'")
     p.add_argument("--no-cache", action="store_true", help="recompute the whole context each step (slow; for comparison)")
     p.add_argument("--int8", action="store_true", help="use the int8 model written by `slm quantize` (CPU)")
+    s = p.add_argument_group("sampling (default: the run's sample section)")  # dest = the SamplingParams field
+    s.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=None)
+    s.add_argument("--temperature", type=float, default=None, help="0 = greedy")
+    s.add_argument("--top-k", dest="top_k", type=int, default=None, help="0 = off")
+    s.add_argument("--top-p", dest="top_p", type=float, default=None, help="nucleus sampling mass; 1 = off")
+    s.add_argument(
+        "--repetition-penalty", dest="repetition_penalty", type=float, default=None, help="> 1 discourages repeats; 1 = off"
+    )
+    s.add_argument("--stop", action="append", default=None, metavar="TEXT", help="end before this text (repeatable)")
+    s.add_argument("--seed", type=int, default=None)
 
     p = sub.add_parser("eval", help="loss, perplexity and bits per byte of a run over a split or a text file")
     p.add_argument("--run", required=True, metavar="DIR", help="run folder written by `slm train`")
@@ -118,30 +123,25 @@ def _cmd_prepare(args: argparse.Namespace, overrides: dict) -> None:
     from .config import load_recipe
     from .data.prepare import prepare
 
-    out = prepare(load_recipe(args.recipe, overrides), force=args.force)
-    print(out)
+    if args.out is not None:
+        if "data.shard_dir" in overrides:
+            raise ConfigError("--out and --data.shard_dir both name the shard folder; give one")
+        overrides = {**overrides, "data.shard_dir": args.out}
+    print(prepare(load_recipe(args.recipe, overrides), force=args.force))
 
 
 def _cmd_sample(args: argparse.Namespace) -> None:
     from .runs import BEST, LAST, load_run
-    from .config import SampleConfig
     from .generate import stream
+    from .sampling import FIELDS
 
-    run = load_run(args.run, weights=LAST if args.last else BEST, int8=args.int8)
-    sc = run.config.sample
-    chosen = SampleConfig(
-        prompt=sc.prompt if args.prompt is None else args.prompt,
-        max_new_tokens=sc.max_new_tokens if args.max_new_tokens is None else args.max_new_tokens,
-        temperature=sc.temperature if args.temperature is None else args.temperature,
-        top_k=sc.top_k if args.top_k is None else args.top_k,
-        seed=sc.seed if args.seed is None else args.seed,
-        top_p=sc.top_p if args.top_p is None else args.top_p,
-        repetition_penalty=sc.repetition_penalty if args.repetition_penalty is None else args.repetition_penalty,
-    )
-    chosen.validate()
     if args.num_samples < 1:
         raise ConfigError(f"--num-samples={args.num_samples} must be >= 1")
-    for prompt in _prompts_from_stdin() if args.interactive else [chosen.prompt]:
+    run = load_run(args.run, weights=LAST if args.last else BEST, int8=args.int8)
+    flags = {key: getattr(args, key) for key in FIELDS if getattr(args, key) is not None}
+    params = run.config.sample.params().replace(**flags).validate(prefix="sample.")
+    prompt = run.config.sample.prompt if args.prompt is None else args.prompt
+    for prompt in _prompts_from_stdin() if args.interactive else [prompt]:
         unknown = getattr(run.tokenizer, "unknown_chars", lambda _: [])(prompt)
         if unknown:
             print(f"slm: note: dropping characters the tokenizer has never seen: {''.join(unknown)!r}", file=sys.stderr)
@@ -150,10 +150,7 @@ def _cmd_sample(args: argparse.Namespace) -> None:
             if args.num_samples > 1:
                 sys.stdout.write(f"--- sample {i + 1}/{args.num_samples}\n")
             sys.stdout.write(prompt)
-            for piece in stream(
-                run.model, run.tokenizer, prompt, chosen.max_new_tokens, chosen.temperature, chosen.top_k,
-                chosen.top_p, chosen.repetition_penalty, args.stop, chosen.seed + i, use_cache=not args.no_cache,
-            ):
+            for piece in stream(run.model, run.tokenizer, prompt, params.nth(i), use_cache=not args.no_cache):
                 sys.stdout.write(piece)
                 sys.stdout.flush()
             sys.stdout.write("\n")
@@ -236,6 +233,17 @@ _COMMANDS = {
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Entry point of `slm`; returns the exit code."""
+    try:
+        return _run(argv)
+    except BrokenPipeError:
+        # The reader of stdout has gone (`slm sample ... | head`): end quietly, as cat does. Point
+        # stdout at /dev/null so the interpreter's last flush does not fail again on the way out.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE: the status a shell reports for cat in the same place
+
+
+def _run(argv: Optional[list[str]]) -> int:
+    """Parse argv, run the command; SlmError becomes one line on stderr and exit code 1."""
     from .config import parse_overrides
 
     parser = _parser()

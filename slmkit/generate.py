@@ -15,47 +15,70 @@ tokens; it exists for tests and the benchmark.
 
 from __future__ import annotations
 
-from typing import Generator, Iterable, Iterator, Optional, Union
+from typing import Any, Generator, Iterable, Iterator, Optional, Union
 
 import torch
 from torch.nn import functional as F
 
-from .config import SampleConfig
 from .model import GPT
+from .sampling import SamplingParams
 from .tokenizer import Tokenizer
 
 REPLACEMENT = "\ufffd"  # what decoders put for the bytes of an incomplete UTF-8 character
 MAX_CHAR_TOKENS = 4  # a UTF-8 character has at most 4 bytes, so at most 4 byte-level tokens
 
 
-def process_logits(
-    logits: torch.Tensor,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    repetition_penalty: float = 1.0,
-    seen: Optional[torch.Tensor] = None,
-) -> torch.Tensor:
+def process_logits(logits: torch.Tensor, params: SamplingParams, seen: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Next-token logits (vocab,) after the repetition penalty, temperature, top-k and top-p (-inf = excluded).
 
     `seen` is a (vocab,) bool mask of the tokens in the context; the penalty divides their positive
-    logits and multiplies their negative ones (CTRL). temperature=0 is left to the caller (argmax).
+    logits and multiplies their negative ones (CTRL). At temperature 0 only the penalty applies
+    (the others never change the argmax the caller takes).
     """
-    if repetition_penalty != 1.0 and seen is not None:
-        penalized = torch.where(logits > 0, logits / repetition_penalty, logits * repetition_penalty)
-        logits = torch.where(seen, penalized, logits)
-    if temperature not in (0.0, 1.0):
-        logits = logits / temperature
-    if 0 < top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k).values[-1]
+    if params.repetition_penalty != 1.0 and seen is not None:
+        penalty = params.repetition_penalty
+        logits = torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
+    if params.temperature == 0:
+        return logits
+    if params.temperature != 1.0:
+        logits = logits / params.temperature
+    if 0 < params.top_k < logits.size(-1):
+        kth = torch.topk(logits, params.top_k).values[-1]
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
+    if params.top_p < 1.0:
         sorted_logits, order = torch.sort(logits, descending=True)
         probs = F.softmax(sorted_logits, dim=-1)
         # drop a token when the tokens before it already hold top_p (the first always stays)
-        drop = (probs.cumsum(dim=-1) - probs) >= top_p
+        drop = (probs.cumsum(dim=-1) - probs) >= params.top_p
         logits = logits.masked_fill(drop.scatter(0, order, drop), float("-inf"))
     return logits
+
+
+class TokenSampler:
+    """One sequence's sampling state: its params, its seeded generator and the ids it has seen.
+
+    A batch of sequences holds one each (with a PieceDecoder and a StopMatcher), so every
+    sequence draws from its own generator exactly as it would alone.
+    """
+
+    def __init__(self, params: SamplingParams, vocab_size: int, context: list[int], device: torch.device):
+        self.params = params
+        self.generator = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
+        self.seen: Optional[torch.Tensor] = None  # (vocab,) bool: ids in the context, for the penalty
+        if params.repetition_penalty != 1.0:
+            self.seen = torch.zeros(vocab_size, dtype=torch.bool, device=device)
+            self.seen[torch.tensor(context, device=device)] = True
+
+    def choose(self, logits: torch.Tensor) -> int:
+        """The next token given its logits (vocab,); it then counts as seen."""
+        logits = process_logits(logits.float(), self.params, self.seen)
+        if self.params.temperature == 0:
+            token = int(logits.argmax())
+        else:
+            token = int(torch.multinomial(F.softmax(logits, dim=-1).cpu(), 1, generator=self.generator))
+        if self.seen is not None:
+            self.seen[token] = True
+        return token
 
 
 @torch.no_grad()
@@ -94,144 +117,155 @@ def next_logits(model: GPT, ids: list[int], max_new_tokens: int, use_cache: bool
         model.train(was_training)
 
 
+def chosen(params: Optional[SamplingParams], options: dict[str, Any]) -> SamplingParams:
+    """`params` (default SamplingParams()) with the keyword `options` changed, validated."""
+    if params is not None and not isinstance(params, SamplingParams):
+        raise TypeError(f"params must be a SamplingParams, not {type(params).__name__}; give max_new_tokens=N by keyword")
+    return (params or SamplingParams()).replace(**options).validate()
+
+
 @torch.no_grad()
 def sample_ids(
-    model: GPT,
-    ids: list[int],
-    max_new_tokens: int,
-    temperature: float = 0.8,
-    top_k: int = 0,
-    generator: Optional[torch.Generator] = None,
-    top_p: float = 1.0,
-    repetition_penalty: float = 1.0,
-    use_cache: bool = True,
+    model: GPT, ids: list[int], params: Optional[SamplingParams] = None, use_cache: bool = True, **options: Any
 ) -> Iterator[int]:
-    """Yield new token ids one at a time after `ids` (non-empty); the window slides past block_size."""
-    steps = next_logits(model, ids, max_new_tokens, use_cache)
-    seen = None
-    if repetition_penalty != 1.0:
-        device = model.device
-        seen = torch.zeros(model.config.vocab_size, dtype=torch.bool, device=device)  # ids in the context
-        seen[torch.tensor(ids, device=device)] = True
+    """Yield up to max_new_tokens new token ids after `ids` (non-empty); the window slides past block_size.
+
+    `options` change fields of `params` (default SamplingParams()); stop strings are for the text (see stream).
+    """
+    params = chosen(params, options)
+    steps = next_logits(model, ids, params.max_new_tokens, use_cache)
+    sampler = TokenSampler(params, model.config.vocab_size, ids, model.device)
     token = None
     try:
-        for _ in range(max_new_tokens):
-            logits = (next(steps) if token is None else steps.send(token)).float()  # (vocab,)
-            if temperature == 0:
-                if seen is not None:
-                    logits = process_logits(logits, repetition_penalty=repetition_penalty, seen=seen)
-                token = int(logits.argmax())
-            else:
-                probs = F.softmax(process_logits(logits, temperature, top_k, top_p, repetition_penalty, seen), dim=-1)
-                token = int(torch.multinomial(probs.cpu(), 1, generator=generator))
-            if seen is not None:
-                seen[token] = True
+        for _ in range(params.max_new_tokens):
+            token = sampler.choose(next(steps) if token is None else steps.send(token))
             yield token
     finally:
         steps.close()  # puts the model back in its mode, even when the caller stops early
 
 
-def decode_pieces(tokenizer: Tokenizer, ids: Iterable[int], context: Optional[list[int]] = None) -> Iterator[str]:
-    """Text of the ids as they arrive, holding back the tokens of an incomplete multi-byte character.
+class PieceDecoder:
+    """One sequence's text decoding: each token's text as it arrives, holding back the tokens of
+    an incomplete multi-byte character.
 
     Each piece is decoded after the token before it (the last `context` id at first), so decoders
     that join tokens (spaces between words, WordPiece's ##) place the boundary right.
     """
-    prev = list(context[-1:]) if context else []
-    prev_text = tokenizer.decode(prev)
-    pending: list[int] = []
+
+    def __init__(self, tokenizer: Tokenizer, context: Optional[list[int]] = None):
+        self.tokenizer = tokenizer
+        self.prev = list(context[-1:]) if context else []
+        self.prev_text = tokenizer.decode(self.prev)
+        self.pending: list[int] = []
+
+    def push(self, token: int) -> str:
+        """The text `token` completes ("" while a character's other bytes are still to come)."""
+        self.pending.append(token)
+        text = self.tokenizer.decode(self.prev + self.pending)
+        if text.endswith(REPLACEMENT) and len(self.pending) < MAX_CHAR_TOKENS:
+            return ""
+        return self._emit(text)
+
+    def flush(self) -> str:
+        """The text of the tokens still held when the sequence ends."""
+        return self._emit(self.tokenizer.decode(self.prev + self.pending)) if self.pending else ""
+
+    def _emit(self, text: str) -> str:
+        piece = text[len(self.prev_text) :] if text.startswith(self.prev_text) else self.tokenizer.decode(self.pending)
+        self.prev, self.pending = self.pending[-1:], []
+        self.prev_text = self.tokenizer.decode(self.prev)
+        return piece
+
+
+def decode_pieces(tokenizer: Tokenizer, ids: Iterable[int], context: Optional[list[int]] = None) -> Iterator[str]:
+    """The text of the ids as they arrive (see PieceDecoder)."""
+    decoder = PieceDecoder(tokenizer, context)
     for token in ids:
-        pending.append(token)
-        text = tokenizer.decode(prev + pending)
-        if text.endswith(REPLACEMENT) and len(pending) < MAX_CHAR_TOKENS:
-            continue  # the character's other bytes are still to come
-        yield text[len(prev_text) :] if text.startswith(prev_text) else tokenizer.decode(pending)
-        prev, pending = pending[-1:], []
-        prev_text = tokenizer.decode(prev)
-    if pending:
-        text = tokenizer.decode(prev + pending)
-        yield text[len(prev_text) :] if text.startswith(prev_text) else tokenizer.decode(pending)
+        if piece := decoder.push(token):
+            yield piece
+    if rest := decoder.flush():
+        yield rest
 
 
-def until_stop(pieces: Iterable[str], stop: Optional[list[str]]) -> Iterator[str]:
-    """Pass text pieces through up to (not including) the first stop string; text that could
-    begin a stop string is held back until it is known not to."""
-    stops = [s for s in (stop or []) if s]
-    if not stops:
-        yield from pieces
-        return
-    held = ""
-    for piece in pieces:
-        held += piece
-        found = [i for i in (held.find(s) for s in stops) if i >= 0]
+class StopMatcher:
+    """One sequence's stop-string state: text that could begin a stop string is held back
+    until it is known not to; `stopped` once a stop string appears (it is never emitted)."""
+
+    def __init__(self, stop: Optional[Iterable[str]]):
+        self.stops = [s for s in stop or () if s]
+        self.held = ""
+        self.stopped = False
+
+    def push(self, piece: str) -> str:
+        """The text of `piece` (and of what was held) that can be emitted now."""
+        if self.stopped:
+            return ""
+        if not self.stops:
+            return piece
+        held = self.held + piece
+        found = [i for i in (held.find(s) for s in self.stops) if i >= 0]
         if found:
-            if min(found) > 0:
-                yield held[: min(found)]
-            return
+            self.stopped, self.held = True, ""
+            return held[: min(found)]
         # the longest end of `held` that is the start of a stop string stays held
-        keep = max((k for s in stops for k in range(1, min(len(s), len(held) + 1)) if held.endswith(s[:k])), default=0)
-        if len(held) > keep:
-            yield held[: len(held) - keep]
-            held = held[len(held) - keep :]
-    if held:
-        yield held
+        starts = (k for s in self.stops for k in range(1, min(len(s), len(held) + 1)) if held.endswith(s[:k]))
+        keep = max(starts, default=0)
+        self.held = held[len(held) - keep :]
+        return held[: len(held) - keep]
+
+    def flush(self) -> str:
+        """What is still held when the text ends without a stop string."""
+        held, self.held = self.held, ""
+        return held
+
+
+def until_stop(pieces: Iterable[str], stop: Optional[Iterable[str]]) -> Iterator[str]:
+    """Pass text pieces through up to (not including) the first stop string."""
+    matcher = StopMatcher(stop)
+    for piece in pieces:
+        text = matcher.push(piece)
+        if text:
+            yield text
+        if matcher.stopped:
+            return
+    if rest := matcher.flush():
+        yield rest
 
 
 def stream(
     model: GPT,
     tokenizer: Tokenizer,
     prompt: str = "",
-    max_new_tokens: int = 300,
-    temperature: float = 0.8,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    repetition_penalty: float = 1.0,
-    stop: Optional[list[str]] = None,
-    seed: Optional[int] = None,
+    params: Optional[SamplingParams] = None,
     use_cache: bool = True,
+    **options: Any,
 ) -> Iterator[str]:
     """Yield decoded text pieces as tokens are sampled after `prompt` (empty: start a new document).
 
-    temperature 0 = greedy; top_k 0 and top_p 1 = off; generation ends after max_new_tokens or
-    before the first `stop` string (which is not yielded); the same seed gives the same text.
+    `params` says how (default SamplingParams(): see it for each option); keyword `options`
+    change its fields, e.g. stream(model, tok, "And", temperature=0, max_new_tokens=50).
     """
-    SampleConfig(
-        prompt=prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-        repetition_penalty=repetition_penalty,
-    ).validate()  # here, not at the first next(): bad arguments fail at the call
+    params = chosen(params, options)  # bad options fail here, not at the first next()
     ids = tokenizer.encode(prompt) if prompt else [tokenizer.eot_id]
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    tokens = sample_ids(model, ids, max_new_tokens, temperature, top_k, generator, top_p, repetition_penalty, use_cache)
-    return until_stop(decode_pieces(tokenizer, tokens, ids), stop)
+    return until_stop(decode_pieces(tokenizer, sample_ids(model, ids, params, use_cache), ids), params.stop)
 
 
 def generate(
     model: GPT,
     tokenizer: Tokenizer,
     prompt: str = "",
-    max_new_tokens: int = 300,
-    temperature: float = 0.8,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    repetition_penalty: float = 1.0,
-    stop: Optional[list[str]] = None,
-    seed: Optional[int] = None,
+    params: Optional[SamplingParams] = None,
     use_cache: bool = True,
     num_samples: int = 1,
+    **options: Any,
 ) -> Union[str, list[str]]:
     """The text sampled after `prompt` (without the prompt); a list of num_samples texts when > 1.
 
-    Sample i uses seed + i, so the first of several samples is the text num_samples=1 gives.
+    `params` and `options` as for stream. Sample i uses seed + i, so the first of several samples
+    is the text num_samples=1 gives.
     """
     if num_samples < 1:
         raise ValueError(f"num_samples={num_samples} must be >= 1")
-    texts = [
-        "".join(
-            stream(
-                model, tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, stop,
-                None if seed is None else seed + i, use_cache,
-            )
-        )
-        for i in range(num_samples)
-    ]
+    params = chosen(params, options)
+    texts = ["".join(stream(model, tokenizer, prompt, params.nth(i), use_cache)) for i in range(num_samples)]
     return texts[0] if num_samples == 1 else texts

@@ -11,7 +11,6 @@ layers store their weights transposed). SwiGLU adds `mlp.c_gate` (c_fc is the up
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Optional
 
@@ -326,9 +325,3 @@ class GPT(nn.Module):
         n = self.num_parameters(non_embedding=True)
         return 6 * n + 12 * c.n_layer * c.n_embd * c.block_size
 
-
-def count_parameters(config: GPTConfig, vocab_size: int) -> int:
-    """Exact parameter count of the GPT `config` describes with `vocab_size` tokens, built on the meta device (no memory)."""
-    cfg = dataclasses.replace(config, vocab_size=vocab_size)
-    with torch.device("meta"):
-        return GPT(cfg).num_parameters()

@@ -1,13 +1,16 @@
-"""`slm recipes`: every shipped recipe with the seed system it reproduces, its data, tokenizer, model shape and exact parameter count."""
+"""`slm recipes`: every shipped recipe with the seed system it reproduces, its data, tokenizer, model shape and exact parameter count.
+
+No torch: the parameter count is computed from the model's shape (tests/test_recipes.py checks it
+equals the built model's for every recipe and several option combinations).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Optional
 
-from .config import RunConfig, list_recipes, load_recipe
+from .config import ModelConfig, RunConfig, list_recipes, load_recipe
 from .data.sources import Corpus, source_kind
-from .model import count_parameters
 from .tokenizer import get_kind
 
 
@@ -37,6 +40,21 @@ class RecipeSummary:
         )
 
 
+def parameter_count(m: ModelConfig, vocab_size: int) -> int:
+    """Exact parameter count of the GPT `m` describes with `vocab_size` tokens (GPT.num_parameters()), without torch."""
+    d, ff, b = m.n_embd, m.d_ff or 4 * m.n_embd, int(m.bias)
+    norm = d if m.norm == "rmsnorm" else d + b * d  # RMSNorm: a weight, never a bias
+
+    def linear(n_in: int, n_out: int) -> int:
+        return n_in * n_out + b * n_out
+
+    mlp = linear(d, ff) * (2 if m.mlp == "swiglu" else 1) + linear(ff, d)  # swiglu: c_gate beside c_fc
+    block = 2 * norm + linear(d, 3 * d) + linear(d, d) + mlp  # ln_1, ln_2, c_attn, c_proj, mlp (qk_norm: no weight)
+    pos = m.block_size * d if m.pos_embedding == "learned" else 0  # sinusoidal and rotary tables are buffers
+    head = 0 if m.tie_embeddings else vocab_size * d
+    return vocab_size * d + pos + m.n_layer * block + norm + head
+
+
 def recipe_vocab_size(cfg: RunConfig) -> tuple[Optional[int], str]:
     """The vocabulary the recipe's model gets, and how it was found; (None, why) when it needs a download."""
     tk = cfg.tokenizer
@@ -57,11 +75,11 @@ def recipe_vocab_size(cfg: RunConfig) -> tuple[Optional[int], str]:
 
 
 def summarize(cfg: RunConfig) -> RecipeSummary:
-    """The `slm recipes` row of one loaded recipe; the parameter count is computed by building the model."""
+    """The `slm recipes` row of one loaded recipe."""
     m = cfg.model
     shape = f"{m.n_layer}x{m.n_embd} h{m.n_head} ff{m.d_ff or 4 * m.n_embd} ctx{m.block_size} {m.pos_embedding}"
     vocab, note = recipe_vocab_size(cfg)
-    params = count_parameters(m, vocab) if vocab is not None else None
+    params = parameter_count(m, vocab) if vocab is not None else None
     download = source_kind(cfg.data.source).download(cfg.data.source)
     return RecipeSummary(cfg.name, cfg.reproduces, cfg.data.source, cfg.tokenizer.kind, shape, vocab, params, note, download)
 

@@ -28,6 +28,7 @@ from .config import ConfigError, ServeConfig, apply_override
 from .errors import ServeError, SlmError
 from .generate import stream
 from .runs import CONFIG, Run, load_run
+from .sampling import SamplingError, SamplingParams
 
 try:
     import uvicorn
@@ -47,15 +48,28 @@ class CompletionRequest(BaseModel):
 
     model: Optional[str] = None
     prompt: Union[str, list[str]] = ""
-    max_tokens: int = Field(16, ge=0)
-    temperature: float = Field(1.0, ge=0.0, allow_inf_nan=False)
-    top_k: int = Field(0, ge=0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    repetition_penalty: float = Field(1.0, gt=0.0, allow_inf_nan=False)  # not OpenAI's: > 1 discourages repeats
+    # OpenAI's defaults; the ranges are SamplingParams.validate's (see params())
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0  # not OpenAI's: > 1 discourages repeats
     stop: Union[str, list[str], None] = None
-    seed: Optional[int] = Field(None, ge=0, le=2**63 - 1)
+    seed: Optional[int] = None
     stream: bool = False
     n: int = Field(1, ge=1, le=1)
+
+    def params(self) -> SamplingParams:
+        """The request's sampling options, validated; RequestError 422 naming the field otherwise."""
+        params = SamplingParams(
+            max_new_tokens=self.max_tokens, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+            repetition_penalty=self.repetition_penalty, stop=() if self.stop is None else self.stop, seed=self.seed,
+        )
+        try:
+            return params.validate()
+        except SamplingError as e:
+            field = "max_tokens" if e.field == "max_new_tokens" else e.field  # OpenAI's name for it
+            raise RequestError(422, f"{field}={e.value!r} {e.rule}", field) from None
 
 
 class RequestError(Exception):
@@ -77,7 +91,7 @@ class Job:
 
     prompt: str
     prompt_tokens: int
-    kwargs: dict[str, Any]  # generate.stream's arguments besides the model, tokenizer and prompt
+    params: SamplingParams
 
 
 class Server:
@@ -106,34 +120,30 @@ class Server:
                 "(serve.max_prompt_chars)",
                 "prompt",
             )
-        if req.max_tokens > self.cfg.max_tokens_limit:
+        params = req.params()
+        if params.max_new_tokens > self.cfg.max_tokens_limit:
             raise RequestError(
                 422,
                 f"max_tokens={req.max_tokens} is above this server's limit of {self.cfg.max_tokens_limit} "
                 "(serve.max_tokens_limit)",
                 "max_tokens",
             )
-        stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
-        if len(stop) > MAX_STOP_STRINGS or any(s == "" for s in stop):
-            raise RequestError(422, f"stop: give up to {MAX_STOP_STRINGS} non-empty strings", "stop")
+        if len(params.stop) > MAX_STOP_STRINGS:
+            raise RequestError(422, f"stop: give up to {MAX_STOP_STRINGS} strings", "stop")
         prompt_tokens = 0
         if prompt:
             try:
                 prompt_tokens = len(self.run.tokenizer.encode(prompt))
             except SlmError as e:
                 raise RequestError(422, f"prompt: {e}", "prompt") from None
-        kwargs = dict(
-            max_new_tokens=req.max_tokens, temperature=req.temperature, top_k=req.top_k, top_p=req.top_p,
-            repetition_penalty=req.repetition_penalty, stop=stop or None, seed=req.seed,
-        )
-        return Job(prompt=prompt, prompt_tokens=prompt_tokens, kwargs=kwargs)
+        return Job(prompt=prompt, prompt_tokens=prompt_tokens, params=params)
 
     def _generate(self, job: Job, cancelled: threading.Event) -> Iterator[str]:
         """Text pieces for `job`, one generation at a time; stops early once `cancelled` is set."""
         with self.lock:  # concurrent requests queue here
             if cancelled.is_set():
                 return
-            for piece in stream(self.run.model, self.run.tokenizer, prompt=job.prompt, **job.kwargs):
+            for piece in stream(self.run.model, self.run.tokenizer, job.prompt, job.params):
                 if cancelled.is_set():
                     return
                 yield piece
@@ -185,8 +195,8 @@ class Server:
 
     def finish_reason(self, job: Job, usage: dict[str, int]) -> str:
         """'length' when max_tokens ran out, 'stop' when a stop string (or the model) ended the text first."""
-        stopped_early = usage["completion_tokens"] < job.kwargs["max_new_tokens"]
-        return "stop" if job.kwargs["stop"] and stopped_early else "length"
+        stopped_early = usage["completion_tokens"] < job.params.max_new_tokens
+        return "stop" if job.params.stop and stopped_early else "length"
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -187,7 +187,7 @@ def _set_rank_state(state: dict[str, Any], sampler: WindowSampler) -> None:
 
 def _sample(model: GPT, tokenizer: Tokenizer, sc: SampleConfig) -> str:
     """A sample of the recipe's `sample` section (during and after training)."""
-    return generate(model, tokenizer, sc.prompt, sc.max_new_tokens, sc.temperature, sc.top_k, seed=sc.seed)
+    return generate(model, tokenizer, sc.prompt, sc.params())
 
 
 def train(

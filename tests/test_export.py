@@ -50,7 +50,7 @@ def assert_same_model(hf_model, ours: GPT, vocab_size: int):
     greedy_hf = hf_model.generate(
         prompt[None], max_new_tokens=12, do_sample=False, pad_token_id=0, attention_mask=torch.ones(1, 5, dtype=torch.long)
     )[0, 5:].tolist()
-    greedy_ours = list(sample_ids(ours, prompt.tolist(), 12, temperature=0))
+    greedy_ours = list(sample_ids(ours, prompt.tolist(), max_new_tokens=12, temperature=0))
     assert greedy_hf == greedy_ours
 
 

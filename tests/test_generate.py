@@ -4,7 +4,10 @@ import pytest
 import torch
 
 from slmkit.config import POS_EMBEDDINGS, ConfigError
-from slmkit.generate import decode_pieces, generate, next_logits, process_logits, sample_ids, stream, until_stop
+from slmkit.generate import (
+    PieceDecoder, StopMatcher, TokenSampler, decode_pieces, generate, next_logits, process_logits, sample_ids, stream, until_stop,
+)
+from slmkit.sampling import SamplingParams
 from slmkit.model import GPT, GPTConfig
 from slmkit.tokenizer import CharTokenizer, GPT2Tokenizer
 
@@ -46,8 +49,9 @@ def test_cache_gives_the_uncached_logits_and_ids_past_the_block_size(pos_embeddi
     torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
     for penalty in (1.0, 2.0):  # the penalty keeps greedy decoding of random weights from repeating one token
-        greedy = list(sample_ids(model, prompt, 3 * BLOCK, temperature=0, repetition_penalty=penalty))
-        assert greedy == list(sample_ids(model, prompt, 3 * BLOCK, 0, repetition_penalty=penalty, use_cache=False))
+        greedy = list(sample_ids(model, prompt, max_new_tokens=3 * BLOCK, temperature=0, repetition_penalty=penalty))
+        greedy_params = SamplingParams(max_new_tokens=3 * BLOCK, temperature=0, repetition_penalty=penalty)
+        assert greedy == list(sample_ids(model, prompt, greedy_params, use_cache=False))
     assert len(set(greedy)) > 5
 
 
@@ -56,43 +60,46 @@ def test_cache_reads_the_prompt_once_then_one_token_per_step(monkeypatch):
     lengths = []
     forward = model.forward
     monkeypatch.setattr(model, "forward", lambda idx, *a, **k: lengths.append(idx.shape[1]) or forward(idx, *a, **k))
-    list(sample_ids(model, [1, 2, 3, 4, 5], 30, temperature=0))
+    list(sample_ids(model, [1, 2, 3, 4, 5], max_new_tokens=30, temperature=0))
     # 5 prompt tokens, then one per step until the window (16) is full; then it slides to its last 8
     assert lengths[:12] == [5] + [1] * 11
     assert lengths[12] == BLOCK // 2 and lengths[13:21] == [1] * 8 and lengths[21] == BLOCK // 2
     assert len(lengths) == 30
     lengths.clear()
-    list(sample_ids(model, [1, 2, 3, 4, 5], 30, temperature=0, use_cache=False))
+    list(sample_ids(model, [1, 2, 3, 4, 5], max_new_tokens=30, temperature=0, use_cache=False))
     assert lengths[:3] == [5, 6, 7] and max(lengths) == BLOCK
 
 
 def test_top_k_keeps_the_k_largest():
     logits = torch.tensor([1.0, 4.0, 3.0, 2.0])
-    out = process_logits(logits, top_k=2)
+    out = process_logits(logits, SamplingParams(temperature=1.0, top_k=2))
     assert torch.isinf(out[[0, 3]]).all() and torch.equal(out[[1, 2]], logits[[1, 2]])
 
 
 def test_top_p_keeps_the_smallest_set_holding_p():
     probs = torch.tensor([0.05, 0.5, 0.15, 0.3])
     logits = probs.log()
-    kept = torch.isfinite(process_logits(logits, top_p=0.9))
-    assert kept.tolist() == [False, True, True, True]  # 0.5 + 0.3 < 0.9, so 0.15 is needed too
-    assert torch.isfinite(process_logits(logits, top_p=0.5)).tolist() == [False, True, False, False]
-    assert torch.isfinite(process_logits(logits, top_p=0.01)).sum() == 1  # the top token always stays
+
+    def kept(top_p):
+        return torch.isfinite(process_logits(logits, SamplingParams(temperature=1.0, top_p=top_p))).tolist()
+
+    assert kept(0.9) == [False, True, True, True]  # 0.5 + 0.3 < 0.9, so 0.15 is needed too
+    assert kept(0.5) == [False, True, False, False]
+    assert sum(kept(0.01)) == 1  # the top token always stays
 
 
 def test_repetition_penalty_and_temperature():
     logits = torch.tensor([2.0, -1.0, 1.0])
     seen = torch.tensor([True, True, False])
-    out = process_logits(logits, repetition_penalty=2.0, seen=seen)
+    out = process_logits(logits, SamplingParams(temperature=1.0, repetition_penalty=2.0), seen)
     assert out.tolist() == [1.0, -2.0, 1.0]  # positive divided, negative multiplied, unseen untouched
-    assert process_logits(logits, temperature=0.5).tolist() == [4.0, -2.0, 2.0]
+    assert process_logits(logits, SamplingParams(temperature=0.5)).tolist() == [4.0, -2.0, 2.0]
 
 
 def test_repetition_penalty_changes_greedy_choice():
     model = tiny_model()
-    plain = list(sample_ids(model, [1, 2, 3], 20, temperature=0))
-    penalized = list(sample_ids(model, [1, 2, 3], 20, temperature=0, repetition_penalty=100.0))
+    plain = list(sample_ids(model, [1, 2, 3], max_new_tokens=20, temperature=0))
+    penalized = list(sample_ids(model, [1, 2, 3], max_new_tokens=20, temperature=0, repetition_penalty=100.0))
     assert plain != penalized
     assert len(set(penalized)) == 20 and not set(penalized) & {1, 2, 3}  # with a huge penalty no token repeats
 
@@ -109,9 +116,9 @@ def test_stop_strings_end_the_output_and_are_never_emitted():
 def test_stop_string_in_generation():
     tok = CharTokenizer.fit(["abcdefgh \n"])
     model = tiny_model(vocab_size=tok.vocab_size)
-    full = "".join(stream(model, tok, "a", 60, temperature=1.0, seed=3))
+    full = "".join(stream(model, tok, "a", max_new_tokens=60, temperature=1.0, seed=3))
     stop = full[20:22]
-    cut = "".join(stream(model, tok, "a", 60, temperature=1.0, seed=3, stop=[stop]))
+    cut = "".join(stream(model, tok, "a", max_new_tokens=60, temperature=1.0, seed=3, stop=[stop]))
     assert cut == full[: full.index(stop)]
 
 
@@ -154,7 +161,7 @@ def test_bad_sampling_arguments_fail_at_the_call():
         stream(model, tok, "a", top_p=0.0)
     with pytest.raises(ConfigError, match="repetition_penalty"):
         stream(model, tok, "a", repetition_penalty=0.0)
-    assert math.isclose(len(generate(model, tok, "", 5, temperature=0)), 5)
+    assert math.isclose(len(generate(model, tok, "", max_new_tokens=5, temperature=0)), 5)
 
 
 def test_multibyte_characters_come_out_whole_with_byte_level_bpe():
@@ -169,10 +176,89 @@ def test_multibyte_characters_come_out_whole_with_byte_level_bpe():
 
 def test_generation_puts_the_model_back_in_training_mode():
     model = tiny_model(dropout=0.1).train()
-    tokens = sample_ids(model, [1, 2], 10, temperature=0)
+    tokens = sample_ids(model, [1, 2], max_new_tokens=10, temperature=0)
     next(tokens)
     assert not model.training  # no dropout while sampling
     tokens.close()  # stopped early (a stop string, a closed connection)
     assert model.training
-    list(sample_ids(model, [1], 3))
+    list(sample_ids(model, [1], max_new_tokens=3))
     assert model.training
+
+
+def test_sampling_params_validate_in_one_place_and_name_the_option():
+    assert SamplingParams().validate() == SamplingParams()
+    for bad, field in [
+        (dict(max_new_tokens=-1), "max_new_tokens"), (dict(temperature=-0.1), "temperature"),
+        (dict(temperature=float("nan")), "temperature"), (dict(top_k=-1), "top_k"), (dict(top_p=0.0), "top_p"),
+        (dict(top_p=1.5), "top_p"), (dict(repetition_penalty=0.0), "repetition_penalty"),
+        (dict(repetition_penalty=float("inf")), "repetition_penalty"), (dict(stop=["ok", ""]), "stop"),
+        (dict(seed=-1), "seed"), (dict(seed=2**63), "seed"), (dict(top_k=2.5), "top_k"),
+    ]:  # fmt: skip
+        with pytest.raises(ConfigError, match=f"^sample.{field}=") as caught:
+            SamplingParams(**bad).validate(prefix="sample.")
+        assert caught.value.field == field
+    assert SamplingParams(stop="\n").stop == ("\n",) and SamplingParams(stop=["a", "b"]).stop == ("a", "b")
+    with pytest.raises(TypeError, match="temprature"):
+        SamplingParams().replace(temprature=1.0)
+    assert SamplingParams(seed=5).nth(0).seed == 5 and SamplingParams(seed=5).nth(2).seed == 7
+    assert SamplingParams().nth(3).seed is None
+
+
+def test_recipe_sample_section_gives_its_sampling_params():
+    from slmkit.config import SampleConfig
+
+    sc = SampleConfig(prompt="x", max_new_tokens=7, temperature=0.5, top_k=3, seed=9, top_p=0.8, repetition_penalty=1.3)
+    assert sc.params() == SamplingParams(
+        max_new_tokens=7, temperature=0.5, top_k=3, top_p=0.8, repetition_penalty=1.3, seed=9
+    )
+    with pytest.raises(ConfigError, match="sample.top_p=0.0"):
+        SampleConfig(top_p=0.0).validate()
+
+
+def test_params_object_and_keyword_options_give_the_same_text():
+    tok = CharTokenizer.fit(["abcdefgh \n"])
+    model = tiny_model(vocab_size=tok.vocab_size)
+    params = SamplingParams(max_new_tokens=30, temperature=1.0, top_k=4, repetition_penalty=1.5, seed=4)
+    text = generate(model, tok, "ab", params)
+    same = dict(max_new_tokens=30, temperature=1.0, top_k=4, repetition_penalty=1.5, seed=4)
+    assert text == generate(model, tok, "ab", **same)
+    assert text == "".join(stream(model, tok, "ab", params))
+    greedy = generate(model, tok, "ab", params.replace(temperature=0))
+    assert generate(model, tok, "ab", params, temperature=0) == greedy
+
+
+def test_per_sequence_state_is_independent():
+    """Two sequences' samplers and stop matchers, stepped in turn, give what each gives alone (issue 15's batches)."""
+    model = tiny_model()
+    params = [SamplingParams(temperature=1.0, seed=s, repetition_penalty=1.2) for s in (1, 2)]
+    alone = [list(sample_ids(model, [1, 2], p, max_new_tokens=12)) for p in params]
+    samplers = [TokenSampler(p, 50, [1, 2], model.device) for p in params]
+    steps = [next_logits(model, [1, 2], 12) for _ in params]
+    logits = [next(s) for s in steps]
+    together: list[list[int]] = [[], []]
+    for _ in range(12):
+        for i in (0, 1):
+            token = samplers[i].choose(logits[i])
+            together[i].append(token)
+            logits[i] = steps[i].send(token) if len(together[i]) < 12 else None
+    assert together == alone and alone[0] != alone[1]
+
+    a, b = StopMatcher(["STOP"]), StopMatcher(["\n\n"])
+    assert [a.push("xS"), b.push("y\n"), a.push("TOP z"), b.push("w"), b.push("\n\nq")] == ["x", "y", "", "\nw", ""]
+    assert a.stopped and b.stopped and a.push("more") == ""
+
+    tok = GPT2Tokenizer()  # two texts whose characters span several byte tokens, decoded in turn
+    texts = [tok.encode("Fox 🦊 and 日本"), tok.encode("é 🦊🦊 ok")]
+    decoders = [PieceDecoder(tok), PieceDecoder(tok)]
+    pieces: list[list[str]] = [[], []]
+    for step in range(max(map(len, texts))):
+        for i in (0, 1):
+            if step < len(texts[i]) and (piece := decoders[i].push(texts[i][step])):
+                pieces[i].append(piece)
+    assert pieces == [list(decode_pieces(tok, ids)) for ids in texts]
+    assert ["".join(p) for p in pieces] == ["Fox 🦊 and 日本", "é 🦊🦊 ok"]
+
+
+def test_a_positional_token_count_is_refused_with_the_keyword_to_use():
+    with pytest.raises(TypeError, match="max_new_tokens=N by keyword"):
+        list(sample_ids(tiny_model(), [1], 12))

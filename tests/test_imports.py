@@ -18,6 +18,7 @@ PACKAGE = Path(slmkit.__file__).parent
 STAGES = [
     {"errors"},
     {"atomic"},
+    {"sampling"},  # SamplingParams: the recipe's sample section (config) gives one
     {"tokenizer"},
     {"data.sources"},
     {"config"},

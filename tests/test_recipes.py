@@ -2,18 +2,22 @@
 model has the exact parameter count written here, and it trains a few steps on a small local slice
 of data in its real source's format (hub loaders pointed at local parquet folders)."""
 
+import dataclasses
 import math
+import shutil
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 import yaml
 
 from slmkit.config import list_recipes, load_recipe
 from slmkit.data.sources import hf as hf_source
 from slmkit.data.sources import kjv
-from slmkit.model import count_parameters
-from slmkit.recipes import summarize
+from slmkit.model import GPT
+from slmkit.recipes import parameter_count, summarize
 from slmkit.runs import CONFIG
 from slmkit.train import train
 
@@ -46,6 +50,27 @@ def by_hand(m, vocab: int) -> int:
     return vocab * d + pos + m.n_layer * block + (d + b * d) + head
 
 
+def built_count(m, vocab: int) -> int:
+    """The parameters of the GPT itself, built on the meta device (no memory)."""
+    with torch.device("meta"):
+        return GPT(dataclasses.replace(m, vocab_size=vocab)).num_parameters()
+
+
+OPTIONS = [
+    {}, {"bias": False}, {"norm": "rmsnorm"}, {"norm": "rmsnorm", "bias": False}, {"mlp": "swiglu", "d_ff": 344},
+    {"mlp": "relu2", "qk_norm": True}, {"tie_embeddings": False}, {"pos_embedding": "rotary"},
+    {"pos_embedding": "sinusoidal", "mlp": "swiglu", "bias": False, "tie_embeddings": False}, {"pos_embedding": "none"},
+]
+
+
+@pytest.mark.parametrize("name", [p.stem for p in list_recipes()])
+def test_parameter_count_without_torch_equals_the_built_model(name):
+    model = load_recipe(name).model
+    for options in OPTIONS:
+        m = dataclasses.replace(model, **options)
+        assert parameter_count(m, 97) == built_count(m, 97), options
+
+
 def test_every_seed_has_its_recipe():
     assert sorted(RECIPES) == sorted(EXPECTED)
     assert {EXPECTED[r][0] for r in RECIPES} == {"", "000", "001", "002", "003", "004"}
@@ -56,7 +81,7 @@ def test_recipe_loads_with_its_seed_and_exact_parameter_count(name):
     cfg = load_recipe(name)
     seed, vocab, params = EXPECTED[name]
     assert cfg.reproduces == seed
-    assert count_parameters(cfg.model, vocab) == params == by_hand(cfg.model, vocab)
+    assert built_count(cfg.model, vocab) == parameter_count(cfg.model, vocab) == params == by_hand(cfg.model, vocab)
 
 
 def test_seed_numbers():
@@ -165,9 +190,10 @@ def test_recipe_trains_a_few_steps_on_a_local_slice(name, tmp_path, monkeypatch)
 def test_slm_recipes_prints_every_recipe_with_its_count(tmp_path, monkeypatch, capsys):
     from slmkit.cli import main
 
-    monkeypatch.setenv("SLMKIT_CACHE", str(tmp_path))
+    monkeypatch.setenv("SLMKIT_CACHE", str(tmp_path))  # nothing downloaded: still every count, and what to fetch
     assert main(["recipes"]) == 0
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert sorted(lines) == sorted(p.stem for p in list_recipes())
     for name in RECIPES:
         seed, vocab, params = EXPECTED[name]
         assert f"reproduces={seed or '-'}" in lines[name]

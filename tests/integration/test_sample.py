@@ -43,3 +43,36 @@ def test_sample_flags_and_interactive_loop(tmp_path, tiny_overrides):
 
     bad = slm(*common, "--top-p", "0", cwd=tmp_path)
     assert bad.returncode == 1 and "sample.top_p=0.0" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def head(argv: list[str], cwd: Path, read: int, stdin: bytes = b"") -> tuple[int, str]:
+    """Run `slm argv | head -c READ` through a real pipe: read `read` bytes (0: none), close it; (exit code, stderr)."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "slmkit", *argv], cwd=cwd, env=env,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    proc.stdin.write(stdin)
+    proc.stdin.close()
+    got = proc.stdout.read(read) if read else b""
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=300)
+    assert len(got) == read
+    return proc.returncode, err
+
+
+def test_a_reader_that_stops_early_ends_the_output_quietly(tmp_path, tiny_overrides):
+    """`slm sample ... | head -c 20` (and the other commands that print a lot): no traceback, cat's exit status."""
+    run = str(tmp_path / "run")
+    train(load_recipe("kjv-char", dict(tiny_overrides, **{"train.max_steps": 5})), out=run, progress_bar=False)
+    overrides = [f"--{k}={v}" for k, v in tiny_overrides.items()]
+    cases = [
+        (["sample", "--run", run, "--max-new-tokens", "20000"], 20, b""),
+        (["sample", "--run", run, "--interactive", "--max-new-tokens", "100"], 20, b"And God\n" * 200),
+        (["eval", "--run", run], 0, b""),
+        (["train", "--no-progress", "--out", str(tmp_path / "again"), *overrides], 10, b""),
+    ]
+    for argv, read, stdin in cases:
+        code, err = head(argv, tmp_path, read, stdin)
+        assert (code, err) == (141, ""), (argv, err)
