@@ -45,11 +45,14 @@ COMPRESSORS = {
 def compressor_bits_per_byte(recipe: Path) -> dict[str, float]:
     """Bits per byte of each compressor on the recipe's val split given its train split.
 
-    The text is what the char shards hold: each verse followed by a newline."""
+    The compressed text is each verse followed by a newline (the separator the models predict too);
+    bytes are counted without the separators, as slmkit's bits per byte counts them."""
     corpus = Corpus(load_recipe(str(recipe)).data)
-    train_text, val_text = ("".join(doc + "\n" for doc in corpus.documents(split)).encode() for split in ("train", "val"))
+    train_docs, val_docs = (list(corpus.documents(split)) for split in ("train", "val"))
+    train_text, val_text = ("".join(doc + "\n" for doc in docs).encode() for docs in (train_docs, val_docs))
+    val_bytes = sum(len(doc.encode()) for doc in val_docs)
     return {
-        name: 8 * (len(compress(train_text + val_text)) - len(compress(train_text))) / len(val_text)
+        name: 8 * (len(compress(train_text + val_text)) - len(compress(train_text))) / val_bytes
         for name, compress in COMPRESSORS.items()
     }
 
