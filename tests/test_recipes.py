@@ -27,8 +27,8 @@ RECIPES = [p.stem for p in list_recipes() if not p.stem.startswith("speedrun-")]
 
 # recipe -> (seed system it reproduces, vocab size the full-size model is counted with, exact parameter count)
 EXPECTED = {
-    "kjv-char": ("", 63, 817_792),  # the characters of the train split
-    "kjv-char-gpt2": ("", 63, 817_792),  # the GPT-2-style reference (the default before issue 21)
+    "kjv-char": ("", 1024, 922_752),  # byte-level BPE 1024, SwiGLU, rotary, no bias (issue 21)
+    "kjv-char-gpt2": ("", 63, 817_792),  # the characters of the train split; the default before issue 21
     "shakespeare-char": ("002", 65, 818_048),
     "shakespeare-char-nodecay": ("002", 65, 818_048),
     "shakespeare-char-lower": ("003", 39, 814_720),  # lowercased: 65 - 26 letters
