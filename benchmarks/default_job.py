@@ -71,7 +71,7 @@ def run(recipe: Path, minutes: float, threads: int, out: Path) -> dict:
         "steps": result.steps,
         "tokens": result.tokens,
         "tokens_per_s": statistics.median(float(r["tokens_per_second"]) for r in windows),
-        "bits_per_byte": result.final_val["bits_per_byte"],
+        "bits_per_byte": result.final_val.metrics["bits_per_byte"],
         "sample": result.sample,
     }
 
