@@ -111,6 +111,22 @@ def test_seed_numbers():
         assert (tr.batch_size, tr.lr, tr.max_epochs) == (32, 3e-4, 10)
 
 
+def test_default_job_numbers():
+    """The default (issue 21) and the GPT-2-style reference it replaced: same shape and budget, the schedule
+    a fraction of the budget."""
+    new, old = load_recipe("kjv-char"), load_recipe("kjv-char-gpt2")
+    shape = lambda c: (c.model.n_layer, c.model.n_head, c.model.n_embd, c.model.block_size, c.train.batch_size)
+    assert shape(new) == shape(old) == (4, 4, 128, 128, 32) and new.train.max_minutes == old.train.max_minutes == 5
+    assert (new.tokenizer.kind, new.tokenizer.vocab_size) == ("bpe", 1024)
+    m = new.model
+    assert (m.bias, m.pos_embedding, m.norm, m.mlp, m.d_ff, m.qk_norm) == (False, "rotary", "rmsnorm", "swiglu", 344, True)
+    t = new.train
+    assert (t.optimizer, t.muon_lr, t.muon_momentum, t.lr, t.min_lr) == ("muon", 0.02, 0.8, 3e-3, 3e-4)
+    assert (t.warmup_fraction, t.schedule, t.cooldown_fraction) == (0.03, "cosine", 0.5)
+    assert (old.tokenizer.kind, old.model.pos_embedding, old.model.mlp, old.model.bias) == ("char", "learned", "gelu", True)
+    assert (old.train.optimizer, old.train.lr, old.train.warmup_steps, old.train.cooldown_fraction) == ("adamw", 3e-3, 100, 1.0)
+
+
 def test_char_vocab_is_counted_from_the_corpus_or_reported_missing(tmp_path, monkeypatch):
     monkeypatch.setenv("SLMKIT_CACHE", str(tmp_path))  # no tinyshakespeare here: no download is attempted
     row = summarize(load_recipe("shakespeare-char"))  # the pinned file's characters: no download needed
