@@ -52,14 +52,15 @@ def tiny_overrides(tiny_corpus, tmp_path):
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
-    """One trained tiny kjv-char run folder shared by the tests that only read it (do not modify it)."""
+    """One trained tiny run folder of the GPT-2-style char reference (kjv-char-gpt2: it exports to every
+    format and its tokenizer is characters) shared by the tests that only read it (do not modify it)."""
     from slmkit.config import load_recipe
     from slmkit.train import train
 
     root = tmp_path_factory.mktemp("tiny_run")
     corpus = root / "corpus.txt"
     corpus.write_text(TINY_TEXT, encoding="utf-8")
-    train(load_recipe("kjv-char", tiny_settings(corpus, root / "shards")), out=root / "run", progress_bar=False)
+    train(load_recipe("kjv-char-gpt2", tiny_settings(corpus, root / "shards")), out=root / "run", progress_bar=False)
     return root / "run"
 
 

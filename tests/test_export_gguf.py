@@ -141,7 +141,7 @@ def trained(tmp_path_factory):
                         **{f"model.{k}": v for k, v in ARCHS[arch].items()}}
             if kind == "bpe":
                 settings["tokenizer.vocab_size"] = 300
-            train(load_recipe("kjv-char", settings), out=root / "run", progress_bar=False)
+            train(load_recipe("kjv-char-gpt2", settings), out=root / "run", progress_bar=False)
             runs[arch, kind] = root / "run"
         return runs[arch, kind]
 

@@ -27,7 +27,8 @@ RECIPES = [p.stem for p in list_recipes() if not p.stem.startswith("speedrun-")]
 
 # recipe -> (seed system it reproduces, vocab size the full-size model is counted with, exact parameter count)
 EXPECTED = {
-    "kjv-char": ("", 63, 817_792),  # the characters of the train split
+    "kjv-char": ("", 1024, 922_752),  # byte-level BPE 1024, SwiGLU, rotary, no bias (issue 21)
+    "kjv-char-gpt2": ("", 63, 817_792),  # the characters of the train split; the default before issue 21
     "shakespeare-char": ("002", 65, 818_048),
     "shakespeare-char-nodecay": ("002", 65, 818_048),
     "shakespeare-char-lower": ("003", 39, 814_720),  # lowercased: 65 - 26 letters
@@ -39,9 +40,11 @@ EXPECTED = {
 
 
 def by_hand(m, vocab: int) -> int:
-    """GPT-2's parameter formula: embeddings, per block LN + attention + MLP, final LN, untied head."""
+    """GPT-2's parameter formula: embeddings, per block LN + attention + MLP, final LN, untied head
+    (SwiGLU: a second input matrix, the gate)."""
     d, ff, b = m.n_embd, m.d_ff or 4 * m.n_embd, int(m.bias)
-    block = 2 * (d + b * d) + (3 * d * d + b * 3 * d) + (d * d + b * d) + (d * ff + b * ff) + (ff * d + b * d)
+    inputs = 2 if m.mlp == "swiglu" else 1
+    block = 2 * (d + b * d) + (3 * d * d + b * 3 * d) + (d * d + b * d) + inputs * (d * ff + b * ff) + (ff * d + b * d)
     pos = m.block_size * d if m.pos_embedding == "learned" else 0
     head = 0 if m.tie_embeddings else vocab * d
     return vocab * d + pos + m.n_layer * block + (d + b * d) + head
@@ -106,6 +109,22 @@ def test_seed_numbers():
         assert (c.tokenizer.kind, c.tokenizer.vocab_size) == (kind, 10000)
         assert (m.n_embd, m.n_head, m.n_layer, m.d_ff, m.block_size, m.dropout) == (512, 8, 6, 2048, 512, 0.1)
         assert (tr.batch_size, tr.lr, tr.max_epochs) == (32, 3e-4, 10)
+
+
+def test_default_job_numbers():
+    """The default (issue 21) and the GPT-2-style reference it replaced: same shape and budget, the schedule
+    a fraction of the budget."""
+    new, old = load_recipe("kjv-char"), load_recipe("kjv-char-gpt2")
+    shape = lambda c: (c.model.n_layer, c.model.n_head, c.model.n_embd, c.model.block_size, c.train.batch_size)
+    assert shape(new) == shape(old) == (4, 4, 128, 128, 32) and new.train.max_minutes == old.train.max_minutes == 5
+    assert (new.tokenizer.kind, new.tokenizer.vocab_size) == ("bpe", 1024)
+    m = new.model
+    assert (m.bias, m.pos_embedding, m.norm, m.mlp, m.d_ff, m.qk_norm) == (False, "rotary", "rmsnorm", "swiglu", 344, True)
+    t = new.train
+    assert (t.optimizer, t.muon_lr, t.muon_momentum, t.lr, t.min_lr) == ("muon", 0.02, 0.8, 3e-3, 3e-4)
+    assert (t.warmup_fraction, t.schedule, t.cooldown_fraction) == (0.03, "cosine", 0.5)
+    assert (old.tokenizer.kind, old.model.pos_embedding, old.model.mlp, old.model.bias) == ("char", "learned", "gelu", True)
+    assert (old.train.optimizer, old.train.lr, old.train.warmup_steps, old.train.cooldown_fraction) == ("adamw", 3e-3, 100, 1.0)
 
 
 def test_char_vocab_is_counted_from_the_corpus_or_reported_missing(tmp_path, monkeypatch):

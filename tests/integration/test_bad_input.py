@@ -417,7 +417,7 @@ def test_huge_single_line_corpus_is_prepared(bad_files):
     """A corpus of one 5 MB line with no newline is one document: it prepares, split by characters."""
     path = huge_line(bad_files["tmp"] / "huge.txt")
     shards = bad_files["tmp"] / "shards"
-    assert main(["prepare", f"--data.source={path}", f"--data.shard_dir={shards}"]) == 0
+    assert main(["prepare", f"--data.source={path}", f"--data.shard_dir={shards}", "--tokenizer.kind=char"]) == 0
     splits = read_manifest(shards)["splits"]
     assert splits["train"]["bytes"] + splits["val"]["bytes"] == HUGE_BYTES
     # one char token per character, plus an end-of-text per split

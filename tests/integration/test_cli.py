@@ -19,6 +19,9 @@ from slmkit.tokenizer import GPT2Tokenizer, load_tokenizer
 from slmkit.train import train
 
 
+CHAR_RECIPE = ("--recipe", "kjv-char-gpt2")  # the default recipe is byte-level BPE
+
+
 def slm(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     return subprocess.run(
@@ -32,11 +35,12 @@ def as_args(overrides: dict) -> list[str]:
 
 def test_prepare_train_sample(tmp_path, tiny_overrides):
     run = tmp_path / "run"
-    result = slm("prepare", *as_args(tiny_overrides), cwd=tmp_path)
+    # the character reference recipe: the test counts characters
+    result = slm("prepare", *CHAR_RECIPE, *as_args(tiny_overrides), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "shards" / "manifest.json").is_file()
 
-    result = slm("train", "--no-progress", "--out", str(run), *as_args(tiny_overrides), cwd=tmp_path)
+    result = slm("train", "--no-progress", "--out", str(run), *CHAR_RECIPE, *as_args(tiny_overrides), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     for name in [CONFIG, TOKENIZER, BEST, LAST, STATE, METRICS, LOG, PLOT]:
         assert (run / name).is_file(), name
@@ -136,7 +140,7 @@ BAD_INPUTS = [
     (["prepare", "--data.source=latin1.txt"], "latin1.txt is not UTF-8 text (bad byte at offset 3)"),
     (["train", "--data.source=short.txt", "--model.block_size=64"], "fewer than one window of 64 + 1"),
     (["prepare", "--data.source=corpus.txt", "--tokenizer.kind=bpe", "--tokenizer.vocab_size=100"], "too small"),
-    (["train", "--data.source=corpus.txt", "--data.shard_dir=swapped"], "holds a 'gpt2' tokenizer, expected 'char'"),
+    (["train", "--data.source=corpus.txt", "--data.shard_dir=swapped"], "holds a 'gpt2' tokenizer, expected 'bpe'"),
     (["data", "info", "bad.bin"], "bad.bin is not an slmkit shard (bad magic)"),
 ]
 
@@ -170,7 +174,7 @@ def test_errors_replace_goes_on(tmp_path, monkeypatch, capsys):
 
 def test_data_info(tmp_path, tiny_overrides, tiny_corpus):
     text = tiny_corpus.read_text(encoding="utf-8")
-    assert slm("prepare", *as_args(tiny_overrides), cwd=tmp_path).returncode == 0
+    assert slm("prepare", *CHAR_RECIPE, *as_args(tiny_overrides), cwd=tmp_path).returncode == 0
     result = slm("data", "info", str(tmp_path / "shards"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     header, train, val, total = result.stdout.splitlines()
