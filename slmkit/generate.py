@@ -246,6 +246,26 @@ def next_logits(model: GPT, ids: list[int], use_cache: bool = True) -> Generator
             seq.window.push((yield batch.forward()[0]))
 
 
+@torch.no_grad()
+def prompt_logprobs(model: GPT, ids: list[int], top: int = 0) -> list[tuple[int, float, list[tuple[int, float]]]]:
+    """(token, log-probability, the `top` likeliest (id, log-probability)) of each of ids[1:] given the ids
+    before it, read in the windows `slm eval` reads (consecutive block_size windows, each from scratch)."""
+    T = model.config.block_size
+    out = []
+    with eval_mode(model):
+        for start in range(0, len(ids) - 1, T):
+            window = ids[start : start + T + 1]
+            logits, _ = model(torch.tensor([window[:-1]], device=model.device))
+            log_probs = F.log_softmax(logits[0].float(), dim=-1)  # (t, vocab)
+            targets = torch.tensor(window[1:], device=model.device)
+            chosen = log_probs.gather(1, targets[:, None])[:, 0].tolist()
+            best = torch.topk(log_probs, min(top, log_probs.size(-1))) if top else None
+            for k, token in enumerate(window[1:]):
+                pairs = list(zip(best.indices[k].tolist(), best.values[k].tolist())) if best is not None else []
+                out.append((token, chosen[k], pairs))
+    return out
+
+
 @contextlib.contextmanager
 def eval_mode(model: GPT) -> Iterator[GPT]:
     """The model in eval mode (no dropout) inside, the caller's mode back after (even on an early close)."""

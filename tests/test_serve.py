@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 import slmkit.serve  # noqa: E402
 from slmkit.config import ServeConfig, load_recipe  # noqa: E402
 from slmkit.errors import SlmError  # noqa: E402
-from slmkit.generate import stream  # noqa: E402
+from slmkit.generate import Batch, stream  # noqa: E402
 from slmkit.runs import load_run  # noqa: E402
 from slmkit.serve import create_app  # noqa: E402
 from slmkit.train import train  # noqa: E402
@@ -105,17 +105,27 @@ def sse_events(lines):
 
 @pytest.fixture
 def slow_stream(monkeypatch):
-    """Make each generated piece take 20 ms and count how many were produced."""
+    """Make each batch step take 20 ms and count the tokens it produced."""
     produced = []
+    step = Batch.step
 
-    def slow(*args, **kwargs):
-        for piece in stream(*args, **kwargs):
-            time.sleep(0.02)
-            produced.append(piece)
-            yield piece
+    def slow(self):
+        time.sleep(0.02)
+        stepped = step(self)
+        produced.extend(seq.token for seq in stepped)
+        return stepped
 
-    monkeypatch.setattr(slmkit.serve, "stream", slow)
+    monkeypatch.setattr(Batch, "step", slow)
     return produced
+
+
+def batch_empties(app, timeout=10.0):
+    """True once the server's batch holds no sequence (every slot free again)."""
+    batch = app.state.server.scheduler.batch
+    deadline = time.monotonic() + timeout
+    while batch.active and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return not batch.active
 
 
 def test_health_models_and_page(client, run_dir):
@@ -172,14 +182,16 @@ def test_streaming_sends_pieces_then_done(client, run):
         ({"max_tokens": -1}, 422, "max_tokens"),
         ({"prompt": "a" * 101}, 422, "serve.max_prompt_chars"),
         ({"prompt": "Hé€"}, 422, "vocabulary"),
-        ({"prompt": ["a", "b"]}, 422, "one string"),
+        ({"prompt": [[1, 2], [100000]]}, 422, "token ids"),
         ({"temperature": -0.5}, 422, "temperature"),
         ({"temperature": "hot"}, 422, "temperature"),
         ({"top_k": -1}, 422, "top_k"),
         ({"top_p": 0}, 422, "top_p"),
         ({"top_p": 1.5}, 422, "top_p"),
         ({"repetition_penalty": 0}, 422, "repetition_penalty"),
-        ({"n": 2}, 422, "n:"),
+        ({"n": 17}, 422, "n:"),
+        ({"n": 9, "prompt": ["a", "b"]}, 422, "choices"),
+        ({"logprobs": 6}, 422, "logprobs"),
         ({"stop": ["a", "b", "c", "d", "e"]}, 422, "stop"),
         ({"stop": ""}, 422, "stop"),
         ({"seed": -1}, 422, "seed"),
@@ -267,17 +279,14 @@ def test_client_disconnect_stops_generation(live, app, slow_stream):
             for n, _ in enumerate(reply.iter_lines()):
                 if n >= 4:
                     break  # hang up after two pieces
-    lock = app.state.server.lock
-    assert lock.acquire(timeout=10)  # the generation let go of the model
-    lock.release()
+    assert batch_empties(app)  # the sequence left the batch
     assert 2 <= len(slow_stream) < 20  # well short of 64 pieces at 20 ms each
 
     slow_stream.clear()  # the same for a plain (not streamed) request whose client gives up
     with httpx.Client(base_url=live.url, timeout=0.3) as client:
         with pytest.raises(httpx.ReadTimeout):
             client.post("/v1/completions", json={**body, "stream": False})
-    assert lock.acquire(timeout=10)
-    lock.release()
+    assert batch_empties(app)
     assert 1 <= len(slow_stream) < 40
     with httpx.Client(base_url=live.url, timeout=30) as client:  # and the server goes on serving
         assert client.post("/v1/completions", json={"max_tokens": 3}).status_code == 200
