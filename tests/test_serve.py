@@ -245,6 +245,128 @@ def test_openai_client(live, run):
     assert "".join(chunk.choices[0].text for chunk in pieces) == expected
     with pytest.raises(openai.UnprocessableEntityError, match="serve.max_tokens_limit"):
         client.completions.create(model="run", prompt="x", max_tokens=1000)
+    with pytest.raises(openai.NotFoundError, match=r"base \(completion\) models"):
+        client.chat.completions.create(model="run", messages=[{"role": "user", "content": "hi"}])
+
+
+def test_openai_client_concurrent_requests_each_get_their_solo_text(live, run):
+    """Different prompts, lengths and options at once through the batch, streamed and not, n > 1."""
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"{live.url}/v1", api_key="unused", max_retries=0)
+    asks = [
+        dict(prompt="And God said", max_tokens=40, temperature=0.9, seed=1),
+        dict(prompt="In", max_tokens=60, temperature=0, repetition_penalty=1.3),  # past block_size 32
+        dict(prompt="", max_tokens=12, temperature=1.0, top_k=5, seed=2),
+        dict(prompt="And the earth was", max_tokens=30, temperature=1.1, top_p=0.7, seed=3),
+        dict(prompt="the", max_tokens=50, temperature=1.0, seed=4, stop=[direct(run, "the", 50, temperature=1.0, seed=4)[20:22], "zz"]),
+        dict(prompt="Let there be light", max_tokens=25, temperature=0.8, seed=5, repetition_penalty=1.2, top_k=8),
+    ] * 2
+    extra = lambda a: {k: a[k] for k in ("top_k", "repetition_penalty") if k in a}  # noqa: E731
+
+    def solo(a, seed_offset=0):
+        options = {k: v for k, v in a.items() if k not in ("prompt", "max_tokens")}
+        if "seed" in options:
+            options["seed"] += seed_offset
+        return direct(run, a["prompt"], a["max_tokens"], **options)
+
+    def ask(i):
+        a = asks[i]
+        common = {k: v for k, v in a.items() if k not in ("top_k", "repetition_penalty")}
+        if i % 2:
+            chunks = client.completions.create(model="run", stream=True, extra_body=extra(a), **common)
+            return ["".join(c.choices[0].text for c in chunks)]
+        out = client.completions.create(model="run", n=2 if "seed" in a else 1, extra_body=extra(a), **common)
+        return [c.text for c in sorted(out.choices, key=lambda c: c.index)]
+
+    with ThreadPoolExecutor(max_workers=len(asks)) as pool:
+        answers = list(pool.map(ask, range(len(asks))))
+    for i, (a, answer) in enumerate(zip(asks, answers)):
+        assert answer == [solo(a, j) for j in range(len(answer))], i
+    assert len(answers[4][0]) <= 20  # the stop string ended it
+
+
+@pytest.fixture
+def small_queue(run, slow_stream):
+    """A live server with one slot, two waiting places and a 1.5 s request timeout; its steps take 20 ms."""
+    app = create_app(run, ServeConfig(max_batch=1, max_queue=2, request_timeout=1.5, max_tokens_limit=200))
+    server = LiveServer(app)
+    yield server, app
+    server.close()
+
+
+def test_a_full_queue_answers_503_with_retry_after_and_health_stays_up(small_queue, run):
+    live, app = small_queue
+    body = {"prompt": "And", "max_tokens": 10, "temperature": 1.0}
+
+    def ask(client, seed):
+        return client.post("/v1/completions", json={**body, "seed": seed})
+
+    with httpx.Client(base_url=live.url, timeout=60, limits=httpx.Limits(max_connections=20)) as client:
+        with ThreadPoolExecutor(max_workers=10) as pool:
+            replies = list(pool.map(lambda s: ask(client, s), range(10)))
+            health = client.get("/health")
+    assert health.status_code == 200
+    ok = [r for r in replies if r.status_code == 200]
+    busy = [r for r in replies if r.status_code == 503]
+    assert len(ok) + len(busy) == 10 and ok and busy  # one decoding + two waiting; the rest refused
+    assert busy[0].headers["retry-after"] == "1"
+    error = busy[0].json()["error"]
+    assert "serve.max_queue=2" in error["message"] and error["type"] == "server_error"
+    for reply in ok:
+        seed = json.loads(reply.request.content)["seed"]
+        assert reply.json()["choices"][0]["text"] == direct(run, "And", 10, temperature=1.0, seed=seed)
+
+    slow = client_body = {**body, "max_tokens": 200}  # 200 steps of 20 ms: past the 1.5 s timeout
+    with httpx.Client(base_url=live.url, timeout=60) as client:
+        reply = client.post("/v1/completions", json=client_body)
+        assert reply.status_code == 504 and "serve.request_timeout=1.5" in reply.json()["error"]["message"]
+        with client.stream("POST", "/v1/completions", json={**slow, "stream": True}) as streamed:
+            events = sse_events(list(streamed.iter_lines()))
+        assert "serve.request_timeout" in json.loads(events[-1])["error"]["message"]
+    assert batch_empties(app)
+
+
+def test_logprobs_echo_and_n(client, run):
+    from slmkit.generate import prompt_logprobs
+
+    tok = run.tokenizer
+    body = {"prompt": "And God said", "max_tokens": 6, "temperature": 0.8, "seed": 3, "logprobs": 2, "echo": True}
+    choice = client.post("/v1/completions", json=body).json()["choices"][0]
+    text = direct(run, "And God said", 6, temperature=0.8, seed=3)
+    assert choice["text"] == "And God said" + text
+    lp = choice["logprobs"]
+    ids = tok.encode("And God said" + text)
+    assert lp["tokens"] == [tok.decode([i]) for i in ids] and lp["token_logprobs"][0] is None
+    expected = prompt_logprobs(run.model, ids, 2)
+    for got, top, (token, want, best) in zip(lp["token_logprobs"][1:], lp["top_logprobs"][1:], expected):
+        assert got == pytest.approx(want, abs=1e-5)
+        assert list(top) == [tok.decode([t]) for t, _ in best] and max(top.values()) >= got - 1e-6
+    assert lp["text_offset"] == list(range(len(ids)))  # one character per token
+
+    scored = client.post("/v1/completions", json={"prompt": "And God", "max_tokens": 0, "echo": True, "logprobs": 0})
+    assert scored.json()["choices"][0]["text"] == "And God" and scored.json()["usage"]["completion_tokens"] == 0
+    by_ids = client.post("/v1/completions", json={"prompt": [tok.encode("And God")], "max_tokens": 0, "echo": True,
+                                                 "logprobs": 0}).json()
+    assert by_ids["choices"][0]["logprobs"]["token_logprobs"] == scored.json()["choices"][0]["logprobs"]["token_logprobs"]
+    plain = client.post("/v1/completions", json={"prompt": "And", "max_tokens": 5, "logprobs": None}).json()
+    assert plain["choices"][0]["logprobs"] is None
+
+    many = client.post("/v1/completions", json={"prompt": ["And", "In the"], "n": 3, "max_tokens": 8, "seed": 4}).json()
+    texts = [c["text"] for c in sorted(many["choices"], key=lambda c: c["index"])]
+    assert texts == [direct(run, p, 8, temperature=1.0, seed=4 + j) for p in ("And", "In the") for j in range(3)]
+    assert many["usage"]["completion_tokens"] == 48 and many["usage"]["prompt_tokens"] == 3 + 6
+
+
+def test_unknown_paths_and_chat_get_an_openai_shaped_error(client):
+    for method, path in [("POST", "/v1/chat/completions"), ("GET", "/v1/nothing"), ("POST", "/v1/embeddings")]:
+        reply = client.request(method, path, json={})
+        assert reply.status_code == 404
+        error = reply.json()["error"]
+        assert "base (completion) models" in error["message"] and error["type"] == "not_found_error"
+    assert client.get("/v1/completions").status_code == 405
+    assert "POST /v1/completions" in client.get("/v1/completions").json()["error"]["message"]
+    assert client.post("/tokenize", json={"prompt": "And"}).json()["tokens"] == client.app.state.server.run.tokenizer.encode("And")
+    assert client.post("/detokenize", json={"tokens": [1, 2]}).json()["prompt"] == client.app.state.server.run.tokenizer.decode([1, 2])
 
 
 def test_fifty_concurrent_requests_each_get_their_own_answer(live, run):
