@@ -494,3 +494,38 @@ def test_cli_serves_and_checks_its_options(run_dir, tmp_path):
         proc.send_signal(signal.SIGINT)  # Ctrl+C
         _, err = proc.communicate(timeout=20)
     assert proc.returncode in (0, 130) and "Traceback" not in err, err
+
+
+def test_lm_eval_local_completions_scores_like_slm_eval(run, run_dir, tmp_path):
+    """lm-evaluation-harness's local-completions model against a live server (its remote tokenizer: our
+    /tokenize) on a local rolling-log-likelihood task: the same bits per byte as `slm eval` on the text."""
+    pytest.importorskip("lm_eval")
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    from slmkit.evaluate import evaluate_run
+
+    doc = "And God said, Let there be light: and there was light. And the earth was without form, and void;"
+    (tmp_path / "doc.txt").write_text(doc, encoding="utf-8")
+    (tmp_path / "docs.jsonl").write_text(json.dumps({"text": doc}) + "\n", encoding="utf-8")
+    (tmp_path / "slm_local.yaml").write_text(
+        "task: slm_local\ndataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {tmp_path / 'docs.jsonl'}\n"
+        "test_split: test\noutput_type: loglikelihood_rolling\ndoc_to_text: ''\ndoc_to_target: '{{text}}'\n"
+        "metric_list:\n  - metric: bits_per_byte\n  - metric: byte_perplexity\n",
+        encoding="utf-8",
+    )
+    server = LiveServer(create_app(run, ServeConfig(max_prompt_chars=1000)))
+    try:
+        results = simple_evaluate(
+            model="local-completions",
+            model_args={"base_url": f"{server.url}/v1/completions", "model": "run", "tokenizer_backend": "remote",
+                        "num_concurrent": 2, "max_retries": 1, "tokenized_requests": True},
+            tasks=["slm_local"], task_manager=TaskManager(include_path=str(tmp_path)), log_samples=False,
+        )
+    finally:
+        server.close()
+    ours = evaluate_run(run_dir, source=str(tmp_path / "doc.txt"))
+    assert ours.tokens == len(doc) > run.model.config.block_size  # several windows, as slm eval reads them
+    theirs = results["results"]["slm_local"]["bits_per_byte,none"]
+    assert theirs == pytest.approx(ours.metrics["bits_per_byte"], rel=1e-5)
