@@ -529,3 +529,9 @@ def test_lm_eval_local_completions_scores_like_slm_eval(run, run_dir, tmp_path):
     assert ours.tokens == len(doc) > run.model.config.block_size  # several windows, as slm eval reads them
     theirs = results["results"]["slm_local"]["bits_per_byte,none"]
     assert theirs == pytest.approx(ours.metrics["bits_per_byte"], rel=1e-5)
+
+
+@pytest.mark.parametrize("key, value", [("max_batch", 0), ("max_queue", -1), ("request_timeout", -1.0), ("threads", -2)])
+def test_scheduler_options_are_checked(key, value):
+    with pytest.raises(SlmError, match=f"serve.{key}="):
+        ServeConfig(**{key: value}).validate()
