@@ -128,7 +128,9 @@ class TrainConfig:
     batch_size: int = 32
     lr: float = 1e-3
     min_lr: float = 1e-4  # cosine decays to this
-    warmup_steps: int = 100
+    warmup_steps: int = 100  # linear warmup; with a time budget it ends by 10% of the budget at the latest
+    warmup_fraction: float = 0.0  # > 0: warm up over this fraction of the budget instead of warmup_steps
+    cooldown_fraction: float = 1.0  # cosine: decay to min_lr over this last fraction of the budget (1 = all of it)
     weight_decay: float = 0.1
     decay_embeddings: bool = False  # also decay the embedding tables (nanoGPT decays every 2-D tensor)
     beta1: float = 0.9
@@ -191,6 +193,10 @@ class TrainConfig:
         for key in ("gamma", "plateau_factor"):
             if not 0.0 < getattr(self, key) <= 1.0:
                 raise ConfigError(f"train.{key}={getattr(self, key)} must be in (0, 1], e.g. 0.95")
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise ConfigError(f"train.warmup_fraction={self.warmup_fraction} must be in [0, 1), e.g. 0.05 (0 = warmup_steps)")
+        if not 0.0 < self.cooldown_fraction <= 1.0:
+            raise ConfigError(f"train.cooldown_fraction={self.cooldown_fraction} must be in (0, 1], e.g. 0.3 (1 = the whole run)")
         if not 0.0 <= self.muon_momentum < 1.0:
             raise ConfigError(f"train.muon_momentum={self.muon_momentum} must be in [0, 1), e.g. 0.95")
         if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):

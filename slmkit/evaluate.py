@@ -53,7 +53,7 @@ def mean_loss(model: GPT, tokens: np.ndarray, batch_size: int = 32) -> float:
 
 
 def report(loss: float, tokens: int, text_bytes: int) -> dict[str, float]:
-    """loss, perplexity, bits per token and bits per byte (comparable across tokenizers)."""
+    """loss, perplexity, bits per token and bits per byte (comparable across lossless tokenizers)."""
     bits_per_token = loss / math.log(2)
     return {
         "loss": loss,
@@ -65,22 +65,69 @@ def report(loss: float, tokens: int, text_bytes: int) -> dict[str, float]:
 
 @dataclass
 class EvalResult:
-    """What `slm eval` prints: where the tokens came from and the report over them."""
+    """What `slm eval` and the end of `slm train` print: where the tokens came from and the report over them."""
 
-    source: str  # a split name ("val") or the evaluated file/folder
+    source: str  # a split name ("val split") or the evaluated file/folder
     tokens: int  # tokens predicted
-    text_bytes: int  # UTF-8 bytes of the evaluated text
+    text_bytes: int  # UTF-8 bytes of the evaluated text (end-of-text markers not counted)
     metrics: dict[str, float]  # loss, perplexity, bits_per_token, bits_per_byte
     dropped_chars: int = 0  # characters outside the tokenizer's vocabulary left out (--data.unknown=drop)
+    # lossy tokenizers (an unknown token): the share of text_bytes it could not represent; None when lossless.
+    # Their bits/byte is then not comparable: an unknown token stands for a whole word at the price of one token.
+    unknown_share: Optional[float] = None
 
     def summary(self) -> str:
         m = self.metrics
         dropped = f" ({self.dropped_chars:,} characters the tokenizer lacks were dropped)" if self.dropped_chars else ""
-        return (
+        line = (
             f"{self.source}: {self.tokens:,} tokens, {self.text_bytes:,} bytes{dropped}: loss {m['loss']:.4f} nats/token, "
             f"perplexity {m['perplexity']:.3f}, {m['bits_per_token']:.4f} bits/token, "
             f"{m['bits_per_byte']:.4f} bits/byte"
         )
+        if self.unknown_share is not None:
+            line += (
+                f" (not comparable across tokenizers: {self.unknown_share:.2%} of the bytes became the unknown token)"
+            )
+        return line
+
+
+def unknown_share(tokenizer: Tokenizer, tokens: np.ndarray, text_bytes: int) -> Optional[float]:
+    """The share of `text_bytes` that `tokens` do not represent (they became the unknown token); None if the
+    tokenizer is lossless (has no unknown token)."""
+    unk = tokenizer.unk_id  # None for the lossless kinds
+    if unk is None:
+        return None
+    counts = np.bincount(np.asarray(tokens, dtype=np.int64), minlength=tokenizer.vocab_size)
+    counts[[unk, tokenizer.eot_id]] = 0
+    present = np.flatnonzero(counts)
+    # every known token of these kinds decodes on its own to exactly the text it came from
+    represented = sum(int(counts[i]) * tokenizer.token_bytes([int(i)]) for i in present)
+    return max(0.0, 1.0 - represented / max(text_bytes, 1))
+
+
+def evaluate_tokens(
+    model: GPT,
+    tokenizer: Tokenizer,
+    tokens: np.ndarray,
+    text_bytes: int,
+    source: str,
+    batch_size: int = 32,
+    loss: Optional[float] = None,
+    dropped_chars: int = 0,
+) -> EvalResult:
+    """Loss, perplexity, bits per token and bits per byte of `model` predicting every token of `tokens`
+    after the first, for a text of `text_bytes` UTF-8 bytes (its end-of-text markers not counted).
+
+    `loss`: the mean loss over exactly these tokens when it is already known (no second pass);
+    `dropped_chars`: characters left out of the text because the tokenizer lacks them.
+    """
+    if len(tokens) < 2:
+        raise DataError(f"{source} has fewer than 2 tokens; there is nothing to evaluate")
+    if loss is None:
+        loss = mean_loss(model, tokens, batch_size=batch_size)
+    predicted = len(tokens) - 1
+    metrics = report(loss, predicted, text_bytes)
+    return EvalResult(source, predicted, text_bytes, metrics, dropped_chars, unknown_share(tokenizer, tokens, text_bytes))
 
 
 def split_tokens(cfg: RunConfig, split: str) -> tuple[np.ndarray, int]:
@@ -127,11 +174,14 @@ def evaluate_run(
     source: Optional[str] = None,
     split: str = "val",
     int8: bool = False,
-    batch_size: int = 32,
+    batch_size: int = 0,
     unknown: str = "",
 ) -> EvalResult:
     """Loss, perplexity and bits per byte of a run's best model over a whole split or a text source
-    (`unknown="drop"`: without the characters its tokenizer lacks, counted in the result)."""
+    (`unknown="drop"`: without the characters its tokenizer lacks, counted in the result).
+
+    batch_size 0: the run's train.batch_size, as the report at the end of its training.
+    """
     run = load_run(run_dir, int8=int8)
     dropped = 0
     if source is not None:
@@ -140,7 +190,5 @@ def evaluate_run(
     else:
         tokens, text_bytes = split_tokens(run.config, split)
         name = f"{split} split"
-    if len(tokens) < 2:
-        raise DataError(f"{name} has fewer than 2 tokens; there is nothing to evaluate")
-    loss = mean_loss(run.model, tokens, batch_size=batch_size)
-    return EvalResult(name, len(tokens) - 1, text_bytes, report(loss, len(tokens) - 1, text_bytes), dropped)
+    batch_size = batch_size or run.config.train.batch_size
+    return evaluate_tokens(run.model, run.tokenizer, tokens, text_bytes, name, batch_size, dropped_chars=dropped)

@@ -318,7 +318,7 @@ class GPT(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        """Where the model lives (read off the token embedding: lm_head may be a quantized Linear)."""
+        """Where the model lives (read off the token embedding: an int8 model's block Linears hold packed weights)."""
         return self.transformer.wte.weight.device
 
     def new_cache(self, batch_size: int = 1) -> KVCache:

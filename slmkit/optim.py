@@ -124,17 +124,38 @@ def make_optimizers(model: nn.Module, cfg: TrainConfig, device: torch.device) ->
     return optimizers
 
 
-def lr_multiplier(cfg: TrainConfig, step: int, progress: float, epoch: int, plateau_scale: float) -> float:
-    """The schedule's factor on each group's base lr at `step` (0-based).
+# With a time budget, warmup ends by this fraction of the budget at the latest (unless train.warmup_fraction
+# says otherwise): a run too slow to reach warmup_steps in its minutes still trains at its peak lr and decays.
+TIME_WARMUP_FRACTION = 0.1
 
-    Linear warmup over warmup_steps for every schedule, then
-    constant: 1; cosine: from 1 down to min_lr/lr as progress goes 0 -> 1;
-    exponential: gamma ** epoch; plateau: the product of the reductions so far.
+
+def warmup_progress(cfg: TrainConfig, step: int, fraction_after: float, time_budget: bool) -> float:
+    """How far step `step` (0-based) takes the linear warmup, 0 -> 1 (1 or more: warmed up).
+
+    `fraction_after` is how far through the budget the run will be when the step ends.
+    train.warmup_fraction > 0: warmup over that fraction of the budget. Otherwise over warmup_steps,
+    and with a time budget also over at most TIME_WARMUP_FRACTION of it (whichever ends first).
     """
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
+    if cfg.warmup_fraction > 0:
+        return fraction_after / cfg.warmup_fraction
+    by_steps = (step + 1) / cfg.warmup_steps if cfg.warmup_steps else 1.0
+    return max(by_steps, fraction_after / TIME_WARMUP_FRACTION) if time_budget else by_steps
+
+
+def lr_multiplier(cfg: TrainConfig, warmup: float, fraction: float, epoch: int, plateau_scale: float) -> float:
+    """The schedule's factor on each group's base lr, for a step `warmup` through the warmup (see
+    warmup_progress), `fraction` through the budget (0 -> 1) and in epoch `epoch`.
+
+    Linear warmup for every schedule, then
+    constant: 1; cosine: 1 until the last cooldown_fraction of the budget, then a cosine down to
+    min_lr/lr (cooldown_fraction 1: over the whole budget); exponential: gamma ** epoch;
+    plateau: the product of the reductions so far.
+    """
+    if warmup < 1.0:
+        return warmup
     if cfg.schedule == "cosine":
-        progress = min(max(progress, 0.0), 1.0)
+        decay_start = 1.0 - cfg.cooldown_fraction
+        progress = min(max((fraction - decay_start) / cfg.cooldown_fraction, 0.0), 1.0)
         floor = cfg.min_lr / cfg.lr
         return floor + 0.5 * (1.0 + math.cos(math.pi * progress)) * (1.0 - floor)
     if cfg.schedule == "exponential":
@@ -144,25 +165,28 @@ def lr_multiplier(cfg: TrainConfig, step: int, progress: float, epoch: int, plat
     return 1.0
 
 
-def plateau_update(state: dict[str, Any], val_loss: float, cfg: TrainConfig) -> bool:
-    """Reduce-on-plateau after an evaluation: scale *= factor once `patience` evals pass without
-    improvement (as torch's ReduceLROnPlateau: on the (patience+1)-th bad one). True if reduced."""
-    if val_loss < state["plateau_best"]:
-        state["plateau_best"], state["plateau_bad"] = val_loss, 0
+def plateau_update(state: Any, val_loss: float, cfg: TrainConfig) -> bool:
+    """Reduce-on-plateau after an evaluation: state.plateau_scale *= factor once `patience` evals pass
+    without improvement (as torch's ReduceLROnPlateau: on the (patience+1)-th bad one). True if reduced.
+
+    `state` is the run's train.TrainState (not imported: train imports this module).
+    """
+    if val_loss < state.plateau_best:
+        state.plateau_best, state.plateau_bad = val_loss, 0
         return False
-    state["plateau_bad"] += 1
-    if state["plateau_bad"] > cfg.plateau_patience:
-        state["plateau_scale"] *= cfg.plateau_factor
-        state["plateau_bad"] = 0
+    state.plateau_bad += 1
+    if state.plateau_bad > cfg.plateau_patience:
+        state.plateau_scale *= cfg.plateau_factor
+        state.plateau_bad = 0
         return True
     return False
 
 
-def early_stop_update(state: dict[str, Any], val_loss: float, cfg: TrainConfig) -> bool:
-    """Early stopping after an evaluation: True once `early_stop_patience` evals in a row have not
-    beaten the best by more than early_stop_min_delta."""
-    if val_loss < state["early_stop_best"] - cfg.early_stop_min_delta:
-        state["early_stop_best"], state["early_stop_bad"] = val_loss, 0
+def early_stop_update(state: Any, val_loss: float, cfg: TrainConfig) -> bool:
+    """Early stopping after an evaluation (`state`: the run's train.TrainState): True once
+    `early_stop_patience` evals in a row have not beaten state.early_stop_best by more than early_stop_min_delta."""
+    if val_loss < state.early_stop_best - cfg.early_stop_min_delta:
+        state.early_stop_best, state.early_stop_bad = val_loss, 0
         return False
-    state["early_stop_bad"] += 1
-    return bool(cfg.early_stop_patience) and state["early_stop_bad"] >= cfg.early_stop_patience
+    state.early_stop_bad += 1
+    return bool(cfg.early_stop_patience) and state.early_stop_bad >= cfg.early_stop_patience

@@ -1,15 +1,19 @@
 import math
+import re
 
 import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
 
-from slmkit.config import ModelConfig
+from slmkit.config import ModelConfig, load_recipe
+from slmkit.data.sources import Corpus
 from slmkit.errors import DataError
-from slmkit.evaluate import evaluate_run, mean_loss, report, text_tokens
+from slmkit.evaluate import evaluate_run, mean_loss, report, split_tokens, text_tokens
 from slmkit.model import GPT
-from slmkit.runs import load_run
+from slmkit.runs import LOG, load_run
+from slmkit.tokenizer.hf import WORD_PATTERN
+from slmkit.train import train
 
 
 def by_hand(model: GPT, tokens: list[int]) -> float:
@@ -52,8 +56,34 @@ def test_evaluate_run_on_a_text_file(tiny_run, tmp_path):
 
 def test_evaluate_run_on_val_split_matches_training_report(tiny_run):
     result = evaluate_run(tiny_run)
-    assert result.source == "val split" and result.tokens > 100
+    run = load_run(tiny_run)
+    tokens, manifest_bytes = split_tokens(run.config, "val")
+    docs = list(Corpus(run.config.data).documents("val"))
+    # bits per byte over the bytes of the text itself: the manifest's count, end-of-text markers not counted
+    assert result.source == "val split" and result.tokens == len(tokens) - 1 > 100
+    assert result.text_bytes == manifest_bytes == sum(len(doc.encode("utf-8")) for doc in docs)
     assert result.metrics["perplexity"] == pytest.approx(math.exp(result.metrics["loss"]))
+    assert result.metrics["bits_per_byte"] == pytest.approx(result.metrics["loss"] / math.log(2) * result.tokens / manifest_bytes)
+    assert result.unknown_share is None  # char: lossless
+    # the end of training printed exactly these numbers
+    assert f"on the {result.summary()}\n" in (tiny_run / LOG).read_text()
+
+
+def test_a_lossy_tokenizer_reports_the_bytes_it_could_not_represent(tmp_path, tiny_overrides):
+    overrides = dict(tiny_overrides, **{"tokenizer.kind": "word", "tokenizer.vocab_size": 12, "train.max_steps": 4,
+                                        "train.eval_interval": 4})  # fmt: skip
+    trained = train(load_recipe("kjv-char", overrides), out=tmp_path / "run", progress_bar=False)
+    result = evaluate_run(tmp_path / "run")
+    run = load_run(tmp_path / "run")
+    # by hand: the bytes of the val text's pieces (words, marks, spaces) that are not in the vocabulary
+    vocab = run.tokenizer.backend.get_vocab()
+    docs = list(Corpus(run.config.data).documents("val"))
+    assert result.text_bytes == sum(len(doc.encode()) for doc in docs)
+    unknown = sum(len(piece.encode()) for doc in docs for piece in re.findall(WORD_PATTERN, doc) if piece not in vocab)
+    assert 0 < result.unknown_share == pytest.approx(unknown / result.text_bytes)
+    assert f"not comparable across tokenizers: {result.unknown_share:.2%} of the bytes" in result.summary()
+    assert trained.final_val.unknown_share == result.unknown_share
+    assert f"on the {result.summary()}\n" in (tmp_path / "run" / LOG).read_text()
 
 
 def test_test_split_missing_is_a_clear_error(tiny_run):

@@ -178,7 +178,7 @@ def test_recipe_trains_a_few_steps_on_a_local_slice(name, tmp_path, monkeypatch)
     })  # fmt: skip
     assert cfg.model == recipe.model and cfg.tokenizer == recipe.tokenizer
     result = train(cfg, out=tmp_path / "run", progress_bar=False)
-    assert result.steps == 3 and math.isfinite(result.final_val["loss"])
+    assert result.steps == 3 and math.isfinite(result.final_val.metrics["loss"])
     saved = yaml.safe_load((tmp_path / "run" / CONFIG).read_text())
     assert saved["reproduces"] == recipe.reproduces and saved["model"]["n_layer"] == recipe.model.n_layer
     assert saved["model"]["d_ff"] == recipe.model.d_ff and saved["model"]["n_embd"] == recipe.model.n_embd

@@ -1,19 +1,22 @@
 """The training engine: schedules, optimizer groups, early stopping, accumulation, non-finite steps, checkpoints."""
 
 import csv
+import importlib
 import math
+import shutil
 
 import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from tqdm import tqdm
 
 from slmkit.config import ModelConfig, TrainConfig, load_recipe
 from slmkit.errors import ConfigError, TrainingError
 from slmkit.model import GPT
-from slmkit.optim import Muon, early_stop_update, lr_multiplier, make_optimizers, plateau_update
+from slmkit.optim import Muon, early_stop_update, lr_multiplier, make_optimizers, plateau_update, warmup_progress
 from slmkit.runs import CHECKPOINTS, CONFIG, LAST, LOG, METRICS, STATE, TENSORBOARD, load_state, resume_config
-from slmkit.train import resolve_precision, train
+from slmkit.train import TrainState, resolve_precision, train
 
 
 def tiny_model() -> GPT:
@@ -30,44 +33,55 @@ def metrics(run_dir) -> list[dict]:
 
 def test_warmup_then_cosine_exact_values():
     cfg = TrainConfig(lr=1e-3, min_lr=1e-4, warmup_steps=10, schedule="cosine")
-    assert lr_multiplier(cfg, 0, 0.0, 0, 1.0) == pytest.approx(0.1)
-    assert lr_multiplier(cfg, 9, 0.0, 0, 1.0) == pytest.approx(1.0)
-    assert lr_multiplier(cfg, 10, 0.0, 0, 1.0) == pytest.approx(1.0)
-    assert lr_multiplier(cfg, 50, 0.5, 0, 1.0) == pytest.approx(0.55)  # halfway between 1 and min_lr/lr
-    assert lr_multiplier(cfg, 99, 1.0, 0, 1.0) == pytest.approx(0.1)
-    assert lr_multiplier(cfg, 99, 1.7, 0, 1.0) == pytest.approx(0.1)  # progress is clamped
+    warm = lambda step: warmup_progress(cfg, step, 0.0, time_budget=False)  # noqa: E731
+    assert lr_multiplier(cfg, warm(0), 0.0, 0, 1.0) == pytest.approx(0.1)
+    assert lr_multiplier(cfg, warm(9), 0.0, 0, 1.0) == pytest.approx(1.0)
+    assert lr_multiplier(cfg, warm(10), 0.0, 0, 1.0) == pytest.approx(1.0)
+    assert lr_multiplier(cfg, warm(50), 0.5, 0, 1.0) == pytest.approx(0.55)  # halfway between 1 and min_lr/lr
+    assert lr_multiplier(cfg, warm(99), 1.0, 0, 1.0) == pytest.approx(0.1)
+    assert lr_multiplier(cfg, warm(99), 1.7, 0, 1.0) == pytest.approx(0.1)  # progress is clamped
 
 
-def test_constant_exponential_and_plateau_schedules():
-    constant = TrainConfig(warmup_steps=0, schedule="constant")
-    assert [lr_multiplier(constant, s, s / 10, 0, 1.0) for s in range(0, 10, 3)] == [1.0] * 4
-    exponential = TrainConfig(warmup_steps=0, schedule="exponential", gamma=0.95)
-    assert lr_multiplier(exponential, 500, 0.5, 0, 1.0) == 1.0
-    assert lr_multiplier(exponential, 500, 0.5, 3, 1.0) == pytest.approx(0.95**3)
-    plateau = TrainConfig(warmup_steps=2, schedule="plateau")
-    assert lr_multiplier(plateau, 0, 0.0, 0, 0.25) == pytest.approx(0.5)  # warmup first
-    assert lr_multiplier(plateau, 5, 0.0, 0, 0.25) == 0.25
+def test_cooldown_fraction_is_constant_then_cosine():
+    cfg = TrainConfig(lr=1e-3, min_lr=1e-4, schedule="cosine", cooldown_fraction=0.3)
+    at = lambda fraction: lr_multiplier(cfg, 1.0, fraction, 0, 1.0)  # noqa: E731
+    assert [at(f) for f in (0.0, 0.35, 0.7)] == [1.0, 1.0, 1.0]  # stable until the last 30%
+    assert at(0.85) == pytest.approx(0.55) and at(1.0) == pytest.approx(0.1)  # then the cosine to min_lr
+    whole = TrainConfig(lr=1e-3, min_lr=1e-4, schedule="cosine", cooldown_fraction=1.0)
+    assert lr_multiplier(whole, 1.0, 0.5, 0, 1.0) == pytest.approx(0.55)  # 1.0: the cosine over the whole run
+
+
+def test_warmup_fraction_and_the_time_budget_cap():
+    by_fraction = TrainConfig(warmup_steps=100, warmup_fraction=0.2)
+    assert warmup_progress(by_fraction, 0, 0.1, time_budget=True) == pytest.approx(0.5)  # warmup_steps ignored
+    assert warmup_progress(by_fraction, 500, 0.1, time_budget=False) == pytest.approx(0.5)
+    steps = TrainConfig(warmup_steps=100)
+    assert warmup_progress(steps, 9, 0.5, time_budget=False) == pytest.approx(0.1)  # a step budget: warmup_steps
+    # a time budget: warmup ends at warmup_steps or 10% of the budget, whichever comes first
+    assert warmup_progress(steps, 9, 0.05, time_budget=True) == pytest.approx(0.5)
+    assert warmup_progress(steps, 9, 0.1, time_budget=True) == pytest.approx(1.0)
+    assert warmup_progress(steps, 99, 0.01, time_budget=True) == pytest.approx(1.0)
 
 
 def test_plateau_halves_after_patience_evaluations_without_improvement():
     cfg = TrainConfig(plateau_factor=0.5, plateau_patience=2)
-    state = {"plateau_best": math.inf, "plateau_bad": 0, "plateau_scale": 1.0}
+    state = TrainState()
     scales = []
     for loss in [3.0, 2.0, 2.5, 2.1, 2.2, 1.9, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0]:
         plateau_update(state, loss, cfg)
-        scales.append(state["plateau_scale"])
+        scales.append(state.plateau_scale)
     # bad evals after 2.0: 2.5, 2.1 (patience), 2.2 -> halve; 1.9 improves; then three bad -> halve, three -> halve
     assert scales == [1, 1, 1, 1, 0.5, 0.5, 0.5, 0.5, 0.25, 0.25, 0.25, 0.125]
 
 
 def test_early_stopping_counts_evaluations_without_min_delta_improvement():
     cfg = TrainConfig(early_stop_patience=2, early_stop_min_delta=0.1)
-    state = {"early_stop_best": math.inf, "early_stop_bad": 0}
+    state = TrainState()
     stops = [early_stop_update(state, loss, cfg) for loss in [3.0, 2.5, 2.45, 2.3, 2.35, 2.39]]
     # 2.45 is not 0.1 better than 2.5 (bad 1); 2.3 is (reset); 2.35, 2.39 bad -> stop
     assert stops == [False, False, False, False, False, True]
     off = TrainConfig(early_stop_patience=0)
-    state = {"early_stop_best": 1.0, "early_stop_bad": 0}
+    state = TrainState(early_stop_best=1.0)
     assert not any(early_stop_update(state, 5.0, off) for _ in range(10))
 
 
@@ -213,20 +227,8 @@ def test_muon_adam_full_eval_and_samples_train(tmp_path, tiny_overrides):
     rows = metrics(tmp_path / "muon")
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
     # eval_batches=0: evaluations use the whole val split, as the final report does (same best weights)
-    assert result.best_val_loss == pytest.approx(result.final_val["loss"], rel=1e-5)
+    assert result.best_val_loss == result.final_val.metrics["loss"]  # reused: no second pass over the split
     assert (tmp_path / "muon" / LOG).read_text().count("sample at step") == 2
-
-
-def test_tensorboard_needs_its_package(tmp_path, tiny_overrides):
-    overrides = dict(tiny_overrides, **{"train.tensorboard": True, "train.max_steps": 5})
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        with pytest.raises(ConfigError, match="pip install tensorboard"):
-            train(load_recipe("kjv-char", overrides), out=tmp_path / "run", progress_bar=False)
-    else:
-        train(load_recipe("kjv-char", overrides), out=tmp_path / "run", progress_bar=False)
-        assert list((tmp_path / "run" / TENSORBOARD).glob("events.out.tfevents.*"))
 
 
 def test_compile_trains_like_eager(tmp_path, tiny_overrides):
@@ -262,3 +264,155 @@ def test_fp16_uses_a_grad_scaler_whose_state_is_checkpointed(tmp_path, tiny_over
     assert math.isfinite(result.best_val_loss)
     scaler = load_state(tmp_path / "run" / STATE)["scaler"]
     assert scaler["scale"] == 65536.0 and scaler["_growth_tracker"] == 4  # four steps without overflow
+
+
+# --- budgets, resume and TensorBoard (issue 23) -------------------------------------------------------
+
+
+engine = importlib.import_module("slmkit.train")  # the module; slmkit.train is the function
+
+
+def kill_before_step(monkeypatch, step: int) -> None:
+    """Make the next training run stop with a KeyboardInterrupt (a Ctrl-C) once it has made `step` steps."""
+    original = engine._train_step
+
+    def step_or_kill(run, state, log):
+        if state.step == step:
+            raise KeyboardInterrupt
+        return original(run, state, log)
+
+    monkeypatch.setattr(engine, "_train_step", step_or_kill)
+
+
+def fake_clock(monkeypatch, seconds_per_step: float) -> None:
+    """A training clock on which each optimizer step takes `seconds_per_step` (and nothing else takes time)."""
+    now = [0.0]
+    original = engine._train_step
+
+    def timed_step(run, state, log):
+        now[0] += seconds_per_step
+        return original(run, state, log)
+
+    monkeypatch.setattr(engine, "_train_step", timed_step)
+    monkeypatch.setattr(engine, "_now", lambda: now[0])
+
+
+def test_a_resumed_run_logs_each_step_once(tmp_path, tiny_overrides, monkeypatch):
+    """Killed after logging step 15 (its checkpoint is step 10), resumed: metrics.csv as if never killed."""
+    full = train(load_recipe("kjv-char", tiny_overrides), out=tmp_path / "full", progress_bar=False)
+    kill_before_step(monkeypatch, 15)
+    with pytest.raises(KeyboardInterrupt):
+        train(load_recipe("kjv-char", tiny_overrides), out=tmp_path / "killed", progress_bar=True)
+    assert not tqdm._instances  # teardown ran in `finally`: the progress bar (and the log files) closed
+    assert [r["step"] for r in metrics(tmp_path / "killed")] == ["5", "10", "15"]
+    monkeypatch.undo()
+    resumed = train(resume=tmp_path / "killed", progress_bar=False)
+    assert resumed.steps == full.steps == 20
+    key = lambda rows: [(r["step"], r["lr"], r["train_loss"], r["val_loss"], r["event"]) for r in rows]  # noqa: E731
+    assert key(metrics(tmp_path / "killed")) == key(metrics(tmp_path / "full"))  # step 15 once, not twice
+
+
+def test_tensorboard_holds_the_logged_scalars_once_per_step(tmp_path, tiny_overrides, monkeypatch):
+    overrides = dict(tiny_overrides, **{"train.tensorboard": True})
+    try:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    except ImportError:
+        with pytest.raises(ConfigError, match="pip install tensorboard"):
+            train(load_recipe("kjv-char", overrides), out=tmp_path / "run", progress_bar=False)
+        return
+    kill_before_step(monkeypatch, 15)
+    with pytest.raises(KeyboardInterrupt):
+        train(load_recipe("kjv-char", overrides), out=tmp_path / "run", progress_bar=False)
+    monkeypatch.undo()
+    train(resume=tmp_path / "run", progress_bar=False)
+    events = EventAccumulator(str(tmp_path / "run" / TENSORBOARD))
+    events.Reload()
+    rows = metrics(tmp_path / "run")
+    for tag in ("lr", "train_loss", "val_loss", "perplexity"):
+        logged = [(r["step"], float(r[tag])) for r in rows if r[tag]]
+        # the killed run's step-15 scalars are purged: the resumed run logged them again
+        assert [(str(e.step), e.value) for e in events.Scalars(tag)] == [(s, pytest.approx(v)) for s, v in logged], tag
+    assert [e.step for e in events.Scalars("val_loss")] == [10, 20]
+
+
+@pytest.mark.parametrize(
+    "seconds_per_step, extra",
+    [
+        (2.0, {}),  # a slow run: 15 steps in the 30-second budget, far fewer than warmup_steps
+        (0.25, {}),  # a fast one: 120 steps
+        (2.0, {"train.max_steps": 1000}),  # both budgets: the time limit ends the run, so the lr follows it
+        (0.25, {"train.warmup_fraction": 0.2, "train.cooldown_fraction": 0.3}),  # warmup, stable, decay
+    ],
+)
+def test_a_time_budget_reaches_its_peak_lr_and_decays_whatever_its_speed(
+    tmp_path, tiny_overrides, monkeypatch, seconds_per_step, extra
+):
+    overrides = {
+        **tiny_overrides, "train.max_steps": 0, "train.max_minutes": 0.5, "train.warmup_steps": 100, "train.lr": 1e-3,
+        "train.min_lr": 1e-4, "train.schedule": "cosine", "train.log_interval": 1, "train.eval_interval": 1000, **extra,
+    }  # fmt: skip
+    fake_clock(monkeypatch, seconds_per_step)
+    result = train(load_recipe("kjv-char", overrides), out=tmp_path / "run", progress_bar=False)
+    assert result.steps == 30 / seconds_per_step
+    lrs = [float(r["lr"]) for r in metrics(tmp_path / "run")]
+    peak = lrs.index(max(lrs))
+    assert max(lrs) == pytest.approx(1e-3, rel=0.02)  # warmed up fully...
+    assert peak <= 0.2 * len(lrs)  # ...early (10% of the budget, or warmup_fraction)
+    assert lrs[-1] < 1.2e-4  # and decayed to about min_lr by the end of the budget
+    assert all(a >= b for a, b in zip(lrs[peak:], lrs[peak + 1 :]))
+    if "train.cooldown_fraction" in extra:  # constant at the peak until the last 30% of the budget
+        assert lrs[int(0.2 * len(lrs)) : int(0.7 * len(lrs))] == [1e-3] * (int(0.7 * len(lrs)) - int(0.2 * len(lrs)))
+
+
+def whole_split_passes(monkeypatch) -> list[int]:
+    """The token counts of every pass over a whole split (training evaluations and the final report)."""
+    passes = []
+    import slmkit.evaluate
+
+    for module in (engine, slmkit.evaluate):
+        original = module.mean_loss
+
+        def counted(model, tokens, batch_size=32, original=original):
+            passes.append(len(tokens))
+            return original(model, tokens, batch_size=batch_size)
+
+        monkeypatch.setattr(module, "mean_loss", counted)
+    return passes
+
+
+def test_an_evaluation_bigger_than_the_split_covers_it_once(tmp_path, tiny_overrides, monkeypatch):
+    # 20 batches x 8 x 32 = 5,120 tokens: more than the 785-token val split holds
+    overrides = dict(tiny_overrides, **{"train.eval_batches": 20})
+    passes = whole_split_passes(monkeypatch)
+    result = train(load_recipe("kjv-char", overrides), out=tmp_path / "run", progress_bar=False)
+    val_tokens = result.final_val.tokens + 1
+    assert passes == [val_tokens, val_tokens]  # the evaluations at steps 10 and 20, and no pass after them
+    assert result.final_val.metrics["loss"] == result.best_val_loss
+    log = (tmp_path / "run" / LOG).read_text()
+    assert f"evaluated on the whole val split ({val_tokens:,} tokens)" in log
+    assert f"step 20: end of the budget, final evaluation on the whole val split ({val_tokens:,} tokens)" in log
+
+
+def test_sampled_evaluations_are_followed_by_one_whole_split_pass(tmp_path, tiny_overrides, monkeypatch):
+    passes = whole_split_passes(monkeypatch)  # tiny_overrides: 2 fixed batches of 8 x 32 tokens
+    result = train(load_recipe("kjv-char", tiny_overrides), out=tmp_path / "run", progress_bar=False)
+    assert passes == [result.final_val.tokens + 1]
+    log = (tmp_path / "run" / LOG).read_text()
+    assert "step 20: end of the budget, final evaluation on 2 fixed val batches" in log
+    assert f"final evaluation: the best weights on the whole val split ({passes[0]:,} tokens)" in log
+
+
+def test_a_state_file_of_the_previous_version_still_resumes(tmp_path, tiny_overrides):
+    """state.pt files written before TrainState had epoch and best_step resume as the new ones do."""
+    overrides = dict(tiny_overrides, **{"train.schedule": "constant"})
+    train(load_recipe("kjv-char", overrides), out=tmp_path / "new", progress_bar=False)
+    shutil.copytree(tmp_path / "new", tmp_path / "old")
+    state = load_state(tmp_path / "old" / STATE)
+    assert {"epoch", "best_step"} <= state.keys()
+    torch.save({k: v for k, v in state.items() if k not in ("epoch", "best_step")}, tmp_path / "old" / STATE)
+    for name in ("new", "old"):
+        assert train(resume_config(tmp_path / name, {"train.max_steps": 30}), resume=tmp_path / name,
+                     progress_bar=False).steps == 30  # fmt: skip
+    a, b = load_file(tmp_path / "new" / LAST), load_file(tmp_path / "old" / LAST)
+    assert all(a[k].equal(b[k]) for k in a)
+    assert load_state(tmp_path / "old" / STATE)["epoch"] == load_state(tmp_path / "new" / STATE)["epoch"]

@@ -40,7 +40,11 @@ def test_prepare_train_sample(tmp_path, tiny_overrides):
     assert result.returncode == 0, result.stderr
     for name in [CONFIG, TOKENIZER, BEST, LAST, STATE, METRICS, LOG, PLOT]:
         assert (run / name).is_file(), name
-    assert "full val split: loss" in result.stdout and "bits/char" in result.stdout and "bits/byte" in result.stdout
+    # the training report and `slm eval` print the same line for the same run and split (one bits-per-byte)
+    evaluated = slm("eval", "--run", str(run), cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert evaluated.stdout.startswith("val split: ") and "bits/byte" in evaluated.stdout
+    assert f"best weights (step 20) on the {evaluated.stdout.strip()}\n" in result.stdout
     assert (run / PLOT).read_bytes()[:4] == b"\x89PNG"
     rows = (run / METRICS).read_text().splitlines()
     assert rows[0].startswith("step,epoch,tokens,lr,train_loss,val_loss,perplexity")
