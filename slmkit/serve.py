@@ -236,12 +236,27 @@ class Scheduler:
                 with self.cond:
                     for seq in list(self.batch.active):
                         self._leave(self.tickets[id(seq)], e)
-            for seq in stepped:
-                ticket = self.tickets[id(seq)]
-                ticket.put(Update(ticket.index, seq.text, seq.logprob, seq.finish_reason, len(seq.tokens)))
-                if seq.finish_reason:
-                    with self.cond:
-                        del self.tickets[id(seq)]
+            self._deliver(stepped)
+
+    def _deliver(self, stepped: list[Sequence]) -> None:
+        """Hand each stepped sequence's Update to its request: one wake-up of the event loop per step, not per sequence."""
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        for seq in stepped:
+            ticket = self.tickets[id(seq)]
+            update = Update(ticket.index, seq.text, seq.logprob, seq.finish_reason, len(seq.tokens))
+            by_loop.setdefault(ticket.loop, []).append((ticket.queue, update))
+            if seq.finish_reason:
+                del self.tickets[id(seq)]
+        for loop, updates in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_put_all, updates)
+            except RuntimeError:  # the event loop has closed: nobody is listening any more
+                pass
+
+
+def _put_all(updates: list[tuple[asyncio.Queue, Update]]) -> None:
+    for queue, update in updates:
+        queue.put_nowait(update)
 
 
 class Server:
