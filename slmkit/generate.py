@@ -21,6 +21,7 @@ batch of one.
 from __future__ import annotations
 
 import contextlib
+import heapq
 from typing import Any, Generator, Iterable, Iterator, Optional, Union
 
 import torch
@@ -172,8 +173,8 @@ class Batch:
     """Continuous batching: sequences decoded together, each in its own KV-cache slot.
 
     add() a sequence at any time: it joins at the next step(). Each step feeds every sequence its
-    pending ids (new prompts and slid windows one forward each, then every one-token step in one
-    batched forward) and lets each choose its next token with its own sampler; sequences that end
+    pending ids (sequences with as many pending ids share one forward: every one-token decoding
+    step together, new prompts of one length together) and lets each choose its next token with its own sampler; sequences that end
     leave the batch and free their slot. Each sequence's tokens are the ones it gets alone (the
     batched forward's logits agree with the one-row forward's to fp32 rounding: see README).
     """
@@ -190,7 +191,7 @@ class Batch:
         if seq.finish_reason is None:
             if not self.free:
                 raise ValueError(f"the batch is full ({self.max_batch} sequences)")
-            seq.slot = self.free.pop(0)
+            seq.slot = heapq.heappop(self.free)  # the lowest free slot: the active ones stay consecutive
             self.active.append(seq)
         return seq
 
@@ -198,14 +199,18 @@ class Batch:
         """Take a sequence out of the batch (finished or given up); its slot is free at the next step."""
         if seq in self.active:
             self.active.remove(seq)
-            self.free.append(seq.slot)
+            heapq.heappush(self.free, seq.slot)
 
     @torch.no_grad()
     def forward(self) -> torch.Tensor:
-        """The next-token logits (len(active), vocab) of every active sequence, feeding each its pending ids."""
+        """The next-token logits (len(active), vocab) of every active sequence, feeding each its pending ids.
+
+        Sequences with as many pending ids (one each while decoding; new prompts of one length) share a forward,
+        their rows in slot order (consecutive slots are read as views, not gathered).
+        """
         logits: list[Optional[torch.Tensor]] = [None] * len(self.active)
         device = self.model.device
-        ones = []  # sequences with one id to feed: one batched forward
+        groups: dict[int, list[int]] = {}  # pending length -> indices into active
         for i, seq in enumerate(self.active):
             window = seq.window
             if self.cache is None:  # recompute the whole window
@@ -213,17 +218,14 @@ class Batch:
                 continue
             if window.fresh():
                 self.cache.reset(seq.slot)
-            if len(window.pending()) == 1:
-                ones.append(i)
-            else:
-                idx = torch.tensor([window.pending()], device=device)
-                logits[i] = self.model(idx, cache=self.cache, slots=[seq.slot])[0][0, -1]
-            window.fed = len(window.ids)
-        if ones:
-            idx = torch.tensor([[self.active[i].window.ids[-1]] for i in ones], device=device)  # (B, 1)
-            out, _ = self.model(idx, cache=self.cache, slots=[self.active[i].slot for i in ones])
-            for row, i in enumerate(ones):
+            groups.setdefault(len(window.pending()), []).append(i)
+        for rows in groups.values():
+            rows.sort(key=lambda i: self.active[i].slot)
+            idx = torch.tensor([self.active[i].window.pending() for i in rows], device=device)  # (B, T)
+            out, _ = self.model(idx, cache=self.cache, slots=[self.active[i].slot for i in rows])
+            for row, i in enumerate(rows):
                 logits[i] = out[row, -1]
+                self.active[i].window.fed = len(self.active[i].window.ids)
         return torch.stack(logits) if logits else torch.empty(0)
 
     def step(self) -> list[Sequence]:
