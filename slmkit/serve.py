@@ -442,6 +442,57 @@ class Choice:
                 "finish_reason": self.finish_reason if final else None}
 
 
+async def complete(server: Server, request: Request) -> Any:
+    """POST /v1/completions: the whole answer, or a StreamingResponse of server-sent events."""
+    req = parse_request(await read_body(request, 6 * server.cfg.max_prompt_chars + 65536))
+    job = server.job(req)
+    echoed = await server.echoed(job)
+    choices = [Choice(server, job, i, echoed[i // job.n]) for i in range(len(job.prompts) * job.n)]
+    tickets, queue = server.start(job)  # 503 here, before any byte of the answer
+    base = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+            "model": server.model_id}
+    prompt_tokens = sum(len(ids) if text else 0 for text, ids in job.prompts)
+
+    def usage() -> dict[str, int]:
+        completion = sum(c.tokens for c in choices)
+        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion}
+
+    if not req.stream:
+        try:
+            async for update in server.updates(tickets, queue, request):
+                choices[update.index].add(update)
+        except ClientGone:  # nobody will read the answer
+            return Response(status_code=499)
+        return {**base, "choices": [c.body() for c in choices], "usage": usage()}
+
+    async def events() -> AsyncIterator[str]:
+        def chunk(choice: Choice, text: str, logprobs: dict, final: bool, **extra: Any) -> str:
+            return f"data: {json.dumps({**base, 'choices': [choice.body(text, logprobs, final)], **extra})}\n\n"
+
+        try:
+            if job.echo:
+                for choice in choices:
+                    yield chunk(choice, choice.text, choice.logprobs, False)
+            async for update in server.updates(tickets, queue):
+                choice = choices[update.index]
+                before = {key: len(values) for key, values in choice.logprobs.items()}
+                choice.add(update)
+                new = {key: values[before[key]:] for key, values in choice.logprobs.items()}
+                if update.text or (job.logprobs is not None and new["tokens"]):
+                    yield chunk(choice, update.text, new, False)
+                if update.finish_reason:
+                    done = all(c.finish_reason for c in choices)
+                    yield chunk(choice, "", _entries(), True, **({"usage": usage()} if done else {}))
+        except Exception as e:  # headers are sent: report in-band, as OpenAI does
+            message = e.message if isinstance(e, RequestError) else str(e)
+            yield f"data: {json.dumps({'error': {'message': message, 'type': 'server_error'}})}\n\n"
+            return
+        yield "data: [DONE]\n\n"
+
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+
+
 def create_app(run: Run, cfg: Optional[ServeConfig] = None) -> FastAPI:
     """The FastAPI application serving `run` with the limits in `cfg`."""
     cfg = cfg or ServeConfig()
@@ -500,53 +551,7 @@ def create_app(run: Run, cfg: Optional[ServeConfig] = None) -> FastAPI:
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
-        req = parse_request(await read_body(request, 6 * cfg.max_prompt_chars + 65536))
-        job = server.job(req)
-        echoed = await server.echoed(job)
-        choices = [Choice(server, job, i, echoed[i // job.n]) for i in range(len(job.prompts) * job.n)]
-        tickets, queue = server.start(job)  # 503 here, before any byte of the answer
-        base = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
-                "model": server.model_id}
-        prompt_tokens = sum(len(ids) if text else 0 for text, ids in job.prompts)
-
-        def usage() -> dict[str, int]:
-            completion = sum(c.tokens for c in choices)
-            return {"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion}
-
-        if not req.stream:
-            try:
-                async for update in server.updates(tickets, queue, request):
-                    choices[update.index].add(update)
-            except ClientGone:  # nobody will read the answer
-                return Response(status_code=499)
-            return {**base, "choices": [c.body() for c in choices], "usage": usage()}
-
-        async def events() -> AsyncIterator[str]:
-            def chunk(choice: Choice, text: str, logprobs: dict, final: bool, **extra: Any) -> str:
-                return f"data: {json.dumps({**base, 'choices': [choice.body(text, logprobs, final)], **extra})}\n\n"
-
-            try:
-                if job.echo:
-                    for choice in choices:
-                        yield chunk(choice, choice.text, choice.logprobs, False)
-                async for update in server.updates(tickets, queue):
-                    choice = choices[update.index]
-                    before = {key: len(values) for key, values in choice.logprobs.items()}
-                    choice.add(update)
-                    new = {key: values[before[key]:] for key, values in choice.logprobs.items()}
-                    if update.text or (job.logprobs is not None and new["tokens"]):
-                        yield chunk(choice, update.text, new, False)
-                    if update.finish_reason:
-                        done = all(c.finish_reason for c in choices)
-                        yield chunk(choice, "", _entries(), True, **({"usage": usage()} if done else {}))
-            except Exception as e:  # headers are sent: report in-band, as OpenAI does
-                message = e.message if isinstance(e, RequestError) else str(e)
-                yield f"data: {json.dumps({'error': {'message': message, 'type': 'server_error'}})}\n\n"
-                return
-            yield "data: [DONE]\n\n"
-
-        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+        return await complete(server, request)
 
     return app
 

@@ -316,9 +316,9 @@ def test_a_full_queue_answers_503_with_retry_after_and_health_stays_up(small_que
         seed = json.loads(reply.request.content)["seed"]
         assert reply.json()["choices"][0]["text"] == direct(run, "And", 10, temperature=1.0, seed=seed)
 
-    slow = client_body = {**body, "max_tokens": 200}  # 200 steps of 20 ms: past the 1.5 s timeout
+    slow = {**body, "max_tokens": 200}  # 200 steps of 20 ms: past the 1.5 s timeout
     with httpx.Client(base_url=live.url, timeout=60) as client:
-        reply = client.post("/v1/completions", json=client_body)
+        reply = client.post("/v1/completions", json=slow)
         assert reply.status_code == 504 and "serve.request_timeout=1.5" in reply.json()["error"]["message"]
         with client.stream("POST", "/v1/completions", json={**slow, "stream": True}) as streamed:
             events = sse_events(list(streamed.iter_lines()))
