@@ -7,7 +7,7 @@ For each of `--serve.max_batch=MAX_BATCH` and `--serve.max_batch=1` it starts `s
 in a subprocess (so its RSS is the server's alone) and measures, from asyncio httpx clients: one
 request alone (after a warm-up); REQUESTS concurrent MAX_TOKENS-token requests (half streamed,
 half plain; every one its own seed): wall, p50, p95, time to first text, aggregate completion
-tokens/s; then FLOOD concurrent requests with serve.max_queue=FLOOD_QUEUE: status counts (503s
+tokens/s (serve.max_queue=REQUESTS); then, on a new server with serve.max_queue=FLOOD_QUEUE, FLOOD concurrent requests: status counts (503s
 are the refusals asked for, anything else is an error), the server's RSS before and after, and
 the latency of /health polled during the flood. Compare rows of one invocation only.
 """
@@ -136,14 +136,17 @@ def main() -> None:
     print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     rows = {}
     for max_batch in (args.max_batch, 1):
-        proc, url = start_server(args.run, max_batch, args.flood_queue, args.threads)
-        try:
-            rows[max_batch] = asyncio.run(concurrent(url, args.requests, args.max_tokens))
-            rows[max_batch].update({f"flood_{k}": v for k, v in asyncio.run(
-                flood(url, proc.pid, args.flood, args.max_tokens)).items()})
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+        for phase, max_queue in (("concurrent", args.requests), ("flood", args.flood_queue)):  # a server each
+            proc, url = start_server(args.run, max_batch, max_queue, args.threads)
+            try:
+                if phase == "concurrent":
+                    rows[max_batch] = asyncio.run(concurrent(url, args.requests, args.max_tokens))
+                else:
+                    result = asyncio.run(flood(url, proc.pid, args.flood, args.max_tokens))
+                    rows[max_batch].update({f"flood_{k}": v for k, v in result.items()})
+            finally:
+                proc.terminate()
+                proc.wait(timeout=30)
         print(f"max_batch={max_batch}: {rows[max_batch]} (load average {os.getloadavg()[0]:.1f})", flush=True)
     print()
     print(f"| serve.max_batch | one alone s | {args.requests} concurrent: wall s | p50 s | p95 s | first text p50 s "
