@@ -5,7 +5,7 @@
 
 For each of `--serve.max_batch=MAX_BATCH` and `--serve.max_batch=1` it starts `slm serve` on the run
 in a subprocess (so its RSS is the server's alone) and measures, from asyncio httpx clients: one
-request alone (after a warm-up); REQUESTS concurrent MAX_TOKENS-token requests (half streamed,
+request alone (after a warm-up, the median of 5); REQUESTS concurrent MAX_TOKENS-token requests (half streamed,
 half plain; every one its own seed): wall, p50, p95, time to first text, aggregate completion
 tokens/s (serve.max_queue=REQUESTS); then, on a new server with serve.max_queue=FLOOD_QUEUE, FLOOD concurrent requests: status counts (503s
 are the refusals asked for, anything else is an error), the server's RSS before and after, and
@@ -27,6 +27,7 @@ import httpx
 import psutil
 
 PROMPT = "And God said"
+ALONE_REPEATS = 5  # "one alone" is the median of this many (the machine is shared: single timings jump)
 
 
 def start_server(run: str, max_batch: int, max_queue: int, threads: int) -> tuple[subprocess.Popen, str]:
@@ -72,7 +73,7 @@ async def concurrent(url: str, requests: int, max_tokens: int) -> dict[str, floa
     """One request alone, then `requests` at once."""
     async with httpx.AsyncClient(base_url=url, timeout=3600, limits=httpx.Limits(max_connections=requests + 10)) as client:
         await one(client, 0, max_tokens, False)  # warm-up
-        alone, _, _ = await one(client, 0, max_tokens, False)
+        alone = statistics.median([(await one(client, 0, max_tokens, False))[0] for _ in range(ALONE_REPEATS)])
         start = time.perf_counter()
         results = await asyncio.gather(*[one(client, s, max_tokens, s % 2 == 0) for s in range(requests)])
         wall = time.perf_counter() - start
@@ -84,6 +85,8 @@ async def concurrent(url: str, requests: int, max_tokens: int) -> dict[str, floa
 async def flood(url: str, pid: int, requests: int, max_tokens: int) -> dict[str, float]:
     """`requests` at once; status counts, RSS before/after, /health latency while they run."""
     server = psutil.Process(pid)
+    async with httpx.AsyncClient(base_url=url, timeout=3600) as client:
+        await one(client, 0, max_tokens, True)  # warm-up: RSS before counts a server that has served
     rss_before = server.memory_info().rss
     statuses: dict[str, int] = {}
     health: list[float] = []
