@@ -320,25 +320,19 @@ class Server:
 
     async def updates(self, tickets: list[Ticket], queue: asyncio.Queue, request: Optional[Request] = None):
         """Every choice's updates as the scheduler makes them, until each has finished (or `request`'s client
-        has gone: checked every POLL seconds while nothing comes)."""
+        has gone: checked every POLL seconds by a watcher task, so each update costs one queue.get)."""
+        watcher = asyncio.create_task(_watch(request, queue)) if request is not None else None
         try:
-            left, checked = len(tickets), time.monotonic()
+            left = len(tickets)
             while left:
-                try:
-                    item = await asyncio.wait_for(queue.get(), POLL) if request is not None else await queue.get()
-                except asyncio.TimeoutError:
-                    item = None
-                if request is not None and time.monotonic() - checked >= POLL:
-                    checked = time.monotonic()
-                    if await request.is_disconnected():
-                        raise ClientGone()
-                if item is None:
-                    continue
+                item = await queue.get()
                 if isinstance(item, Exception):
                     raise item
                 left -= item.finish_reason is not None
                 yield item
         finally:
+            if watcher is not None:
+                watcher.cancel()
             self.scheduler.cancel(tickets)  # client gone or request over: out of the batch at the next step
 
     async def echoed(self, job: Job) -> list[dict[str, list]]:
@@ -360,6 +354,13 @@ class Server:
             out["token_logprobs"].append(None if entry is None else entry[1])
             out["top_logprobs"].append(None if entry is None else {decode([t]): lp for t, lp in entry[2]})
         return out
+
+
+async def _watch(request: Request, queue: asyncio.Queue) -> None:
+    """Put ClientGone on the queue once the client of a request that is not streamed has disconnected."""
+    while not await request.is_disconnected():
+        await asyncio.sleep(POLL)
+    queue.put_nowait(ClientGone())
 
 
 def _entries() -> dict[str, list]:
@@ -475,10 +476,10 @@ async def complete(server: Server, request: Request) -> Any:
                     yield chunk(choice, choice.text, choice.logprobs, False)
             async for update in server.updates(tickets, queue):
                 choice = choices[update.index]
-                before = {key: len(values) for key, values in choice.logprobs.items()}
+                before = len(choice.logprobs["tokens"])
                 choice.add(update)
-                new = {key: values[before[key]:] for key, values in choice.logprobs.items()}
-                if update.text or (job.logprobs is not None and new["tokens"]):
+                new = {key: values[before:] for key, values in choice.logprobs.items()} if job.logprobs is not None else {}
+                if update.text or new.get("tokens"):
                     yield chunk(choice, update.text, new, False)
                 if update.finish_reason:
                     done = all(c.finish_reason for c in choices)
