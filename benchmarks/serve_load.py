@@ -1,10 +1,15 @@
-"""Load test of `slm serve`: N concurrent completion requests on 127.0.0.1; errors and p50/p95 latency.
+"""Load test of `slm serve`: the batched scheduler against one sequence at a time, in one invocation.
 
-    python -P benchmarks/serve_load.py --run runs/kjv-char [--requests 50] [--max-tokens 64] [--url URL]
+    python -P benchmarks/serve_load.py --run runs/kjv-char [--max-batch 64] [--requests 50] [--max-tokens 64]
+                                       [--flood 500] [--flood-queue 100] [--threads 1]
 
-Without --url it serves the run itself (uvicorn in a thread on a free loopback port). Half the
-requests stream (server-sent events), half do not; every one has its own seed. Generation is
-one at a time, so latency grows with the queue: p95 is close to N times one request's time.
+For each of `--serve.max_batch=MAX_BATCH` and `--serve.max_batch=1` it starts `slm serve` on the run
+in a subprocess (so its RSS is the server's alone) and measures, from asyncio httpx clients: one
+request alone (after a warm-up, the median of 5); REQUESTS concurrent MAX_TOKENS-token requests (half streamed,
+half plain; every one its own seed): wall, p50, p95, time to first text, aggregate completion
+tokens/s (serve.max_queue=REQUESTS); then, on a new server with serve.max_queue=FLOOD_QUEUE, FLOOD concurrent requests: status counts (503s
+are the refusals asked for, anything else is an error), the server's RSS before and after, and
+the latency of /health polled during the flood. Compare rows of one invocation only.
 """
 
 from __future__ import annotations
@@ -12,42 +17,40 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
+import os
 import statistics
-import threading
+import subprocess
+import sys
 import time
 
 import httpx
-import uvicorn
+import psutil
 
-from slmkit.config import ServeConfig
-from slmkit.runs import load_run
-from slmkit.serve import create_app
+PROMPT = "And God said"
+ALONE_REPEATS = 5  # "one alone" is the median of this many (the machine is shared: single timings jump)
 
 
-def start_server(run_dir: str) -> tuple[uvicorn.Server, str]:
-    """Serve the run with uvicorn in a daemon thread on a free 127.0.0.1 port."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(load_run(run_dir), ServeConfig()), log_level="warning"))
-    threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True).start()
-    while not server.started:
-        time.sleep(0.02)
-    return server, f"http://127.0.0.1:{sock.getsockname()[1]}"
+def start_server(run: str, max_batch: int, max_queue: int, threads: int) -> tuple[subprocess.Popen, str]:
+    """`slm serve` on a free loopback port in a subprocess; (process, base url)."""
+    cmd = [sys.executable, "-m", "slmkit", "serve", "--run", run, "--port", "0", f"--serve.max_batch={max_batch}",
+           f"--serve.max_queue={max_queue}", f"--serve.threads={threads}", "--serve.max_tokens_limit=4096"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    line = proc.stdout.readline()
+    if " on http://" not in line:
+        raise RuntimeError(f"slm serve did not start: {line}{proc.stderr.read()}")
+    return proc, line.split(" on ")[1].split("/  ")[0].rstrip("/")
 
 
 async def one(client: httpx.AsyncClient, seed: int, max_tokens: int, streamed: bool) -> tuple[float, float, int]:
-    """(seconds to the last byte, seconds to the first text, characters); raises on any error."""
-    body = {"prompt": "And God said", "max_tokens": max_tokens, "temperature": 0.8, "seed": seed, "stream": streamed}
+    """(seconds to the last byte, seconds to the first text, completion tokens); raises on any HTTP error."""
+    body = {"prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0.8, "seed": seed, "stream": streamed}
     start = time.perf_counter()
-    first = None
     if not streamed:
         reply = await client.post("/v1/completions", json=body)
         reply.raise_for_status()
-        text = reply.json()["choices"][0]["text"]
         end = time.perf_counter()
-        return end - start, end - start, len(text)
-    text = ""
+        return end - start, end - start, reply.json()["usage"]["completion_tokens"]
+    first, tokens = None, 0
     async with client.stream("POST", "/v1/completions", json=body) as reply:
         reply.raise_for_status()
         async for line in reply.aiter_lines():
@@ -58,57 +61,111 @@ async def one(client: httpx.AsyncClient, seed: int, max_tokens: int, streamed: b
                 raise RuntimeError(chunk["error"]["message"])
             if chunk["choices"][0]["text"] and first is None:
                 first = time.perf_counter() - start
-            text += chunk["choices"][0]["text"]
-    return time.perf_counter() - start, first or 0.0, len(text)
+            tokens = chunk.get("usage", {}).get("completion_tokens", tokens)
+    return time.perf_counter() - start, first or 0.0, tokens
 
 
-async def load(url: str, requests: int, max_tokens: int, timeout: float) -> None:
-    limits = httpx.Limits(max_connections=requests)
-    async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits) as client:
-        alone, _, _ = await one(client, 0, max_tokens, False)  # warm-up and one request on its own
-        alone, _, _ = await one(client, 0, max_tokens, False)
+def pct(values: list[float], q: int) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
+
+
+async def concurrent(url: str, requests: int, max_tokens: int) -> dict[str, float]:
+    """One request alone, then `requests` at once."""
+    async with httpx.AsyncClient(base_url=url, timeout=3600, limits=httpx.Limits(max_connections=requests + 10)) as client:
+        await one(client, 0, max_tokens, False)  # warm-up
+        alone = statistics.median([(await one(client, 0, max_tokens, False))[0] for _ in range(ALONE_REPEATS)])
         start = time.perf_counter()
-        jobs = [one(client, seed, max_tokens, seed % 2 == 0) for seed in range(requests)]
-        results = await asyncio.wait_for(asyncio.gather(*jobs, return_exceptions=True), timeout)
+        results = await asyncio.gather(*[one(client, s, max_tokens, s % 2 == 0) for s in range(requests)])
         wall = time.perf_counter() - start
-    ok = [r for r in results if not isinstance(r, BaseException)]
-    errors = [r for r in results if isinstance(r, BaseException)]
-    for e in errors[:3]:
-        print(f"error: {type(e).__name__}: {e}")
-    latencies = sorted(r[0] for r in ok)
-    firsts = sorted(r[1] for r in ok)
-    chars = sum(r[2] for r in ok)
+    latencies, firsts = [r[0] for r in results], [r[1] for r in results if r[1]]
+    return dict(alone=alone, wall=wall, p50=pct(latencies, 50), p95=pct(latencies, 95), first=pct(firsts, 50),
+                tokens_per_s=sum(r[2] for r in results) / wall)
 
-    def pct(values: list[float], q: float) -> float:
-        return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
-    print("| requests | max_tokens | errors | one alone s | p50 s | p95 s | first text p50 s | wall s | chars/s |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    print(
-        f"| {requests} | {max_tokens} | {len(errors)} | {alone:.3f} | {pct(latencies, 50):.2f} | {pct(latencies, 95):.2f} "
-        f"| {pct(firsts, 50):.2f} | {wall:.2f} | {chars / wall:,.0f} |"
-    )
+async def flood(url: str, pid: int, requests: int, max_tokens: int) -> dict[str, float]:
+    """`requests` at once; status counts, RSS before/after, /health latency while they run."""
+    server = psutil.Process(pid)
+    async with httpx.AsyncClient(base_url=url, timeout=3600) as client:
+        await one(client, 0, max_tokens, True)  # warm-up: RSS before counts a server that has served
+    rss_before = server.memory_info().rss
+    statuses: dict[str, int] = {}
+    health: list[float] = []
+    limits = httpx.Limits(max_connections=requests + 10)
+    async with httpx.AsyncClient(base_url=url, timeout=3600, limits=limits) as client:
+
+        async def ask(seed: int) -> None:
+            try:
+                await one(client, seed, max_tokens, seed % 2 == 0)
+                key = "200"
+            except httpx.HTTPStatusError as e:
+                key = str(e.response.status_code)
+            except Exception as e:  # noqa: BLE001 - every other failure is counted, by kind
+                key = type(e).__name__
+            statuses[key] = statuses.get(key, 0) + 1
+
+        async def poll_health(done: asyncio.Event) -> None:
+            async with httpx.AsyncClient(base_url=url, timeout=60) as own:
+                while not done.is_set():
+                    start = time.perf_counter()
+                    (await own.get("/health")).raise_for_status()
+                    health.append(time.perf_counter() - start)
+                    await asyncio.sleep(0.05)
+
+        done = asyncio.Event()
+        poller = asyncio.create_task(poll_health(done))
+        start = time.perf_counter()
+        await asyncio.gather(*[ask(s) for s in range(requests)])
+        wall = time.perf_counter() - start
+        done.set()
+        await poller
+    await asyncio.sleep(2)  # let the server drop what the requests held
+    rss_after = server.memory_info().rss
+    errors = sum(n for key, n in statuses.items() if key not in ("200", "503"))
+    return dict(wall=wall, ok=statuses.get("200", 0), busy=statuses.get("503", 0), errors=errors,
+                statuses=statuses, rss_before=rss_before / 2**20, rss_after=rss_after / 2**20,
+                health_p50=pct(health, 50), health_max=max(health))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", help="run folder to serve (unless --url is given)")
-    parser.add_argument("--url", help="an `slm serve` already running, e.g. http://127.0.0.1:8000")
+    parser.add_argument("--run", required=True, help="run folder to serve")
+    parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument("--requests", type=int, default=50)
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--timeout", type=float, default=600, help="seconds for the whole load")
+    parser.add_argument("--flood", type=int, default=500)
+    parser.add_argument("--flood-queue", type=int, default=100, help="serve.max_queue for the flood")
+    parser.add_argument("--threads", type=int, default=1, help="serve.threads")
     args = parser.parse_args()
-    if not (args.url or args.run):
-        parser.error("give --run DIR or --url URL")
-    server = None
-    url = args.url
-    if url is None:
-        server, url = start_server(args.run)
-    try:
-        asyncio.run(load(url, args.requests, args.max_tokens, args.timeout))
-    finally:
-        if server is not None:
-            server.should_exit = True
+    print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    rows = {}
+    for max_batch in (args.max_batch, 1):
+        for phase, max_queue in (("concurrent", args.requests), ("flood", args.flood_queue)):  # a server each
+            proc, url = start_server(args.run, max_batch, max_queue, args.threads)
+            try:
+                if phase == "concurrent":
+                    rows[max_batch] = asyncio.run(concurrent(url, args.requests, args.max_tokens))
+                else:
+                    result = asyncio.run(flood(url, proc.pid, args.flood, args.max_tokens))
+                    rows[max_batch].update({f"flood_{k}": v for k, v in result.items()})
+            finally:
+                proc.terminate()
+                proc.wait(timeout=30)
+        print(f"max_batch={max_batch}: {rows[max_batch]} (load average {os.getloadavg()[0]:.1f})", flush=True)
+    print()
+    print(f"| serve.max_batch | one alone s | {args.requests} concurrent: wall s | p50 s | p95 s | first text p50 s "
+          f"| tokens/s | wall / alone | flood {args.flood} (max_queue {args.flood_queue}): 200 / 503 / other "
+          "| RSS before → after MiB | /health p50 / max s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for max_batch, r in rows.items():
+        print(
+            f"| {max_batch} | {r['alone']:.3f} | {r['wall']:.2f} | {r['p50']:.2f} | {r['p95']:.2f} | {r['first']:.2f} "
+            f"| {r['tokens_per_s']:,.0f} | {r['wall'] / r['alone']:.1f}× | {r['flood_ok']} / {r['flood_busy']} / "
+            f"{r['flood_errors']} | {r['flood_rss_before']:.0f} → {r['flood_rss_after']:.0f} "
+            f"| {r['flood_health_p50']:.3f} / {r['flood_health_max']:.2f} |"
+        )
+    batched, single = rows[args.max_batch], rows[1]
+    print(f"\nbatched: 50 concurrent = {batched['wall'] / batched['alone']:.1f}× one alone; aggregate tokens/s "
+          f"{batched['tokens_per_s'] / single['tokens_per_s']:.1f}× max_batch=1")
 
 
 if __name__ == "__main__":

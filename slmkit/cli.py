@@ -161,7 +161,7 @@ def _cmd_prepare(args: argparse.Namespace, overrides: dict) -> None:
 
 def _cmd_sample(args: argparse.Namespace) -> None:
     from .runs import BEST, LAST, load_run
-    from .generate import stream
+    from .generate import stream_batch
     from .sampling import FIELDS
 
     if args.num_samples < 1:
@@ -175,11 +175,12 @@ def _cmd_sample(args: argparse.Namespace) -> None:
         if unknown:
             print(f"slm: note: dropping characters the tokenizer has never seen: {''.join(unknown)!r}", file=sys.stderr)
             prompt = "".join(c for c in prompt if c not in unknown)
-        for i in range(args.num_samples):
+        samples = [params.nth(i) for i in range(args.num_samples)]  # decoded as one batch; shown one by one
+        for i, pieces in enumerate(stream_batch(run.model, run.tokenizer, prompt, samples, use_cache=not args.no_cache)):
             if args.num_samples > 1:
                 sys.stdout.write(f"--- sample {i + 1}/{args.num_samples}\n")
             sys.stdout.write(prompt)
-            for piece in stream(run.model, run.tokenizer, prompt, params.nth(i), use_cache=not args.no_cache):
+            for piece in pieces:
                 sys.stdout.write(piece)
                 sys.stdout.flush()
             sys.stdout.write("\n")

@@ -235,15 +235,22 @@ class ServeConfig:
     port: int = 8000
     max_tokens_limit: int = 1024  # largest max_tokens a request may ask for
     max_prompt_chars: int = 8192  # longest prompt accepted, in characters
+    max_batch: int = 16  # sequences decoded together (continuous batching); 1 = one at a time
+    max_queue: int = 256  # sequences waiting for a batch slot; beyond it requests get HTTP 503 + Retry-After
+    request_timeout: float = 600.0  # seconds a request may take, waiting included; 0 = no limit
+    threads: int = 1  # torch threads for generation (0 = torch's default); on a busy CPU more can be slower
 
     def validate(self) -> None:
         if not self.host:
             raise ConfigError("serve.host is empty; use 127.0.0.1 (this machine only) or an address to listen on")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"serve.port={self.port} must be between 0 and 65535 (e.g. 8000)")
-        for key in ("max_tokens_limit", "max_prompt_chars"):
+        for key in ("max_tokens_limit", "max_prompt_chars", "max_batch"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"serve.{key}={getattr(self, key)} must be a positive integer")
+        for key in ("max_queue", "request_timeout", "threads"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"serve.{key}={getattr(self, key)} must be >= 0")
 
 
 @dataclass

@@ -11,10 +11,17 @@ size a token sees between block_size // 2 and block_size tokens, where cropping 
 (nanoGPT, seed 002) sees block_size but needs a whole-window forward per token. The uncached path
 (use_cache=False) uses the same window and recomputes it at every step, so both give the same
 tokens; it exists for tests and the benchmark.
+
+Every generation goes through a `Batch` (continuous batching): each sequence has its own KV-cache
+slot, window, seeded sampler, text decoder and stop strings, so one sequence or many decoded
+together give each the same tokens; `slm serve` and `generate(num_samples=N)` batch, `stream` is a
+batch of one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import heapq
 from typing import Any, Generator, Iterable, Iterator, Optional, Union
 
 import torch
@@ -81,38 +88,193 @@ class TokenSampler:
         return token
 
 
-@torch.no_grad()
-def next_logits(model: GPT, ids: list[int], max_new_tokens: int, use_cache: bool = True) -> Generator[torch.Tensor, int, None]:
-    """Yield the next token's logits (vocab,) given the window over `ids`; send() the chosen token for the next.
+class Window:
+    """One sequence's context window over its ids (see the module docstring) and what its cache slot holds.
 
-    Room for max_new_tokens sent tokens; the window slides past block_size (see the module docstring).
+    The window is ids[start:]; with a cache, ids[start:fed] are cached, so ids[fed:] are fed next.
     """
-    if not ids:
-        raise ValueError("generation needs at least one context id (e.g. the tokenizer's eot_id)")
-    was_training = model.training
-    model.eval()  # no dropout; the caller's mode comes back when the generator is closed
-    device = model.device
-    block_size = model.config.block_size
-    keep = max(1, block_size // 2)  # tokens kept when the window slides (see the module docstring)
-    seq = torch.empty(len(ids) + max_new_tokens, dtype=torch.long, device=device)  # every id so far
-    seq[: len(ids)] = torch.tensor(ids, dtype=torch.long)
-    n = len(ids)
-    start = max(0, n - block_size)  # the window is seq[start:n]
-    cache = model.new_cache() if use_cache else None
-    fed = start  # with the cache, seq[start:fed] is cached
-    try:
+
+    def __init__(self, ids: list[int], block_size: int):
+        if not ids:
+            raise ValueError("generation needs at least one context id (e.g. the tokenizer's eot_id)")
+        self.ids = list(ids)
+        self.block_size = block_size
+        self.keep = max(1, block_size // 2)  # tokens kept when the window slides
+        self.start = self.fed = max(0, len(ids) - block_size)
+
+    def pending(self) -> list[int]:
+        """The ids the cache has not read yet."""
+        return self.ids[self.fed :]
+
+    def fresh(self) -> bool:
+        """True when the cache slot must be emptied before pending() is fed (a new or slid window)."""
+        return self.fed == self.start
+
+    def push(self, token: int) -> None:
+        """Append a chosen token; the window slides to its last `keep` ids when it would pass block_size."""
+        self.ids.append(token)
+        if len(self.ids) - self.start > self.block_size:
+            self.start = self.fed = len(self.ids) - self.keep
+
+
+class Sequence:
+    """One sequence of a Batch: its window, sampler, text decoder, stop matcher, and what the last step gave.
+
+    After each Batch.step(): `token` is the id it chose, `text` the text that can be shown now ("" while
+    held back), `logprob` (token, its log-probability, the top `logprobs` (id, log-probability)) when
+    asked for, and `finish_reason` "length" (max_new_tokens), "stop" (a stop string or an end id) or None.
+    """
+
+    def __init__(
+        self,
+        ids: list[int],
+        params: SamplingParams,
+        model: GPT,
+        tokenizer: Optional[Tokenizer] = None,
+        end_ids: Iterable[int] = (),
+        logprobs: Optional[int] = None,
+    ):
+        self.params = params
+        self.window = Window(ids, model.config.block_size)
+        self.sampler = TokenSampler(params, model.config.vocab_size, ids, model.device)
+        self.decoder = PieceDecoder(tokenizer, ids) if tokenizer is not None else None
+        self.stopper = StopMatcher(params.stop)
+        self.end_ids = frozenset(end_ids)
+        self.logprobs = logprobs
+        self.tokens: list[int] = []  # every id chosen so far
+        self.slot: Optional[int] = None
+        self.token: Optional[int] = None
+        self.text = ""
+        self.logprob: Optional[tuple[int, float, list[tuple[int, float]]]] = None
+        self.finish_reason: Optional[str] = None if params.max_new_tokens > 0 else "length"
+
+    def take(self, logits: torch.Tensor) -> None:
+        """Choose the next token from its logits (vocab,), then update the text and whether the sequence ended."""
+        token = self.token = self.sampler.choose(logits)
+        if self.logprobs is not None:
+            log_probs = F.log_softmax(logits.float(), dim=-1)  # the model's own distribution, before sampling options
+            top = torch.topk(log_probs, min(self.logprobs, log_probs.numel()))
+            self.logprob = (token, float(log_probs[token]), list(zip(top.indices.tolist(), top.values.tolist())))
+        self.tokens.append(token)
+        self.window.push(token)
+        ended = token in self.end_ids
+        text = "" if ended or self.decoder is None else self.stopper.push(self.decoder.push(token))
+        if self.stopper.stopped or ended:
+            self.finish_reason = "stop"
+        elif len(self.tokens) == self.params.max_new_tokens:
+            self.finish_reason = "length"
+        if self.finish_reason and not self.stopper.stopped and self.decoder is not None:
+            text += self.stopper.push(self.decoder.flush())  # the end of the text: nothing more is held back
+            text += "" if self.stopper.stopped else self.stopper.flush()
+        self.text = text
+
+
+class Batch:
+    """Continuous batching: sequences decoded together, each in its own KV-cache slot.
+
+    add() a sequence at any time: it joins at the next step(). Each step feeds every sequence its
+    pending ids (sequences with as many pending ids share one forward: every one-token decoding
+    step together, new prompts of one length together) and lets each choose its next token with its own sampler; sequences that end
+    leave the batch and free their slot. Each sequence's tokens are the ones it gets alone (the
+    batched forward's logits agree with the one-row forward's to fp32 rounding: see README).
+    """
+
+    def __init__(self, model: GPT, tokenizer: Optional[Tokenizer] = None, max_batch: int = 8, use_cache: bool = True):
+        self.model, self.tokenizer, self.max_batch = model, tokenizer, max_batch
+        self.cache = model.new_cache(max_batch) if use_cache else None
+        self.free = list(range(max_batch))
+        self.active: list[Sequence] = []
+
+    def add(self, ids: list[int], params: SamplingParams, **options: Any) -> Sequence:
+        """A new sequence continuing `ids` (options: Sequence's end_ids, logprobs); ValueError when full."""
+        seq = Sequence(ids, params, self.model, self.tokenizer, **options)
+        if seq.finish_reason is None:
+            if not self.free:
+                raise ValueError(f"the batch is full ({self.max_batch} sequences)")
+            seq.slot = heapq.heappop(self.free)  # the lowest free slot: the active ones stay consecutive
+            self.active.append(seq)
+        return seq
+
+    def remove(self, seq: Sequence) -> None:
+        """Take a sequence out of the batch (finished or given up); its slot is free at the next step."""
+        if seq in self.active:
+            self.active.remove(seq)
+            heapq.heappush(self.free, seq.slot)
+
+    @torch.no_grad()
+    def forward(self) -> torch.Tensor:
+        """The next-token logits (len(active), vocab) of every active sequence, feeding each its pending ids.
+
+        Sequences with as many pending ids (one each while decoding; new prompts of one length) share a forward,
+        their rows in slot order (consecutive slots are read as views, not gathered).
+        """
+        logits: list[Optional[torch.Tensor]] = [None] * len(self.active)
+        device = self.model.device
+        groups: dict[int, list[int]] = {}  # pending length -> indices into active
+        for i, seq in enumerate(self.active):
+            window = seq.window
+            if self.cache is None:  # recompute the whole window
+                logits[i] = self.model(torch.tensor([window.ids[window.start :]], device=device))[0][0, -1]
+                continue
+            if window.fresh():
+                self.cache.reset(seq.slot)
+            groups.setdefault(len(window.pending()), []).append(i)
+        for rows in groups.values():
+            rows.sort(key=lambda i: self.active[i].slot)
+            idx = torch.tensor([self.active[i].window.pending() for i in rows], device=device)  # (B, T)
+            out, _ = self.model(idx, cache=self.cache, slots=[self.active[i].slot for i in rows])
+            for row, i in enumerate(rows):
+                logits[i] = out[row, -1]
+                self.active[i].window.fed = len(self.active[i].window.ids)
+        return torch.stack(logits) if logits else torch.empty(0)
+
+    def step(self) -> list[Sequence]:
+        """Advance every active sequence by one token; return them (those that ended have left the batch)."""
+        stepped = list(self.active)
+        for seq, row in zip(stepped, self.forward()):
+            seq.take(row)
+            if seq.finish_reason:
+                self.remove(seq)
+        return stepped
+
+
+@torch.no_grad()
+def next_logits(model: GPT, ids: list[int], use_cache: bool = True) -> Generator[torch.Tensor, int, None]:
+    """Yield the next token's logits (vocab,) given the window over `ids`; send() the chosen token for the next."""
+    with eval_mode(model):
+        batch = Batch(model, max_batch=1, use_cache=use_cache)
+        seq = batch.add(ids, SamplingParams(max_new_tokens=1))
         while True:
-            if cache is None:
-                logits, _ = model(seq[None, start:n])
-            else:
-                logits, _ = model(seq[None, fed:n], cache=cache)
-                fed = n
-            seq[n] = yield logits[0, -1]
-            n += 1
-            if n - start > block_size:  # the window is full: slide
-                start = fed = n - keep
-                if cache is not None:
-                    cache.reset()
+            seq.window.push((yield batch.forward()[0]))
+
+
+@torch.no_grad()
+def prompt_logprobs(model: GPT, ids: list[int], top: int = 0) -> list[tuple[int, float, list[tuple[int, float]]]]:
+    """(token, log-probability, the `top` likeliest (id, log-probability)) of each of ids[1:] given the ids
+    before it, read in the windows `slm eval` reads (consecutive block_size windows, each from scratch)."""
+    T = model.config.block_size
+    out = []
+    with eval_mode(model):
+        for start in range(0, len(ids) - 1, T):
+            window = ids[start : start + T + 1]
+            logits, _ = model(torch.tensor([window[:-1]], device=model.device))
+            log_probs = F.log_softmax(logits[0].float(), dim=-1)  # (t, vocab)
+            targets = torch.tensor(window[1:], device=model.device)
+            chosen = log_probs.gather(1, targets[:, None])[:, 0].tolist()
+            best = torch.topk(log_probs, min(top, log_probs.size(-1))) if top else None
+            for k, token in enumerate(window[1:]):
+                pairs = list(zip(best.indices[k].tolist(), best.values[k].tolist())) if best is not None else []
+                out.append((token, chosen[k], pairs))
+    return out
+
+
+@contextlib.contextmanager
+def eval_mode(model: GPT) -> Iterator[GPT]:
+    """The model in eval mode (no dropout) inside, the caller's mode back after (even on an early close)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
     finally:
         model.train(was_training)
 
@@ -124,7 +286,6 @@ def chosen(params: Optional[SamplingParams], options: dict[str, Any]) -> Samplin
     return (params or SamplingParams()).replace(**options).validate()
 
 
-@torch.no_grad()
 def sample_ids(
     model: GPT, ids: list[int], params: Optional[SamplingParams] = None, use_cache: bool = True, **options: Any
 ) -> Iterator[int]:
@@ -133,15 +294,12 @@ def sample_ids(
     `options` change fields of `params` (default SamplingParams()); stop strings are for the text (see stream).
     """
     params = chosen(params, options)
-    steps = next_logits(model, ids, params.max_new_tokens, use_cache)
-    sampler = TokenSampler(params, model.config.vocab_size, ids, model.device)
-    token = None
-    try:
-        for _ in range(params.max_new_tokens):
-            token = sampler.choose(next(steps) if token is None else steps.send(token))
-            yield token
-    finally:
-        steps.close()  # puts the model back in its mode, even when the caller stops early
+    with eval_mode(model):  # the caller's mode comes back when the generator is closed
+        batch = Batch(model, max_batch=1, use_cache=use_cache)
+        seq = batch.add(ids, params)
+        while seq.finish_reason is None:
+            batch.step()
+            yield seq.token
 
 
 class PieceDecoder:
@@ -232,6 +390,11 @@ def until_stop(pieces: Iterable[str], stop: Optional[Iterable[str]]) -> Iterator
         yield rest
 
 
+def prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
+    """The ids generation continues: the prompt's, or the end-of-text id (a new document) for an empty prompt."""
+    return tokenizer.encode(prompt) if prompt else [tokenizer.eot_id]
+
+
 def stream(
     model: GPT,
     tokenizer: Tokenizer,
@@ -246,8 +409,30 @@ def stream(
     change its fields, e.g. stream(model, tok, "And", temperature=0, max_new_tokens=50).
     """
     params = chosen(params, options)  # bad options fail here, not at the first next()
-    ids = tokenizer.encode(prompt) if prompt else [tokenizer.eot_id]
-    return until_stop(decode_pieces(tokenizer, sample_ids(model, ids, params, use_cache), ids), params.stop)
+    return next(iter(stream_batch(model, tokenizer, prompt, [params], use_cache)))
+
+
+def stream_batch(
+    model: GPT, tokenizer: Tokenizer, prompt: str, params: list[SamplingParams], use_cache: bool = True
+) -> Iterator[Iterator[str]]:
+    """One iterator of text pieces per params, all decoded in one Batch; pieces of sample i arrive as
+    sample i's iterator is read (the others' are kept until theirs is)."""
+    ids = prompt_ids(tokenizer, prompt)
+    batch = Batch(model, tokenizer, max_batch=len(params), use_cache=use_cache)
+    seqs = [batch.add(ids, p) for p in params]
+    held: list[list[str]] = [[] for _ in seqs]
+
+    def pieces(i: int) -> Iterator[str]:
+        with eval_mode(model):
+            while held[i] or seqs[i].finish_reason is None:
+                if not held[i]:
+                    for seq in batch.step():
+                        if seq.text:
+                            held[seqs.index(seq)].append(seq.text)
+                    continue
+                yield held[i].pop(0)
+
+    return (pieces(i) for i in range(len(seqs)))
 
 
 def generate(
@@ -261,11 +446,11 @@ def generate(
 ) -> Union[str, list[str]]:
     """The text sampled after `prompt` (without the prompt); a list of num_samples texts when > 1.
 
-    `params` and `options` as for stream. Sample i uses seed + i, so the first of several samples
-    is the text num_samples=1 gives.
+    `params` and `options` as for stream. The samples are decoded as one batch; sample i uses
+    seed + i, so the first of several samples is the text num_samples=1 gives.
     """
     if num_samples < 1:
         raise ValueError(f"num_samples={num_samples} must be >= 1")
     params = chosen(params, options)
-    texts = ["".join(stream(model, tokenizer, prompt, params.nth(i), use_cache)) for i in range(num_samples)]
+    texts = ["".join(p) for p in stream_batch(model, tokenizer, prompt, [params.nth(i) for i in range(num_samples)], use_cache)]
     return texts[0] if num_samples == 1 else texts

@@ -25,21 +25,69 @@ RMS_EPS = 1e-6  # RMSNorm's epsilon (Llama's), fixed so it does not depend on th
 
 
 class KVCache:
-    """Keys and values of the tokens seen so far, per layer, preallocated to block_size.
+    """Keys and values of the tokens seen so far, per layer, with one slot per sequence, each
+    preallocated to block_size.
 
-    `length` tokens are cached; the next forward's tokens sit at positions length, length+1, ...
+    Slot s holds `lengths[s]` tokens; a forward's row for slot s puts its tokens at positions
+    lengths[s], lengths[s] + 1, ... (its own positions and its own keys: slots never see each other).
     """
 
     def __init__(self, config: GPTConfig, batch_size: int = 1, device=None, dtype=torch.float32):
         hs = config.n_embd // config.n_head
-        shape = (config.n_layer, batch_size, config.n_head, config.block_size, hs)  # (L, B, nh, T, hs)
+        shape = (config.n_layer, batch_size, config.n_head, config.block_size, hs)  # (L, slots, nh, T, hs)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.length = 0
+        self.lengths = [0] * batch_size
+        self._step: Optional[_CacheStep] = None
 
-    def reset(self) -> None:
-        """Forget every cached token (the buffers are reused)."""
-        self.length = 0
+    def reset(self, slot: Optional[int] = None) -> None:
+        """Forget every cached token of `slot` (default: of every slot); the buffers are reused."""
+        for s in range(len(self.lengths)) if slot is None else [slot]:
+            self.lengths[s] = 0
+
+    def begin(self, slots: list[int], T: int) -> "_CacheStep":
+        """Plan a forward of T new tokens for each slot in `slots` (one row each); end() commits it."""
+        self._step = _CacheStep(self, slots, T)
+        return self._step
+
+    def end(self) -> None:
+        """The planned forward is done: its slots grow by T tokens."""
+        step, self._step = self._step, None
+        for s in step.slots:
+            self.lengths[s] += step.T
+
+
+class _CacheStep:
+    """One forward through a KVCache: where each row's tokens go, and which keys each query sees."""
+
+    def __init__(self, cache: KVCache, slots: list[int], T: int):
+        self.cache, self.slots, self.T = cache, slots, T
+        starts = [cache.lengths[s] for s in slots]
+        self.start = starts[0] if len(set(starts)) == 1 else None  # one start for every row: slices
+        self.contiguous = slots == list(range(slots[0], slots[0] + len(slots)))
+        self.keys = max(starts) + T  # keys read: the longest slot's
+        device = cache.k.device
+        starts_t = torch.tensor(starts, device=device)
+        self.positions = starts_t[:, None] + torch.arange(T, device=device)  # (B, T)
+        self.rows = torch.tensor(slots, device=device)
+        self.mask: Optional[torch.Tensor] = None  # (B, 1, T, keys) bool: query i of row b sees keys <= its position
+        self.causal = max(starts) == 0 and self.start is not None
+        if not self.causal and not (self.start is not None and T == 1):
+            mask = torch.arange(self.keys, device=device)[None, None, :] <= self.positions[:, :, None]
+            self.mask = mask[:, None]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the new k, v (B, nh, T, hs) of `layer`; return every key and value the rows see (B, nh, keys, hs)."""
+        ck, cv = self.cache.k[layer], self.cache.v[layer]  # (slots, nh, block_size, hs)
+        if self.contiguous and self.start is not None:  # views, no copies (one sequence, or a batch in step)
+            rows = slice(self.slots[0], self.slots[0] + len(self.slots))
+            ck[rows, :, self.start : self.start + self.T] = k
+            cv[rows, :, self.start : self.start + self.T] = v
+            return ck[rows, :, : self.keys], cv[rows, :, : self.keys]
+        rows = self.rows[:, None]  # (B, 1) with positions (B, T): element [b, t] -> (B, T, nh, hs)
+        ck[rows, :, self.positions] = k.transpose(1, 2)
+        cv[rows, :, self.positions] = v.transpose(1, 2)
+        return ck[:, :, : self.keys].index_select(0, self.rows), cv[:, :, : self.keys].index_select(0, self.rows)
 
 
 class _ReLUSquared(torch.autograd.Function):
@@ -143,17 +191,9 @@ class CausalSelfAttention(nn.Module):
             q, k = _rotate(q, *rope), _rotate(k, *rope)
         mask, causal = None, True
         if cache is not None:
-            start = cache.length
-            cache.k[layer, :, :, start : start + T] = k
-            cache.v[layer, :, :, start : start + T] = v
-            k = cache.k[layer, :, :, : start + T]  # (B, nh, start + T, hs)
-            v = cache.v[layer, :, :, : start + T]
-            if start > 0:
-                # One new query attends every cached key (it is the last): no mask. Several new
-                # queries after cached ones: query i sees keys up to start + i.
-                causal = False
-                if T > 1:
-                    mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
+            step = cache._step
+            k, v = step.update(layer, k, v)  # (B, nh, keys, hs): this row's cached keys, then the new ones
+            mask, causal = step.mask, step.causal
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=causal
         )  # (B, nh, T, hs)
@@ -286,31 +326,43 @@ class GPT(nn.Module):
         return KVCache(self.config, batch_size, device=self.device, dtype=self.transformer.wte.weight.dtype)
 
     def forward(
-        self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None, cache: Optional[KVCache] = None
+        self,
+        idx: torch.Tensor,
+        targets: Optional[torch.Tensor] = None,
+        cache: Optional[KVCache] = None,
+        slots: Optional[list[int]] = None,
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """idx (B, T) token ids -> logits (B, T, vocab); mean cross-entropy if targets (B, T) given.
 
-        With a `cache`, idx continues the cached tokens (positions start at cache.length), the
-        cache grows by T, and only the last position's logits are computed: (B, 1, vocab).
+        With a `cache`, row b of idx continues the tokens cached in slot slots[b] (default: slot b):
+        its positions start at that slot's length, the slot grows by T, and only the last
+        position's logits are computed: (B, 1, vocab).
         """
         B, T = idx.shape
-        start = 0 if cache is None else cache.length
-        if start + T > self.config.block_size:
-            raise ValueError(f"sequence length {start + T} exceeds block_size {self.config.block_size}")
+        step = None if cache is None else cache.begin(list(range(B)) if slots is None else list(slots), T)
+        if step is not None and step.keys > self.config.block_size:
+            cache._step = None
+            raise ValueError(f"sequence length {step.keys} exceeds block_size {self.config.block_size}")
+        if step is None and T > self.config.block_size:
+            raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
+        # positions: a slice when every row starts at the same place, else one row per slot (B, T)
+        where = slice(0, T) if step is None else slice(step.start, step.start + T) if step.start is not None else step.positions
         x = self.transformer.wte(idx)  # (B, T, C)
         kind = self.config.pos_embedding
         rope = None
         if kind == "learned":
-            x = x + self.transformer.wpe(torch.arange(start, start + T, device=idx.device))
+            x = x + self.transformer.wpe.weight[where]  # the rows wpe(positions) looks up
         elif kind == "sinusoidal":
-            x = x + self.pos_table[start : start + T]
+            x = x + self.pos_table[where]
         elif kind == "rotary":
-            rope = (self.rope_cos[start : start + T], self.rope_sin[start : start + T])
+            rope = (self.rope_cos[where], self.rope_sin[where])  # (T, hs/2) or (B, T, hs/2)
+            if rope[0].dim() == 3:
+                rope = (rope[0][:, None], rope[1][:, None])  # (B, 1, T, hs/2): the same for every head
         x = self.transformer.drop(x)
         for layer, block in enumerate(self.transformer.h):
             x = block(x, rope, cache, layer)
         if cache is not None:
-            cache.length += T
+            cache.end()
             if targets is None:
                 x = x[:, -1:]  # generation needs the next token's logits only
         logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab)

@@ -1,32 +1,39 @@
 """`slm serve`: an OpenAI-compatible completions API (streamed as server-sent events) and a page to try a run.
 
-    POST /v1/completions   prompt, max_tokens, temperature, top_k, top_p, repetition_penalty, stop, seed, stream
+    POST /v1/completions   prompt (text, token ids, or a list of them), max_tokens, temperature, top_k, top_p,
+                           repetition_penalty, stop, seed, n, logprobs, echo, stream
     GET  /v1/models        the one model this process serves
-    GET  /health           liveness
+    GET  /health           liveness (answers while generation goes on)
+    GET  /tokenizer_info, POST /tokenize, /detokenize   the run's tokenizer (lm-evaluation-harness's remote tokenizer)
     GET  /                 a single self-contained HTML page (no external assets)
 
-One model, one generation at a time: each request generates in its own thread under a lock,
-so concurrent requests queue and never share sampling state. A client that disconnects (the
-page's stop button) ends its generation at the next token.
+Every request's sequences go through one `Scheduler`: a single thread runs a generate.Batch
+(continuous batching, up to serve.max_batch sequences decoded together) and hands each step's
+text to the requests on the event loop. Sequences wait in a bounded queue (serve.max_queue; beyond
+it: HTTP 503 with Retry-After) for a slot; a request whose client disconnects, or that passes
+serve.request_timeout, leaves the batch at the next step. Each sequence's text is the one
+generate.stream gives for it alone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import importlib.resources
 import json
 import socket
 import threading
 import time
 import uuid
-from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator, Optional, Union
+from typing import Any, AsyncIterator, Optional, Union
+
+import torch
 
 from .config import ConfigError, ServeConfig, apply_override
 from .errors import ServeError, SlmError
-from .generate import stream
+from .generate import Batch, Sequence, prompt_logprobs
 from .runs import CONFIG, Run, load_run
 from .sampling import SamplingError, SamplingParams
 
@@ -39,6 +46,14 @@ except ImportError:
     raise ServeError("`slm serve` needs FastAPI and uvicorn: pip install 'slmkit[serve]'") from None
 
 MAX_STOP_STRINGS = 4  # as OpenAI's API
+MAX_LOGPROBS = 5  # as OpenAI's completions API
+MAX_CHOICES = 16  # n * prompts per request
+RETRY_AFTER = 1  # seconds a refused (503) client is told to wait
+POLL = 0.5  # seconds between checks that a waiting (not streamed) request's client is still there
+
+
+class ClientGone(Exception):
+    """The client of a request that is not streamed has disconnected."""
 
 
 class CompletionRequest(BaseModel):
@@ -47,7 +62,7 @@ class CompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: Optional[str] = None
-    prompt: Union[str, list[str]] = ""
+    prompt: Union[str, list[int], list[str], list[list[int]]] = ""
     # OpenAI's defaults; the ranges are SamplingParams.validate's (see params())
     max_tokens: int = 16
     temperature: float = 1.0
@@ -57,7 +72,9 @@ class CompletionRequest(BaseModel):
     stop: Union[str, list[str], None] = None
     seed: Optional[int] = None
     stream: bool = False
-    n: int = Field(1, ge=1, le=1)
+    n: int = Field(1, ge=1, le=MAX_CHOICES)
+    logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS)
+    echo: bool = False
 
     def params(self) -> SamplingParams:
         """The request's sampling options, validated; RequestError 422 naming the field otherwise."""
@@ -73,53 +90,192 @@ class CompletionRequest(BaseModel):
 
 
 class RequestError(Exception):
-    """A request the server refuses: HTTP status, one-line message, the offending field."""
+    """A request the server refuses: HTTP status, one-line message, the offending field, OpenAI's error type."""
 
-    def __init__(self, status: int, message: str, param: Optional[str] = None):
+    def __init__(self, status: int, message: str, param: Optional[str] = None, kind: str = "", headers=None):
         super().__init__(message)
-        self.status, self.message, self.param = status, message, param
+        self.status, self.message, self.param, self.headers = status, message, param, headers
+        self.kind = kind or ("not_found_error" if status == 404 else "invalid_request_error")
 
 
-def _error(status: int, message: str, param: Optional[str] = None, kind: str = "invalid_request_error") -> JSONResponse:
+def _error(status: int, message: str, param: Optional[str] = None, kind: str = "invalid_request_error", headers=None):
     """An error body shaped as OpenAI's, so its clients show the message."""
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": None}}, status_code=status)
+    body = {"error": {"message": message, "type": kind, "param": param, "code": None}}
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 @dataclass
 class Job:
-    """One validated request, ready for generate.stream."""
+    """One validated request: its prompts (text and ids each) and how to continue them."""
 
-    prompt: str
-    prompt_tokens: int
+    prompts: list[tuple[str, list[int]]]  # an empty prompt continues [eot_id] (it has 0 prompt tokens)
     params: SamplingParams
+    n: int = 1
+    logprobs: Optional[int] = None
+    echo: bool = False
+
+    def choices(self) -> list[tuple[int, list[int], SamplingParams]]:
+        """(index, ids, params) of every sequence: prompt i's sample j is choice i * n + j with seed + j (OpenAI's order)."""
+        return [(i * self.n + j, ids, self.params.nth(j)) for i, (_, ids) in enumerate(self.prompts) for j in range(self.n)]
+
+
+@dataclass
+class Update:
+    """What one step gave one choice: its text, its token's log-probabilities (when asked), whether it ended."""
+
+    index: int
+    text: str
+    logprob: Optional[tuple[int, float, list[tuple[int, float]]]]
+    finish_reason: Optional[str]
+    tokens: int  # completion tokens so far
+
+
+@dataclass
+class Ticket:
+    """One sequence's place in the scheduler; its updates go to its request's asyncio queue."""
+
+    index: int
+    ids: list[int]
+    params: SamplingParams
+    logprobs: Optional[int]
+    queue: asyncio.Queue
+    loop: asyncio.AbstractEventLoop
+    deadline: float
+    cancelled: bool = False
+    seq: Optional[Sequence] = field(default=None, repr=False)
+
+    def put(self, item: object) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:  # the event loop has closed: nobody is listening any more
+            self.cancelled = True
+
+
+class Scheduler:
+    """The one batching loop: a thread that admits waiting sequences into a Batch and steps it."""
+
+    def __init__(self, run: Run, cfg: ServeConfig):
+        self.batch = Batch(run.model, run.tokenizer, cfg.max_batch)
+        self.cfg = cfg
+        self.waiting: collections.deque[Ticket] = collections.deque()
+        self.tickets: dict[int, Ticket] = {}  # id(sequence) -> its ticket, for the sequences in the batch
+        self.cond = threading.Condition()
+        self.thread: Optional[threading.Thread] = None
+        self.closed = False
+
+    def submit(self, tickets: list[Ticket]) -> None:
+        """Queue a request's sequences (all or none); RequestError 503 when the queue is full."""
+        with self.cond:
+            waiting = len(self.waiting) + len(tickets) - len(self.batch.free)
+            if waiting > self.cfg.max_queue:
+                raise RequestError(
+                    503, f"server busy: {len(self.waiting)} sequences are waiting (serve.max_queue="
+                    f"{self.cfg.max_queue}); retry after {RETRY_AFTER} s", kind="server_error",
+                    headers={"Retry-After": str(RETRY_AFTER)},
+                )
+            self.waiting.extend(tickets)
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._loop, name="slm-batch", daemon=True)
+                self.thread.start()
+            self.cond.notify()
+
+    def cancel(self, tickets: list[Ticket]) -> None:
+        """The request is over (finished, disconnected): its sequences leave at the next step."""
+        with self.cond:
+            for ticket in tickets:
+                ticket.cancelled = True
+            self.cond.notify()
+
+    def close(self) -> None:
+        with self.cond:
+            self.closed = True
+            self.cond.notify()
+
+    def _admit(self) -> None:
+        """Under the lock: drop given-up sequences, fill free slots from the queue."""
+        now = time.monotonic()
+        for seq in list(self.batch.active):
+            ticket = self.tickets[id(seq)]
+            if ticket.cancelled or now > ticket.deadline:
+                self._leave(ticket, None if ticket.cancelled else self._timeout())
+        while self.waiting and self.batch.free:
+            ticket = self.waiting.popleft()
+            if ticket.cancelled or now > ticket.deadline:
+                if not ticket.cancelled:
+                    ticket.put(self._timeout())
+                continue
+            seq = ticket.seq = self.batch.add(ticket.ids, ticket.params, logprobs=ticket.logprobs)
+            if seq.finish_reason:  # max_tokens=0: done before it starts
+                ticket.put(Update(ticket.index, "", None, seq.finish_reason, 0))
+            else:
+                self.tickets[id(seq)] = ticket
+
+    def _timeout(self) -> RequestError:
+        limit = self.cfg.request_timeout
+        return RequestError(504, f"the request took longer than serve.request_timeout={limit:g} s", kind="timeout")
+
+    def _leave(self, ticket: Ticket, error: Optional[Exception]) -> None:
+        self.batch.remove(ticket.seq)
+        del self.tickets[id(ticket.seq)]
+        if error is not None:
+            ticket.put(error)
+
+    def _loop(self) -> None:
+        while True:
+            with self.cond:
+                self._admit()
+                while not self.batch.active and not self.waiting and not self.closed:
+                    self.cond.wait()
+                    self._admit()
+                if self.closed:
+                    return
+            try:
+                stepped = self.batch.step()
+            except Exception as e:  # handed to every request in the batch, which report it
+                stepped = []
+                with self.cond:
+                    for seq in list(self.batch.active):
+                        self._leave(self.tickets[id(seq)], e)
+            self._deliver(stepped)
+
+    def _deliver(self, stepped: list[Sequence]) -> None:
+        """Hand each stepped sequence's Update to its request: one wake-up of the event loop per step, not per sequence."""
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        for seq in stepped:
+            ticket = self.tickets[id(seq)]
+            update = Update(ticket.index, seq.text, seq.logprob, seq.finish_reason, len(seq.tokens))
+            by_loop.setdefault(ticket.loop, []).append((ticket.queue, update))
+            if seq.finish_reason:
+                del self.tickets[id(seq)]
+        for loop, updates in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_put_all, updates)
+            except RuntimeError:  # the event loop has closed: nobody is listening any more
+                pass
+
+
+def _put_all(updates: list[tuple[asyncio.Queue, Update]]) -> None:
+    for queue, update in updates:
+        queue.put_nowait(update)
 
 
 class Server:
-    """The served run, its limits, and the lock that lets one generation run at a time."""
+    """The served run, its limits, and the scheduler every request's sequences go through."""
 
     def __init__(self, run: Run, cfg: ServeConfig):
         self.run = run
         self.cfg = cfg
         self.model_id = run.path.resolve().name
         self.created = int((run.path / CONFIG).stat().st_mtime) if (run.path / CONFIG).exists() else 0
-        self.lock = threading.Lock()
+        self.scheduler = Scheduler(run, cfg)
 
     def job(self, req: CompletionRequest) -> Job:
         """Check a request against the model and the limits; raise RequestError naming the field."""
         if req.model is not None and req.model != self.model_id:
             raise RequestError(404, f"model {req.model!r} is not served here; this server serves {self.model_id!r}", "model")
-        prompt = req.prompt
-        if isinstance(prompt, list):
-            if len(prompt) != 1:
-                raise RequestError(422, f"prompt: give one string (a list of {len(prompt)} was sent)", "prompt")
-            prompt = prompt[0]
-        if len(prompt) > self.cfg.max_prompt_chars:
-            raise RequestError(
-                422,
-                f"prompt has {len(prompt)} characters; this server accepts at most {self.cfg.max_prompt_chars} "
-                "(serve.max_prompt_chars)",
-                "prompt",
-            )
+        texts = _prompt_list(req.prompt)
+        if len(texts) * req.n > MAX_CHOICES:
+            raise RequestError(422, f"n * prompts = {len(texts) * req.n}: at most {MAX_CHOICES} choices a request", "n")
         params = req.params()
         if params.max_new_tokens > self.cfg.max_tokens_limit:
             raise RequestError(
@@ -130,73 +286,94 @@ class Server:
             )
         if len(params.stop) > MAX_STOP_STRINGS:
             raise RequestError(422, f"stop: give up to {MAX_STOP_STRINGS} strings", "stop")
-        prompt_tokens = 0
-        if prompt:
-            try:
-                prompt_tokens = len(self.run.tokenizer.encode(prompt))
-            except SlmError as e:
-                raise RequestError(422, f"prompt: {e}", "prompt") from None
-        return Job(prompt=prompt, prompt_tokens=prompt_tokens, params=params)
+        return Job([self._prompt(p) for p in texts], params, req.n, req.logprobs, req.echo)
 
-    def _generate(self, job: Job, cancelled: threading.Event) -> Iterator[str]:
-        """Text pieces for `job`, one generation at a time; stops early once `cancelled` is set."""
-        with self.lock:  # concurrent requests queue here
-            if cancelled.is_set():
-                return
-            for piece in stream(self.run.model, self.run.tokenizer, job.prompt, job.params):
-                if cancelled.is_set():
-                    return
-                yield piece
+    def _prompt(self, prompt: Union[str, list[int]]) -> tuple[str, list[int]]:
+        """One prompt's text and ids (RequestError 422 for text the tokenizer cannot encode, ids outside the vocabulary)."""
+        tokenizer = self.run.tokenizer
+        if isinstance(prompt, list):
+            bad = [i for i in prompt if not 0 <= i < tokenizer.vocab_size]
+            if bad or len(prompt) > self.cfg.max_prompt_chars:
+                raise RequestError(422, f"prompt: token ids must be in [0, {tokenizer.vocab_size}) and at most "
+                                   f"{self.cfg.max_prompt_chars} (serve.max_prompt_chars)", "prompt")
+            return tokenizer.decode(prompt), prompt or [tokenizer.eot_id]
+        if len(prompt) > self.cfg.max_prompt_chars:
+            raise RequestError(
+                422,
+                f"prompt has {len(prompt)} characters; this server accepts at most {self.cfg.max_prompt_chars} "
+                "(serve.max_prompt_chars)",
+                "prompt",
+            )
+        try:
+            return prompt, tokenizer.encode(prompt) if prompt else [tokenizer.eot_id]
+        except SlmError as e:
+            raise RequestError(422, f"prompt: {e}", "prompt") from None
 
-    async def pieces(self, job: Job) -> AsyncIterator[str]:
-        """Generate in a thread of its own and hand each piece to the event loop as it comes."""
+    def start(self, job: Job) -> tuple[list[Ticket], asyncio.Queue]:
+        """Queue the job's sequences (RequestError 503 when the queue is full); their updates come on the queue."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
-        cancelled = threading.Event()
-        done = object()
+        deadline = time.monotonic() + (self.cfg.request_timeout or float("inf"))
+        tickets = [Ticket(i, ids, p, job.logprobs, queue, loop, deadline) for i, ids, p in job.choices()]
+        self.scheduler.submit(tickets)
+        return tickets, queue
 
-        def put(item: object) -> None:
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-            except RuntimeError:  # the event loop has closed: nobody is listening any more
-                cancelled.set()
-
-        def work() -> None:
-            try:
-                for piece in self._generate(job, cancelled):
-                    put(piece)
-            except Exception as e:  # handed to the request, which reports it
-                put(e)
-            finally:
-                put(done)
-
-        # A plain thread, not the shared pool: threads waiting for the lock must not starve the one holding it.
-        threading.Thread(target=work, name="slm-generate", daemon=True).start()
+    async def updates(self, tickets: list[Ticket], queue: asyncio.Queue, request: Optional[Request] = None):
+        """Every choice's updates as the scheduler makes them, until each has finished (or `request`'s client
+        has gone: checked every POLL seconds by a watcher task, so each update costs one queue.get)."""
+        watcher = asyncio.create_task(_watch(request, queue)) if request is not None else None
         try:
-            while (item := await queue.get()) is not done:
+            left = len(tickets)
+            while left:
+                item = await queue.get()
                 if isinstance(item, Exception):
                     raise item
+                left -= item.finish_reason is not None
                 yield item
         finally:
-            cancelled.set()  # client gone or request finished: stop sampling at the next token
+            if watcher is not None:
+                watcher.cancel()
+            self.scheduler.cancel(tickets)  # client gone or request over: out of the batch at the next step
 
-    def usage(self, job: Job, text: str) -> dict[str, int]:
-        """Token counts (the completion re-encoded, so exact for char tokenizers, close for others)."""
-        prompt_tokens = job.prompt_tokens
-        try:
-            completion_tokens = len(self.run.tokenizer.encode(text)) if text else 0
-        except SlmError:
-            completion_tokens = len(text)
-        return {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        }
+    async def echoed(self, job: Job) -> list[dict[str, list]]:
+        """Each prompt's logprobs entries (None for its first token), computed off the event loop."""
+        if not (job.echo and job.logprobs is not None):
+            return [_entries() for _ in job.prompts]
+        top = job.logprobs
+        return await asyncio.to_thread(
+            lambda: [self.entries(ids, prompt_logprobs(self.run.model, ids, top), first=True) for _, ids in job.prompts]
+        )
 
-    def finish_reason(self, job: Job, usage: dict[str, int]) -> str:
-        """'length' when max_tokens ran out, 'stop' when a stop string (or the model) ended the text first."""
-        stopped_early = usage["completion_tokens"] < job.params.max_new_tokens
-        return "stop" if job.params.stop and stopped_early else "length"
+    def entries(self, ids: list[int], logprobs: list, first: bool = False) -> dict[str, list]:
+        """OpenAI's logprobs object for tokens `ids` given (token, logprob, top) per token (first=True: the first has none)."""
+        decode = self.run.tokenizer.decode
+        out = _entries()
+        for k, token in enumerate(ids):
+            out["tokens"].append(decode([token]))
+            entry = None if first and k == 0 else logprobs[k - first]
+            out["token_logprobs"].append(None if entry is None else entry[1])
+            out["top_logprobs"].append(None if entry is None else {decode([t]): lp for t, lp in entry[2]})
+        return out
+
+
+async def _watch(request: Request, queue: asyncio.Queue) -> None:
+    """Put ClientGone on the queue once the client of a request that is not streamed has disconnected."""
+    while not await request.is_disconnected():
+        await asyncio.sleep(POLL)
+    queue.put_nowait(ClientGone())
+
+
+def _entries() -> dict[str, list]:
+    return {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+
+
+def _prompt_list(prompt: Union[str, list]) -> list[Union[str, list[int]]]:
+    """The request's prompts: one text, one list of token ids, or a list of either."""
+    if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)):
+        return [prompt]
+    if not prompt:
+        return [""]
+    return list(prompt)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -231,6 +408,92 @@ def page() -> str:
     return (importlib.resources.files("slmkit") / "static" / "index.html").read_text(encoding="utf-8")
 
 
+class Choice:
+    """One choice's text and logprobs as its updates arrive."""
+
+    def __init__(self, server: Server, job: Job, index: int, echoed: dict[str, list]):
+        prompt = job.prompts[index // job.n][0]
+        self.server, self.job, self.index = server, job, index
+        self.text = prompt if job.echo else ""
+        self.logprobs = {key: list(values) for key, values in echoed.items()} if job.echo else _entries()
+        self.finish_reason: Optional[str] = None
+        self.tokens = 0
+
+    def add(self, update: Update) -> None:
+        self.text += update.text
+        if update.logprob is not None:
+            token = update.logprob[0]
+            more = self.server.entries([token], [update.logprob])
+            for key, values in more.items():
+                self.logprobs[key] += values
+        self.finish_reason, self.tokens = update.finish_reason, update.tokens
+
+    def body(self, text: Optional[str] = None, logprobs: Optional[dict] = None, final: bool = True) -> dict[str, Any]:
+        """The choice as OpenAI writes it (the whole of it, or one streamed piece)."""
+        logprobs = self.logprobs if logprobs is None else logprobs
+        if self.job.logprobs is None:
+            logprobs = None
+        else:
+            offsets, at = [], 0
+            for token in logprobs["tokens"]:
+                offsets.append(at)
+                at += len(token)
+            logprobs = {**logprobs, "text_offset": offsets}
+        return {"text": self.text if text is None else text, "index": self.index, "logprobs": logprobs,
+                "finish_reason": self.finish_reason if final else None}
+
+
+async def complete(server: Server, request: Request) -> Any:
+    """POST /v1/completions: the whole answer, or a StreamingResponse of server-sent events."""
+    req = parse_request(await read_body(request, 6 * server.cfg.max_prompt_chars + 65536))
+    job = server.job(req)
+    echoed = await server.echoed(job)
+    choices = [Choice(server, job, i, echoed[i // job.n]) for i in range(len(job.prompts) * job.n)]
+    tickets, queue = server.start(job)  # 503 here, before any byte of the answer
+    base = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+            "model": server.model_id}
+    prompt_tokens = sum(len(ids) if text else 0 for text, ids in job.prompts)
+
+    def usage() -> dict[str, int]:
+        completion = sum(c.tokens for c in choices)
+        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion}
+
+    if not req.stream:
+        try:
+            async for update in server.updates(tickets, queue, request):
+                choices[update.index].add(update)
+        except ClientGone:  # nobody will read the answer
+            return Response(status_code=499)
+        return {**base, "choices": [c.body() for c in choices], "usage": usage()}
+
+    async def events() -> AsyncIterator[str]:
+        def chunk(choice: Choice, text: str, logprobs: dict, final: bool, **extra: Any) -> str:
+            return f"data: {json.dumps({**base, 'choices': [choice.body(text, logprobs, final)], **extra})}\n\n"
+
+        try:
+            if job.echo:
+                for choice in choices:
+                    yield chunk(choice, choice.text, choice.logprobs, False)
+            async for update in server.updates(tickets, queue):
+                choice = choices[update.index]
+                before = len(choice.logprobs["tokens"])
+                choice.add(update)
+                new = {key: values[before:] for key, values in choice.logprobs.items()} if job.logprobs is not None else {}
+                if update.text or new.get("tokens"):
+                    yield chunk(choice, update.text, new, False)
+                if update.finish_reason:
+                    done = all(c.finish_reason for c in choices)
+                    yield chunk(choice, "", _entries(), True, **({"usage": usage()} if done else {}))
+        except Exception as e:  # headers are sent: report in-band, as OpenAI does
+            message = e.message if isinstance(e, RequestError) else str(e)
+            yield f"data: {json.dumps({'error': {'message': message, 'type': 'server_error'}})}\n\n"
+            return
+        yield "data: [DONE]\n\n"
+
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+
+
 def create_app(run: Run, cfg: Optional[ServeConfig] = None) -> FastAPI:
     """The FastAPI application serving `run` with the limits in `cfg`."""
     cfg = cfg or ServeConfig()
@@ -238,10 +501,23 @@ def create_app(run: Run, cfg: Optional[ServeConfig] = None) -> FastAPI:
     server = Server(run, cfg)
     app = FastAPI(title="slmkit", version="0.1.0")
     app.state.server = server
+    base_models = "this server serves base (completion) models: POST /v1/completions with a prompt"
 
     @app.exception_handler(RequestError)
     async def refused(request: Request, exc: RequestError) -> JSONResponse:
-        return _error(exc.status, exc.message, exc.param, "not_found_error" if exc.status == 404 else "invalid_request_error")
+        return _error(exc.status, exc.message, exc.param, exc.kind, exc.headers)
+
+    @app.exception_handler(404)
+    async def unknown_path(request: Request, exc: Exception) -> JSONResponse:
+        return _error(404, f"no such endpoint: {request.method} {request.url.path}; {base_models}", kind="not_found_error")
+
+    @app.exception_handler(405)
+    async def wrong_method(request: Request, exc: Exception) -> JSONResponse:
+        return _error(405, f"{request.method} is not allowed on {request.url.path}; {base_models}")
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> JSONResponse:
+        return _error(404, f"{server.model_id!r} was not trained for chat; {base_models}", "model", "not_found_error")
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -252,45 +528,31 @@ def create_app(run: Run, cfg: Optional[ServeConfig] = None) -> FastAPI:
         entry = {"id": server.model_id, "object": "model", "created": server.created, "owned_by": "slmkit"}
         return {"object": "list", "data": [entry]}
 
+    @app.get("/tokenizer_info")
+    async def tokenizer_info() -> dict[str, Any]:
+        tok = run.tokenizer
+        eos = tok.decode([tok.eot_id])
+        return {"eos_token": eos, "bos_token": None, "pad_token": None, "vocab_size": tok.vocab_size, "kind": tok.kind}
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request) -> dict[str, Any]:
+        body = json.loads(await read_body(request, 6 * cfg.max_prompt_chars + 65536) or b"{}")
+        _, ids = server._prompt(str(body.get("prompt", "")))
+        tokens = ids if body.get("prompt") else []
+        return {"tokens": tokens, "count": len(tokens), "max_model_len": run.model.config.block_size}
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request) -> dict[str, Any]:
+        body = json.loads(await read_body(request, 6 * cfg.max_prompt_chars + 65536) or b"{}")
+        return {"prompt": server._prompt(list(body.get("tokens", [])))[0]}
+
     @app.get("/", response_class=HTMLResponse)
     async def index() -> str:
         return page()
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
-        req = parse_request(await read_body(request, 6 * cfg.max_prompt_chars + 65536))
-        job = server.job(req)
-        base = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
-                "model": server.model_id}
-        if not req.stream:
-            parts = []
-            async with aclosing(server.pieces(job)) as pieces:
-                async for piece in pieces:
-                    parts.append(piece)
-                    if await request.is_disconnected():  # nobody will read the answer: stop generating
-                        return Response(status_code=499)
-            text = "".join(parts)
-            usage = server.usage(job, text)
-            choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": server.finish_reason(job, usage)}
-            return {**base, "choices": [choice], "usage": usage}
-
-        async def events() -> AsyncIterator[str]:
-            parts = []
-            try:
-                async for piece in server.pieces(job):
-                    parts.append(piece)
-                    chunk = {**base, "choices": [{"text": piece, "index": 0, "logprobs": None, "finish_reason": None}]}
-                    yield f"data: {json.dumps(chunk)}\n\n"
-            except Exception as e:  # headers are sent: report in-band, as OpenAI does
-                yield f"data: {json.dumps({'error': {'message': str(e), 'type': 'server_error'}})}\n\n"
-                return
-            usage = server.usage(job, "".join(parts))
-            last = {"text": "", "index": 0, "logprobs": None, "finish_reason": server.finish_reason(job, usage)}
-            yield f"data: {json.dumps({**base, 'choices': [last], 'usage': usage})}\n\n"
-            yield "data: [DONE]\n\n"
-
-        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+        return await complete(server, request)
 
     return app
 
@@ -312,6 +574,8 @@ def serve(
         cfg.host = host
     if port is not None:
         cfg.port = port
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)  # for this process: the batch loop's forwards
     app = create_app(run, cfg)
     family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
     try:

@@ -41,7 +41,7 @@ def test_cache_gives_the_uncached_logits_and_ids_past_the_block_size(pos_embeddi
     model = tiny_model(pos_embedding=pos_embedding)
     prompt = torch.randint(0, 50, (prompt_len,), generator=torch.Generator().manual_seed(1)).tolist()
     forced = torch.randint(0, 50, (3 * BLOCK,), generator=torch.Generator().manual_seed(2)).tolist()
-    cached, uncached = next_logits(model, prompt, len(forced), True), next_logits(model, prompt, len(forced), False)
+    cached, uncached = next_logits(model, prompt, True), next_logits(model, prompt, False)
     a, b = next(cached), next(uncached)
     for token in forced:  # 3 blocks of new tokens: the window slides several times
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
@@ -233,7 +233,7 @@ def test_per_sequence_state_is_independent():
     params = [SamplingParams(temperature=1.0, seed=s, repetition_penalty=1.2) for s in (1, 2)]
     alone = [list(sample_ids(model, [1, 2], p, max_new_tokens=12)) for p in params]
     samplers = [TokenSampler(p, 50, [1, 2], model.device) for p in params]
-    steps = [next_logits(model, [1, 2], 12) for _ in params]
+    steps = [next_logits(model, [1, 2]) for _ in params]
     logits = [next(s) for s in steps]
     together: list[list[int]] = [[], []]
     for _ in range(12):
@@ -262,3 +262,106 @@ def test_per_sequence_state_is_independent():
 def test_a_positional_token_count_is_refused_with_the_keyword_to_use():
     with pytest.raises(TypeError, match="max_new_tokens=N by keyword"):
         list(sample_ids(tiny_model(), [1], 12))
+
+
+def _recording(monkeypatch) -> list:
+    """Keep every Sequence made, each with the logits it took (`seen`)."""
+    from slmkit.generate import Sequence
+
+    made = []
+    take = Sequence.take
+
+    def recorded(self, logits):
+        if not hasattr(self, "seen"):
+            self.seen = []
+            made.append(self)
+        self.seen.append(logits.clone())
+        return take(self, logits)
+
+    monkeypatch.setattr(Sequence, "take", recorded)
+    return made
+
+
+@pytest.mark.parametrize("pos_embedding", POS_EMBEDDINGS)
+def test_a_batch_gives_each_sequence_its_text_alone(pos_embedding, monkeypatch):
+    """Prompts of different lengths (one past block_size), every sampling option, joining and leaving
+    at different steps, windows sliding: each text equals the one-sequence text, its logits within 1e-5."""
+    from slmkit.generate import Batch, prompt_ids
+
+    tok = CharTokenizer.fit(["abcdefgh \n"])
+    model = tiny_model(vocab_size=tok.vocab_size, pos_embedding=pos_embedding)
+    stopped = SamplingParams(max_new_tokens=50, temperature=1.0, seed=4)
+    stop = generate(model, tok, "ba", stopped)[20:22]
+    jobs = [  # (prompt, params, the step it joins at)
+        ("abc", SamplingParams(max_new_tokens=40, temperature=1.0, seed=1), 0),
+        ("h", SamplingParams(max_new_tokens=3 * BLOCK, temperature=0, repetition_penalty=1.5), 0),
+        ("", SamplingParams(max_new_tokens=12, temperature=0.7, top_k=3, seed=2), 0),
+        ("abcdefgh abcdefgh ab", SamplingParams(max_new_tokens=30, temperature=1.2, top_p=0.8, seed=3), 2),
+        ("ba", stopped.replace(stop=(stop, "zz")), 5),
+        ("gg", SamplingParams(max_new_tokens=25, temperature=0.9, top_k=4, top_p=0.9, repetition_penalty=1.3, seed=5), 9),
+        ("a", SamplingParams(max_new_tokens=0, seed=6), 3),
+        ("dd", SamplingParams(max_new_tokens=20, temperature=1.0, seed=1), 20),  # joins after others have left
+    ]
+    made = _recording(monkeypatch)
+    alone = []
+    for prompt, params, _ in jobs:
+        before = len(made)
+        text = generate(model, tok, prompt, params)
+        alone.append((text, made[before].seen if len(made) > before else []))
+    assert len(alone[4][0]) <= 20  # the stop string ended it
+    assert len({text for text, _ in alone}) == len(jobs)
+
+    batch = Batch(model, tok, max_batch=5)  # fewer slots than sequences: the last ones wait for a free slot
+    waiting = sorted(range(len(jobs)), key=lambda i: jobs[i][2])
+    seqs, texts, step, widths = {}, {i: "" for i in range(len(jobs))}, 0, []
+    while waiting or batch.active:
+        while waiting and jobs[waiting[0]][2] <= step and batch.free:
+            i = waiting.pop(0)
+            seqs[i] = batch.add(prompt_ids(tok, jobs[i][0]), jobs[i][1])
+        widths.append(len(batch.active))
+        for seq in batch.step():
+            texts[next(i for i, s in seqs.items() if s is seq)] += seq.text
+        step += 1
+    assert max(widths) == 5 and min(widths[1:-1]) < 5  # the batch filled, and sequences left while others went on
+    for i, (text, logits) in enumerate(alone):
+        assert texts[i] == text, f"sequence {i}"
+        batched = getattr(seqs[i], "seen", [])
+        assert len(batched) == len(logits)
+        for a, b in zip(batched, logits):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_num_samples_decode_as_one_batch_with_the_texts_of_one_at_a_time(monkeypatch):
+    from slmkit.generate import Batch
+
+    tok = CharTokenizer.fit(["abcdefgh \n"])
+    model = tiny_model(vocab_size=tok.vocab_size)
+    params = SamplingParams(max_new_tokens=3 * BLOCK, temperature=1.0, top_k=6, seed=7, stop=("hh",))
+    one_at_a_time = [generate(model, tok, "ab", params.nth(i)) for i in range(4)]
+    widths = []
+    step = Batch.step
+    monkeypatch.setattr(Batch, "step", lambda self: widths.append(len(self.active)) or step(self))
+    assert generate(model, tok, "ab", params, num_samples=4) == one_at_a_time
+    assert widths[0] == 4 and len(widths) <= 3 * BLOCK  # all four in one batch, one step per token
+
+
+def test_a_batch_ends_a_sequence_at_an_end_id_and_reports_logprobs():
+    from slmkit.generate import Batch
+
+    tok = CharTokenizer.fit(["abcdefgh \n"])
+    model = tiny_model(vocab_size=tok.vocab_size)
+    params = SamplingParams(max_new_tokens=40, temperature=1.0, seed=3)
+    full = generate(model, tok, "a", params)
+    end = tok.encode(full[5])[0]
+    batch = Batch(model, tok, max_batch=2)
+    seq = batch.add(tok.encode("a"), params, end_ids=[end], logprobs=3)
+    text = ""
+    while seq.finish_reason is None:
+        logits = batch.forward()[0]
+        seq.take(logits)
+        token, logprob, top = seq.logprob
+        log_probs = torch.log_softmax(logits, -1)
+        assert math.isclose(logprob, float(log_probs[token]), abs_tol=1e-6)
+        assert [i for i, _ in top] == torch.topk(log_probs, 3).indices.tolist()
+        text += seq.text
+    assert seq.finish_reason == "stop" and text == full[: full.index(full[5])]

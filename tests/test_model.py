@@ -148,7 +148,7 @@ def test_cached_forward_in_chunks_matches_the_full_forward(pos_embedding):
         cache = model.new_cache(batch_size=2)
         for lo, hi in [(0, 5), (5, 6), (6, 10), (10, 16)]:  # a prefill, one token, then chunks (masked)
             logits, _ = model(idx[:, lo:hi], cache=cache)
-            assert logits.shape == (2, 1, 50) and cache.length == hi
+            assert logits.shape == (2, 1, 50) and cache.lengths == [hi, hi]
             torch.testing.assert_close(logits[:, 0], full[:, hi - 1], atol=1e-5, rtol=0)
         with pytest.raises(ValueError, match="block_size"):
             model(idx[:, :1], cache=cache)

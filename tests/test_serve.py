@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 import slmkit.serve  # noqa: E402
 from slmkit.config import ServeConfig, load_recipe  # noqa: E402
 from slmkit.errors import SlmError  # noqa: E402
-from slmkit.generate import stream  # noqa: E402
+from slmkit.generate import Batch, stream  # noqa: E402
 from slmkit.runs import load_run  # noqa: E402
 from slmkit.serve import create_app  # noqa: E402
 from slmkit.train import train  # noqa: E402
@@ -105,17 +105,27 @@ def sse_events(lines):
 
 @pytest.fixture
 def slow_stream(monkeypatch):
-    """Make each generated piece take 20 ms and count how many were produced."""
+    """Make each batch step take 20 ms and count the tokens it produced."""
     produced = []
+    step = Batch.step
 
-    def slow(*args, **kwargs):
-        for piece in stream(*args, **kwargs):
-            time.sleep(0.02)
-            produced.append(piece)
-            yield piece
+    def slow(self):
+        time.sleep(0.02)
+        stepped = step(self)
+        produced.extend(seq.token for seq in stepped)
+        return stepped
 
-    monkeypatch.setattr(slmkit.serve, "stream", slow)
+    monkeypatch.setattr(Batch, "step", slow)
     return produced
+
+
+def batch_empties(app, timeout=10.0):
+    """True once the server's batch holds no sequence (every slot free again)."""
+    batch = app.state.server.scheduler.batch
+    deadline = time.monotonic() + timeout
+    while batch.active and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return not batch.active
 
 
 def test_health_models_and_page(client, run_dir):
@@ -172,14 +182,16 @@ def test_streaming_sends_pieces_then_done(client, run):
         ({"max_tokens": -1}, 422, "max_tokens"),
         ({"prompt": "a" * 101}, 422, "serve.max_prompt_chars"),
         ({"prompt": "Hé€"}, 422, "vocabulary"),
-        ({"prompt": ["a", "b"]}, 422, "one string"),
+        ({"prompt": [[1, 2], [100000]]}, 422, "token ids"),
         ({"temperature": -0.5}, 422, "temperature"),
         ({"temperature": "hot"}, 422, "temperature"),
         ({"top_k": -1}, 422, "top_k"),
         ({"top_p": 0}, 422, "top_p"),
         ({"top_p": 1.5}, 422, "top_p"),
         ({"repetition_penalty": 0}, 422, "repetition_penalty"),
-        ({"n": 2}, 422, "n:"),
+        ({"n": 17}, 422, "n:"),
+        ({"n": 9, "prompt": ["a", "b"]}, 422, "choices"),
+        ({"logprobs": 6}, 422, "logprobs"),
         ({"stop": ["a", "b", "c", "d", "e"]}, 422, "stop"),
         ({"stop": ""}, 422, "stop"),
         ({"seed": -1}, 422, "seed"),
@@ -233,6 +245,128 @@ def test_openai_client(live, run):
     assert "".join(chunk.choices[0].text for chunk in pieces) == expected
     with pytest.raises(openai.UnprocessableEntityError, match="serve.max_tokens_limit"):
         client.completions.create(model="run", prompt="x", max_tokens=1000)
+    with pytest.raises(openai.NotFoundError, match=r"base \(completion\) models"):
+        client.chat.completions.create(model="run", messages=[{"role": "user", "content": "hi"}])
+
+
+def test_openai_client_concurrent_requests_each_get_their_solo_text(live, run):
+    """Different prompts, lengths and options at once through the batch, streamed and not, n > 1."""
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"{live.url}/v1", api_key="unused", max_retries=0)
+    asks = [
+        dict(prompt="And God said", max_tokens=40, temperature=0.9, seed=1),
+        dict(prompt="In", max_tokens=60, temperature=0, repetition_penalty=1.3),  # past block_size 32
+        dict(prompt="", max_tokens=12, temperature=1.0, top_k=5, seed=2),
+        dict(prompt="And the earth was", max_tokens=30, temperature=1.1, top_p=0.7, seed=3),
+        dict(prompt="the", max_tokens=50, temperature=1.0, seed=4, stop=[direct(run, "the", 50, temperature=1.0, seed=4)[20:22], "zz"]),
+        dict(prompt="Let there be light", max_tokens=25, temperature=0.8, seed=5, repetition_penalty=1.2, top_k=8),
+    ] * 2
+    extra = lambda a: {k: a[k] for k in ("top_k", "repetition_penalty") if k in a}  # noqa: E731
+
+    def solo(a, seed_offset=0):
+        options = {k: v for k, v in a.items() if k not in ("prompt", "max_tokens")}
+        if "seed" in options:
+            options["seed"] += seed_offset
+        return direct(run, a["prompt"], a["max_tokens"], **options)
+
+    def ask(i):
+        a = asks[i]
+        common = {k: v for k, v in a.items() if k not in ("top_k", "repetition_penalty")}
+        if i % 2:
+            chunks = client.completions.create(model="run", stream=True, extra_body=extra(a), **common)
+            return ["".join(c.choices[0].text for c in chunks)]
+        out = client.completions.create(model="run", n=2 if "seed" in a else 1, extra_body=extra(a), **common)
+        return [c.text for c in sorted(out.choices, key=lambda c: c.index)]
+
+    with ThreadPoolExecutor(max_workers=len(asks)) as pool:
+        answers = list(pool.map(ask, range(len(asks))))
+    for i, (a, answer) in enumerate(zip(asks, answers)):
+        assert answer == [solo(a, j) for j in range(len(answer))], i
+    assert len(answers[4][0]) <= 20  # the stop string ended it
+
+
+@pytest.fixture
+def small_queue(run, slow_stream):
+    """A live server with one slot, two waiting places and a 1.5 s request timeout; its steps take 20 ms."""
+    app = create_app(run, ServeConfig(max_batch=1, max_queue=2, request_timeout=1.5, max_tokens_limit=200))
+    server = LiveServer(app)
+    yield server, app
+    server.close()
+
+
+def test_a_full_queue_answers_503_with_retry_after_and_health_stays_up(small_queue, run):
+    live, app = small_queue
+    body = {"prompt": "And", "max_tokens": 10, "temperature": 1.0}
+
+    def ask(client, seed):
+        return client.post("/v1/completions", json={**body, "seed": seed})
+
+    with httpx.Client(base_url=live.url, timeout=60, limits=httpx.Limits(max_connections=20)) as client:
+        with ThreadPoolExecutor(max_workers=10) as pool:
+            replies = list(pool.map(lambda s: ask(client, s), range(10)))
+            health = client.get("/health")
+    assert health.status_code == 200
+    ok = [r for r in replies if r.status_code == 200]
+    busy = [r for r in replies if r.status_code == 503]
+    assert len(ok) + len(busy) == 10 and ok and busy  # one decoding + two waiting; the rest refused
+    assert busy[0].headers["retry-after"] == "1"
+    error = busy[0].json()["error"]
+    assert "serve.max_queue=2" in error["message"] and error["type"] == "server_error"
+    for reply in ok:
+        seed = json.loads(reply.request.content)["seed"]
+        assert reply.json()["choices"][0]["text"] == direct(run, "And", 10, temperature=1.0, seed=seed)
+
+    slow = {**body, "max_tokens": 200}  # 200 steps of 20 ms: past the 1.5 s timeout
+    with httpx.Client(base_url=live.url, timeout=60) as client:
+        reply = client.post("/v1/completions", json=slow)
+        assert reply.status_code == 504 and "serve.request_timeout=1.5" in reply.json()["error"]["message"]
+        with client.stream("POST", "/v1/completions", json={**slow, "stream": True}) as streamed:
+            events = sse_events(list(streamed.iter_lines()))
+        assert "serve.request_timeout" in json.loads(events[-1])["error"]["message"]
+    assert batch_empties(app)
+
+
+def test_logprobs_echo_and_n(client, run):
+    from slmkit.generate import prompt_logprobs
+
+    tok = run.tokenizer
+    body = {"prompt": "And God said", "max_tokens": 6, "temperature": 0.8, "seed": 3, "logprobs": 2, "echo": True}
+    choice = client.post("/v1/completions", json=body).json()["choices"][0]
+    text = direct(run, "And God said", 6, temperature=0.8, seed=3)
+    assert choice["text"] == "And God said" + text
+    lp = choice["logprobs"]
+    ids = tok.encode("And God said" + text)
+    assert lp["tokens"] == [tok.decode([i]) for i in ids] and lp["token_logprobs"][0] is None
+    expected = prompt_logprobs(run.model, ids, 2)
+    for got, top, (token, want, best) in zip(lp["token_logprobs"][1:], lp["top_logprobs"][1:], expected):
+        assert got == pytest.approx(want, abs=1e-5)
+        assert list(top) == [tok.decode([t]) for t, _ in best] and max(top.values()) >= got - 1e-6
+    assert lp["text_offset"] == list(range(len(ids)))  # one character per token
+
+    scored = client.post("/v1/completions", json={"prompt": "And God", "max_tokens": 0, "echo": True, "logprobs": 0})
+    assert scored.json()["choices"][0]["text"] == "And God" and scored.json()["usage"]["completion_tokens"] == 0
+    by_ids = client.post("/v1/completions", json={"prompt": [tok.encode("And God")], "max_tokens": 0, "echo": True,
+                                                 "logprobs": 0}).json()
+    assert by_ids["choices"][0]["logprobs"]["token_logprobs"] == scored.json()["choices"][0]["logprobs"]["token_logprobs"]
+    plain = client.post("/v1/completions", json={"prompt": "And", "max_tokens": 5, "logprobs": None}).json()
+    assert plain["choices"][0]["logprobs"] is None
+
+    many = client.post("/v1/completions", json={"prompt": ["And", "In the"], "n": 3, "max_tokens": 8, "seed": 4}).json()
+    texts = [c["text"] for c in sorted(many["choices"], key=lambda c: c["index"])]
+    assert texts == [direct(run, p, 8, temperature=1.0, seed=4 + j) for p in ("And", "In the") for j in range(3)]
+    assert many["usage"]["completion_tokens"] == 48 and many["usage"]["prompt_tokens"] == 3 + 6
+
+
+def test_unknown_paths_and_chat_get_an_openai_shaped_error(client):
+    for method, path in [("POST", "/v1/chat/completions"), ("GET", "/v1/nothing"), ("POST", "/v1/embeddings")]:
+        reply = client.request(method, path, json={})
+        assert reply.status_code == 404
+        error = reply.json()["error"]
+        assert "base (completion) models" in error["message"] and error["type"] == "not_found_error"
+    assert client.get("/v1/completions").status_code == 405
+    assert "POST /v1/completions" in client.get("/v1/completions").json()["error"]["message"]
+    assert client.post("/tokenize", json={"prompt": "And"}).json()["tokens"] == client.app.state.server.run.tokenizer.encode("And")
+    assert client.post("/detokenize", json={"tokens": [1, 2]}).json()["prompt"] == client.app.state.server.run.tokenizer.decode([1, 2])
 
 
 def test_fifty_concurrent_requests_each_get_their_own_answer(live, run):
@@ -267,17 +401,14 @@ def test_client_disconnect_stops_generation(live, app, slow_stream):
             for n, _ in enumerate(reply.iter_lines()):
                 if n >= 4:
                     break  # hang up after two pieces
-    lock = app.state.server.lock
-    assert lock.acquire(timeout=10)  # the generation let go of the model
-    lock.release()
+    assert batch_empties(app)  # the sequence left the batch
     assert 2 <= len(slow_stream) < 20  # well short of 64 pieces at 20 ms each
 
     slow_stream.clear()  # the same for a plain (not streamed) request whose client gives up
     with httpx.Client(base_url=live.url, timeout=0.3) as client:
         with pytest.raises(httpx.ReadTimeout):
             client.post("/v1/completions", json={**body, "stream": False})
-    assert lock.acquire(timeout=10)
-    lock.release()
+    assert batch_empties(app)
     assert 1 <= len(slow_stream) < 40
     with httpx.Client(base_url=live.url, timeout=30) as client:  # and the server goes on serving
         assert client.post("/v1/completions", json={"max_tokens": 3}).status_code == 200
@@ -363,3 +494,44 @@ def test_cli_serves_and_checks_its_options(run_dir, tmp_path):
         proc.send_signal(signal.SIGINT)  # Ctrl+C
         _, err = proc.communicate(timeout=20)
     assert proc.returncode in (0, 130) and "Traceback" not in err, err
+
+
+def test_lm_eval_local_completions_scores_like_slm_eval(run, run_dir, tmp_path):
+    """lm-evaluation-harness's local-completions model against a live server (its remote tokenizer: our
+    /tokenize) on a local rolling-log-likelihood task: the same bits per byte as `slm eval` on the text."""
+    pytest.importorskip("lm_eval")
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    from slmkit.evaluate import evaluate_run
+
+    doc = "And God said, Let there be light: and there was light. And the earth was without form, and void;"
+    (tmp_path / "doc.txt").write_text(doc, encoding="utf-8")
+    (tmp_path / "docs.jsonl").write_text(json.dumps({"text": doc}) + "\n", encoding="utf-8")
+    (tmp_path / "slm_local.yaml").write_text(
+        "task: slm_local\ndataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {tmp_path / 'docs.jsonl'}\n"
+        "test_split: test\noutput_type: loglikelihood_rolling\ndoc_to_text: ''\ndoc_to_target: '{{text}}'\n"
+        "metric_list:\n  - metric: bits_per_byte\n  - metric: byte_perplexity\n",
+        encoding="utf-8",
+    )
+    server = LiveServer(create_app(run, ServeConfig(max_prompt_chars=1000)))
+    try:
+        results = simple_evaluate(
+            model="local-completions",
+            model_args={"base_url": f"{server.url}/v1/completions", "model": "run", "tokenizer_backend": "remote",
+                        "num_concurrent": 2, "max_retries": 1, "tokenized_requests": True},
+            tasks=["slm_local"], task_manager=TaskManager(include_path=str(tmp_path)), log_samples=False,
+        )
+    finally:
+        server.close()
+    ours = evaluate_run(run_dir, source=str(tmp_path / "doc.txt"))
+    assert ours.tokens == len(doc) > run.model.config.block_size  # several windows, as slm eval reads them
+    theirs = results["results"]["slm_local"]["bits_per_byte,none"]
+    assert theirs == pytest.approx(ours.metrics["bits_per_byte"], rel=1e-5)
+
+
+@pytest.mark.parametrize("key, value", [("max_batch", 0), ("max_queue", -1), ("request_timeout", -1.0), ("threads", -2)])
+def test_scheduler_options_are_checked(key, value):
+    with pytest.raises(SlmError, match=f"serve.{key}="):
+        ServeConfig(**{key: value}).validate()

@@ -28,6 +28,8 @@ def test_sample_flags_and_interactive_loop(tmp_path, tiny_overrides):
     assert cached.stdout == uncached.stdout  # same seed, same text, with or without the cache
     first, second = cached.stdout.split("--- sample 2/2\n")
     assert first.startswith("--- sample 1/2\nAnd") and second.startswith("And") and first != second
+    seed_4 = [*common[: common.index("--seed")], "--seed", "4", *common[common.index("--seed") + 2 :]]
+    assert slm(*seed_4, "--prompt", "And", cwd=tmp_path).stdout == second  # sample 2 of the batch: seed + 1, alone
 
     text = first.removeprefix("--- sample 1/2\nAnd")
     stop = text[10:12]
