@@ -3,6 +3,7 @@
     runs/<name>/
       config.yaml             CONFIG: the resolved recipe
       tokenizer.json          TOKENIZER: the tokenizer
+      chat_template.json      CHAT_TEMPLATE: a chat run's markers (special tokens after the vocabulary) and template
       model.safetensors       BEST: weights of the best evaluation
       last.safetensors        LAST: weights at the last checkpoint
       state.pt                STATE: weights, optimizer, step, RNG states, sampler position (torch.load weights_only)
@@ -26,7 +27,7 @@ from typing import Any, Optional
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_model, save_file, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 
 from .atomic import atomic_path, write_failure
 from .config import ModelConfig, RunConfig, apply_override, load_config, save_config
@@ -34,9 +35,11 @@ from .errors import CheckpointError, ConfigError, SlmError
 from .model import GPT
 from .quantize import SCHEME, int8_model, int8_state
 from .tokenizer import Tokenizer, load_tokenizer
+from .tokenizer.chat import TEMPLATE_FILE
 
 CONFIG = "config.yaml"
 TOKENIZER = "tokenizer.json"
+CHAT_TEMPLATE = TEMPLATE_FILE  # written beside tokenizer.json by a ChatTokenizer, read back by load_tokenizer
 BEST = "model.safetensors"
 LAST = "last.safetensors"
 STATE = "state.pt"
@@ -46,7 +49,7 @@ INT8 = "model-int8.safetensors"
 CHECKPOINTS = "checkpoints"
 TENSORBOARD = "tensorboard"
 PLOT = "loss.png"
-RUN_FILES = (CONFIG, TOKENIZER, BEST, LAST, STATE, METRICS, LOG, INT8, CHECKPOINTS, TENSORBOARD, PLOT)
+RUN_FILES = (CONFIG, TOKENIZER, CHAT_TEMPLATE, BEST, LAST, STATE, METRICS, LOG, INT8, CHECKPOINTS, TENSORBOARD, PLOT)
 
 # keys a resumed run may change: its budget and cadence, never its model or data
 RESUME_KEYS = (
@@ -64,10 +67,19 @@ def save_weights(model: GPT, path: Path, metadata: Optional[dict[str, str]] = No
             raise write_failure(path, e) from None
 
 
-def load_weights(model: GPT, path: Path) -> None:
-    """Fill `model` from a safetensors file; errors name the file when it does not match."""
+VOCAB_ROWS = ("transformer.wte.weight", "lm_head.weight")  # the tensors with one row per token
+
+
+def load_weights(model: GPT, path: Path, grow_vocab: bool = False) -> None:
+    """Fill `model` from a safetensors file; errors name the file when it does not match.
+
+    `grow_vocab`: the file may have fewer token rows than the model (tokens added after its
+    vocabulary, e.g. the chat markers); the new rows start at the mean of the old ones.
+    """
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist; train the run first or pick another --run")
+    if grow_vocab and _grow_vocab_rows(model, path):
+        return
     try:
         missing, unexpected = load_model(model, str(path), strict=False)
     except (SafetensorError, OSError) as e:
@@ -81,6 +93,32 @@ def load_weights(model: GPT, path: Path) -> None:
             f"{path} does not fit the model in {CONFIG} (missing {sorted(missing)[:3]}, "
             f"unexpected {sorted(unexpected)[:3]})"
         )
+
+
+def _grow_vocab_rows(model: GPT, path: Path) -> bool:
+    """Copy the token rows of `path` into `model`'s first rows, the rest set to their mean, and load the
+    other tensors; False (nothing loaded) when the file has as many rows as the model."""
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({e}); it may be truncated") from None
+    rows = model.transformer.wte.weight.shape[0]
+    if all(tensors[key].shape[0] >= rows for key in VOCAB_ROWS if key in tensors):  # tied: only one is stored
+        return False
+    state = model.state_dict()
+    with torch.no_grad():
+        for key in VOCAB_ROWS:
+            if key in tensors:
+                old = tensors.pop(key)
+                state[key][: old.shape[0]] = old
+                state[key][old.shape[0] :] = old.mean(dim=0)
+    try:
+        _, unexpected = model.load_state_dict({**state, **tensors}, strict=False)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path} does not fit the model in {CONFIG} ({_first_reason(e)})") from None
+    if unexpected:
+        raise CheckpointError(f"{path} does not fit the model in {CONFIG} (unexpected {sorted(unexpected)[:3]})")
+    return True
 
 
 def load_state_weights(model: GPT, weights: dict[str, torch.Tensor], path: Path) -> None:

@@ -19,6 +19,7 @@ STAGES = [
     {"errors"},
     {"atomic"},
     {"sampling"},  # SamplingParams: the recipe's sample section (config) gives one
+    {"chat"},  # the chat template and records (no torch): the tokenizer adds its markers
     {"tokenizer"},
     {"data.sources"},
     {"config"},
