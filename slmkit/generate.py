@@ -22,7 +22,9 @@ from torch.nn import functional as F
 
 from .model import GPT
 from .sampling import SamplingParams
+from .chat import SPECIAL_TOKENS
 from .tokenizer import Tokenizer
+from .tokenizer.chat import chat_prompt
 
 REPLACEMENT = "\ufffd"  # what decoders put for the bytes of an incomplete UTF-8 character
 MAX_CHAR_TOKENS = 4  # a UTF-8 character has at most 4 bytes, so at most 4 byte-level tokens
@@ -238,15 +240,20 @@ def stream(
     prompt: str = "",
     params: Optional[SamplingParams] = None,
     use_cache: bool = True,
+    messages: Optional[list[dict[str, str]]] = None,
     **options: Any,
 ) -> Iterator[str]:
     """Yield decoded text pieces as tokens are sampled after `prompt` (empty: start a new document).
 
     `params` says how (default SamplingParams(): see it for each option); keyword `options`
     change its fields, e.g. stream(model, tok, "And", temperature=0, max_new_tokens=50).
+    `messages` (a chat run's): the assistant's reply to this conversation instead, up to its END (or any) marker.
     """
     params = chosen(params, options)  # bad options fail here, not at the first next()
-    ids = tokenizer.encode(prompt) if prompt else [tokenizer.eot_id]
+    if messages is not None:  # a chat run's reply: after the assistant's marker, up to its END (or any marker)
+        ids, params = chat_prompt(tokenizer, messages), params.replace(stop=params.stop + SPECIAL_TOKENS)
+    else:
+        ids = tokenizer.encode(prompt) if prompt else [tokenizer.eot_id]
     return until_stop(decode_pieces(tokenizer, sample_ids(model, ids, params, use_cache), ids), params.stop)
 
 
@@ -257,15 +264,16 @@ def generate(
     params: Optional[SamplingParams] = None,
     use_cache: bool = True,
     num_samples: int = 1,
+    messages: Optional[list[dict[str, str]]] = None,
     **options: Any,
 ) -> Union[str, list[str]]:
     """The text sampled after `prompt` (without the prompt); a list of num_samples texts when > 1.
 
-    `params` and `options` as for stream. Sample i uses seed + i, so the first of several samples
+    `params`, `options` and `messages` as for stream. Sample i uses seed + i, so the first of several samples
     is the text num_samples=1 gives.
     """
     if num_samples < 1:
         raise ValueError(f"num_samples={num_samples} must be >= 1")
     params = chosen(params, options)
-    texts = ["".join(stream(model, tokenizer, prompt, params.nth(i), use_cache)) for i in range(num_samples)]
+    texts = ["".join(stream(model, tokenizer, prompt, params.nth(i), use_cache, messages)) for i in range(num_samples)]
     return texts[0] if num_samples == 1 else texts

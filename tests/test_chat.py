@@ -1,6 +1,7 @@
 """The chat template, chat records and chat fine-tuning (slmkit/chat.py, tokenizer/chat.py, data/chat.py)."""
 
 import json
+import re
 
 import jinja2.sandbox
 import numpy as np
@@ -166,3 +167,54 @@ def test_generated_set_is_right_and_disjoint():
         else:
             assert r["completion"] == r["prompt"].removeprefix("Reverse: ")[::-1]
     assert parse_line(json.dumps(records[0]), "x:1")[1]["content"] == records[0]["completion"]
+
+
+def tiny_chat_model(tok):
+    from slmkit.model import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    return GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=48, vocab_size=tok.vocab_size)).eval()
+
+
+def test_messages_reply_continues_after_the_assistant_marker_and_ends_at_end():
+    from slmkit.generate import generate, sample_ids
+    from slmkit.tokenizer.chat import chat_prompt
+
+    tok = char_chat()
+    model = tiny_chat_model(tok)
+    messages = CONVERSATION[:2]
+    ids = chat_prompt(tok, messages)
+    assert tok.decode(ids) == render(messages, add_generation_prompt=True)
+    raw = tok.decode(list(sample_ids(model, ids, max_new_tokens=40, temperature=1.0, seed=3)))
+    reply = generate(model, tok, messages=messages, max_new_tokens=40, temperature=1.0, seed=3)
+    assert reply == re.split("|".join(map(re.escape, SPECIAL_TOKENS)), raw)[0]  # the same tokens, up to a marker
+    with pytest.raises(DataError, match="messages= needs a chat run"):
+        generate(model, tok.base, messages=messages)
+    with pytest.raises(DataError, match="message 0 has role 'bot'"):
+        generate(model, tok, messages=[{"role": "bot", "content": "x"}])
+
+
+def test_history_keeps_the_system_message_and_the_newest_turns_within_the_room():
+    from slmkit.tokenizer.chat import chat_prompt, fit_history
+
+    tok = char_chat()
+    turns = [{"role": r, "content": f"{r[0]}{i}" * 3} for i in range(6) for r in ("user", "assistant")]
+    kept = fit_history(tok, [CONVERSATION[0]] + turns, room=40)
+    assert kept[0] == CONVERSATION[0] and kept[-1] == turns[-1] and kept[1]["role"] == "user"
+    assert len(chat_prompt(tok, kept)) <= 40 < len(chat_prompt(tok, [kept[0]] + turns[-len(kept) - 1 :]))
+
+
+def test_chat_loop_streams_replies_keeps_history_and_obeys_reset_and_exit():
+    from slmkit.sampling import SamplingParams
+    from slmkit.session import ChatSession, chat_loop
+
+    tok = char_chat()
+    session = ChatSession(tiny_chat_model(tok), tok, SamplingParams(max_new_tokens=8, temperature=0), system="Be brief.")
+    out = []
+    chat_loop(session, ["hi\n", "again\n"], out.append)
+    assert [m["role"] for m in session.messages] == ["system", "user", "assistant", "user", "assistant"]
+    assert "".join(out).count("\n") == 2
+    chat_loop(session, ["/reset\n", "hi\n", "/exit\n", "never\n"], out.append)
+    assert [m["content"] for m in session.messages][:2] == ["Be brief.", "hi"] and len(session.messages) == 3
+    with pytest.raises(DataError, match="needs a chat run"):
+        ChatSession(tiny_chat_model(tok), tok.base, SamplingParams())

@@ -29,7 +29,7 @@ STAGES = [
     {"runs"},
     {"optim", "evaluate", "generate", "plot"},
     {"train"},
-    {"finetune"},
+    {"finetune", "session"},
     {"export", "serve", "recipes"},
     {"cli"},
     {"__main__", "slmkit"},  # slmkit: the package's __init__, the public API

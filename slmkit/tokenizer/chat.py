@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..atomic import atomic_write_text
-from ..chat import CHAT_TEMPLATE, SPECIAL_TOKENS, Message, segments
+from ..chat import CHAT_TEMPLATE, SPECIAL_TOKENS, Message, check_messages, segments
 from ..errors import DataError
 from .base import Tokenizer
 
@@ -100,3 +100,24 @@ class ChatTokenizer(Tokenizer):
                 "tokens; the two files belong to different runs"
             )
         return cls(base, tuple(specials), str(template))
+
+
+def chat_prompt(tokenizer: Tokenizer, messages: list[Message]) -> list[int]:
+    """Ids of `messages` followed by the assistant's marker: what generation continues."""
+    if not isinstance(tokenizer, ChatTokenizer):
+        raise DataError(
+            "messages= needs a chat run (its tokenizer has no chat markers); "
+            "fine-tune one with `slm finetune --from RUN --data.format chat --data.source FILE.jsonl`"
+        )
+    return tokenizer.encode_chat(check_messages(messages, "messages"), add_generation_prompt=True)[0]
+
+
+def fit_history(tokenizer: ChatTokenizer, messages: list[Message], room: int) -> list[Message]:
+    """`messages` without their oldest turns (a system message stays) until the prompt has at most `room` ids."""
+    system = [m for m in messages[:1] if m["role"] == "system"]
+    turns = messages[len(system) :]
+    while len(turns) > 1 and len(chat_prompt(tokenizer, system + turns)) > room:
+        turns = turns[1:]
+        while len(turns) > 1 and turns[0]["role"] != "user":  # a conversation restarts at a user turn
+            turns = turns[1:]
+    return system + turns
