@@ -1,7 +1,8 @@
 """Chat data (`data.format=chat`): conversations -> token shards with a loss mask -> training windows.
 
-Sources: a .jsonl file, a folder or glob of them (one record a line, see chat.parse_record), or
-`hf:<dataset>` whose rows have a `messages` column (or `prompt` and `completion`). The last
+Sources: a .jsonl file, a folder or glob of them (one record a line, see chat.parse_record),
+`hf:<dataset>` whose rows have a `messages` column (or `prompt` and `completion`), or a generated
+set (`arithmetic-reversal`, sources/instructions.py). The last
 val_fraction of the conversations is the val split (an HF dataset's own validation split when
 it has one, else every k-th row).
 
@@ -27,10 +28,11 @@ import torch
 
 from ..atomic import atomic_write_text, current_umask
 from ..chat import Message, parse_line, parse_record
-from ..config import RunConfig
+from ..config import DataConfig, RunConfig
 from ..errors import DataError
 from ..tokenizer import ChatTokenizer, Tokenizer, fit_tokenizer
 from .shards import SPLITS, VERSION, Shard, ShardWriter, dtype_for
+from .sources import source_kind
 from .sources.files import resolve_files
 from .sources.hf import HF_VAL_SPLITS, hf_dataset_id, load_hf
 
@@ -83,10 +85,14 @@ def read_conversations(source: str, val_fraction: float = 0.1) -> dict[str, list
     """The train and val conversations of a chat `data.source`; DataError naming the file:line of a bad record."""
     if source.startswith("hf:"):
         return {split: list(convs) for split, convs in _hf_conversations(source, val_fraction).items()}
-    files = resolve_files(source)
-    if Path(source).is_dir():
-        files = [p for p in files if p.suffix == ".jsonl"] or files  # a folder's .jsonl files
-    conversations = [c for path in files for c in _file_conversations(path)]
+    records = getattr(source_kind(source).open(DataConfig(source=source)), "chat_records", None)
+    if records is not None:  # a generated set (sources/instructions.py)
+        conversations = [parse_record(r, f"{source} record {i}") for i, r in enumerate(records)]
+    else:
+        files = resolve_files(source)
+        if Path(source).is_dir():
+            files = [p for p in files if p.suffix == ".jsonl"] or files  # a folder's .jsonl files
+        conversations = [c for path in files for c in _file_conversations(path)]
     if len(conversations) < 2:
         raise DataError(f"data.source {source!r} has {len(conversations)} conversation(s); chat data needs at least 2")
     cut = min(max(1, int(len(conversations) * (1 - val_fraction))), len(conversations) - 1)
