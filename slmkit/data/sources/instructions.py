@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # config validates against the source kinds: no import back a
 NAME = "arithmetic-reversal"
 SIZE = 6000
 SEED = 0
+MAX_NUMBER = 99  # additions of two numbers up to this
 
 
 class InstructionSource(DocumentSource):
@@ -26,7 +27,7 @@ class InstructionSource(DocumentSource):
 
     def __init__(self, cfg: DataConfig):
         super().__init__(cfg)
-        self.chat_records = arithmetic_reversal_set(SIZE, seed=SEED)
+        self.chat_records = arithmetic_reversal_set(SIZE, seed=SEED, max_number=MAX_NUMBER)
 
     def count(self) -> int:
         return len(self.chat_records)
