@@ -112,7 +112,7 @@ def arithmetic_reversal_set(n: int, seed: int = 0, max_number: int = 49, exclude
     "cba" (3 to 5 letters), none of whose prompts is in `exclude`: a capability test and the chat recipe's data."""
     import random
 
-    if (n + 1) // 2 + len(exclude) > (max_number + 1) ** 2:
+    if (n + 1) // 2 + sum(p.startswith("What is") for p in exclude) > (max_number + 1) ** 2:
         raise ValueError(f"there are only {(max_number + 1) ** 2} additions of numbers up to {max_number}; ask for fewer")
     rng = random.Random(seed)
     records, seen = [], set(exclude)
