@@ -31,6 +31,7 @@ STAGES = [
     {"train"},
     {"finetune", "session"},
     {"export", "serve", "recipes"},
+    {"export_gguf", "export_onnx"},  # GGUF reuses export's tensor mapping and architecture check
     {"cli"},
     {"__main__", "slmkit"},  # slmkit: the package's __init__, the public API
 ]
