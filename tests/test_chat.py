@@ -218,3 +218,29 @@ def test_chat_loop_streams_replies_keeps_history_and_obeys_reset_and_exit():
     assert [m["content"] for m in session.messages][:2] == ["Be brief.", "hi"] and len(session.messages) == 3
     with pytest.raises(DataError, match="needs a chat run"):
         ChatSession(tiny_chat_model(tok), tok.base, SamplingParams())
+
+
+@pytest.mark.parametrize("kind", ["char", "bpe"])
+def test_hf_export_carries_the_markers_and_the_chat_template(tmp_path, kind):
+    transformers = pytest.importorskip("transformers")
+    from slmkit.config import RunConfig
+    from slmkit.export import export_hf
+    from slmkit.model import GPT
+    from slmkit.runs import BEST, save_weights, write_run_files
+    from slmkit.tokenizer import fit_tokenizer
+    from slmkit.config import TokenizerConfig
+
+    text = ["Be brief. What is 2 plus 3? 5 Reverse: ab ba " * 20]
+    tok = ChatTokenizer(char_chat().base if kind == "char" else fit_tokenizer(TokenizerConfig(kind="bpe", vocab_size=300), text))
+    cfg = RunConfig()
+    cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd, cfg.model.block_size = 2, 2, 32, 64
+    cfg.model.vocab_size = tok.vocab_size
+    cfg.tokenizer.kind = kind
+    write_run_files(tmp_path / "run", cfg, tok)
+    save_weights(GPT(cfg.model), tmp_path / "run" / BEST)
+    export_hf(tmp_path / "run", tmp_path / "hf")
+    hf = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    assert hf.apply_chat_template(CONVERSATION, tokenize=False) == render(CONVERSATION)
+    ids = hf.apply_chat_template(CONVERSATION, tokenize=True, add_generation_prompt=True)
+    ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+    assert list(ids) == tok.encode_chat(CONVERSATION, add_generation_prompt=True)[0]
