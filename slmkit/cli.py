@@ -52,16 +52,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--interactive", action="store_true", help="read prompts from stdin, one per line, until EOF, an empty line or 'exit'")
     p.add_argument("--no-cache", action="store_true", help="recompute the whole context each step (slow; for comparison)")
     p.add_argument("--int8", action="store_true", help="use the int8 model written by `slm quantize` (CPU)")
-    s = p.add_argument_group("sampling (default: the run's sample section)")  # dest = the SamplingParams field
-    s.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=None)
-    s.add_argument("--temperature", type=float, default=None, help="0 = greedy")
-    s.add_argument("--top-k", dest="top_k", type=int, default=None, help="0 = off")
-    s.add_argument("--top-p", dest="top_p", type=float, default=None, help="nucleus sampling mass; 1 = off")
-    s.add_argument(
-        "--repetition-penalty", dest="repetition_penalty", type=float, default=None, help="> 1 discourages repeats; 1 = off"
-    )
-    s.add_argument("--stop", action="append", default=None, metavar="TEXT", help="end before this text (repeatable)")
-    s.add_argument("--seed", type=int, default=None)
+    p.add_argument("--messages", default=None, metavar="JSON",
+                   help="a chat run: reply to these messages (a JSON list of {role, content}, or a .json file of one)")
+    _sampling_flags(p)
+
+    p = sub.add_parser("chat", help="talk to a chat run in the terminal (/reset, /exit)")
+    p.add_argument("--run", required=True, metavar="DIR", help="run folder written by `slm finetune --data.format chat`")
+    p.add_argument("--system", default="", help="a system message to start every conversation with")
+    p.add_argument("--last", action="store_true", help="use the last weights instead of the best")
+    p.add_argument("--int8", action="store_true", help="use the int8 model written by `slm quantize` (CPU)")
+    _sampling_flags(p)
 
     p = sub.add_parser("eval", help="loss, perplexity and bits per byte of a run over a split or a text file")
     p.add_argument("--run", required=True, metavar="DIR", help="run folder written by `slm train`")
@@ -127,6 +127,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _sampling_flags(p: argparse.ArgumentParser) -> None:
+    s = p.add_argument_group("sampling (default: the run's sample section)")  # dest = the SamplingParams field
+    s.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=None)
+    s.add_argument("--temperature", type=float, default=None, help="0 = greedy")
+    s.add_argument("--top-k", dest="top_k", type=int, default=None, help="0 = off")
+    s.add_argument("--top-p", dest="top_p", type=float, default=None, help="nucleus sampling mass; 1 = off")
+    s.add_argument(
+        "--repetition-penalty", dest="repetition_penalty", type=float, default=None, help="> 1 discourages repeats; 1 = off"
+    )
+    s.add_argument("--stop", action="append", default=None, metavar="TEXT", help="end before this text (repeatable)")
+    s.add_argument("--seed", type=int, default=None)
+
+
 def _cmd_train(args: argparse.Namespace, overrides: dict) -> None:
     from .config import ConfigError, load_recipe
     from .runs import resume_config
@@ -169,6 +182,12 @@ def _cmd_sample(args: argparse.Namespace) -> None:
     run = load_run(args.run, weights=LAST if args.last else BEST, int8=args.int8)
     flags = {key: getattr(args, key) for key in FIELDS if getattr(args, key) is not None}
     params = run.config.sample.params().replace(**flags).validate(prefix="sample.")
+    if args.messages is not None:
+        for piece in stream(run.model, run.tokenizer, params=params, messages=_messages(args.messages)):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        return
     prompt = run.config.sample.prompt if args.prompt is None else args.prompt
     for prompt in _prompts_from_stdin() if args.interactive else [prompt]:
         unknown = getattr(run.tokenizer, "unknown_chars", lambda _: [])(prompt)
@@ -185,6 +204,37 @@ def _cmd_sample(args: argparse.Namespace) -> None:
                 sys.stdout.flush()
             sys.stdout.write("\n")
             sys.stdout.flush()
+
+
+def _messages(text: str) -> list:
+    """--messages: a JSON list, or the path of a .json file holding one."""
+    import json
+
+    try:
+        return json.loads(Path(text).read_text(encoding="utf-8") if text.endswith(".json") else text)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"--messages is not a JSON list of {{role, content}} nor a readable .json file ({e})") from None
+
+
+def _cmd_chat(args: argparse.Namespace) -> None:
+    from .runs import BEST, LAST, load_run
+    from .sampling import FIELDS
+    from .session import COMMANDS, ChatSession, chat_loop
+
+    run = load_run(args.run, weights=LAST if args.last else BEST, int8=args.int8)
+    flags = {key: getattr(args, key) for key in FIELDS if getattr(args, key) is not None}
+    params = run.config.sample.params().replace(**flags).validate(prefix="sample.")
+    session = ChatSession(run.model, run.tokenizer, params, system=args.system)
+    prompt = (lambda: print("> ", end="", file=sys.stderr, flush=True)) if sys.stdin.isatty() else None
+    print(f"chatting with {args.run} ({COMMANDS})", file=sys.stderr)
+    if prompt is not None:
+        prompt()
+
+    def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    chat_loop(session, sys.stdin, write, prompt)
 
 
 def _prompts_from_stdin():
@@ -280,8 +330,8 @@ _WITH_OVERRIDES = {
     "train": _cmd_train, "prepare": _cmd_prepare, "finetune": _cmd_finetune, "serve": _cmd_serve, "sweep": _cmd_sweep,
 }  # fmt: skip
 _COMMANDS = {
-    "sample": _cmd_sample, "recipes": _cmd_recipes, "data": _cmd_data, "eval": _cmd_eval, "plot": _cmd_plot,
-    "quantize": _cmd_quantize, "export": _cmd_export, "import-hf": _cmd_import_hf, "runs": _cmd_runs,
+    "sample": _cmd_sample, "chat": _cmd_chat, "recipes": _cmd_recipes, "data": _cmd_data, "eval": _cmd_eval,
+    "plot": _cmd_plot, "quantize": _cmd_quantize, "export": _cmd_export, "import-hf": _cmd_import_hf, "runs": _cmd_runs,
 }  # fmt: skip
 
 

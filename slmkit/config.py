@@ -32,6 +32,7 @@ class DataConfig:
     """Where the text comes from and how it is split and normalized."""
 
     source: str = "kjv"  # kjv | tinyshakespeare | hf:<dataset>[:<config>] | a file, folder or glob
+    format: str = "text"  # text | chat: JSONL conversations, the loss on assistant tokens only (see slmkit/chat.py)
     val_fraction: float = 0.1  # the last fraction of documents is the val split
     text_field: str = "text"  # field holding the text in .jsonl/.parquet records and HF datasets
     lowercase: bool = False
@@ -48,6 +49,8 @@ class DataConfig:
             raise ConfigError(f"data.val_fraction={self.val_fraction} must be between 0 and 1 (e.g. 0.1)")
         if self.errors not in ("strict", "replace"):
             raise ConfigError(f"data.errors={self.errors!r} must be 'strict' or 'replace'")
+        if self.format not in ("text", "chat"):
+            raise ConfigError(f"data.format={self.format!r} must be 'text' or 'chat' (JSONL conversations)")
         if self.unknown not in ("error", "drop"):
             raise ConfigError(f"data.unknown={self.unknown!r} must be 'error' or 'drop'")
         if not self.source:

@@ -29,7 +29,7 @@ from .config import ModelConfig, RunConfig, TokenizerConfig
 from .errors import ExportError, SlmError
 from .model import GPT, RMS_EPS
 from .runs import BEST, LAST, load_run, save_weights, write_run_files
-from .tokenizer import CharTokenizer, GPT2Tokenizer, Tokenizer, load_tokenizer
+from .tokenizer import CharTokenizer, ChatTokenizer, GPT2Tokenizer, Tokenizer, load_tokenizer
 from .tokenizer.bpe import BPETokenizer
 from .tokenizer.gpt2 import ENCODER_JSON, VOCAB_SIZE, check_files, gpt2_data_dir
 
@@ -226,6 +226,8 @@ def char_backend(tokenizer: CharTokenizer):
 
 def _write_tokenizer(tokenizer: Tokenizer, out: Path, max_length: int) -> Optional[str]:
     """Tokenizer files AutoTokenizer loads with our ids; returns a note the user should read, if any."""
+    chat = tokenizer if isinstance(tokenizer, ChatTokenizer) else None
+    tokenizer = chat.base if chat is not None else tokenizer
     eot = tokenizer.decode([tokenizer.eot_id])  # "<|endoftext|>"; a newline for the char kind
     config = {"bos_token": eot, "eos_token": eot}
     note = None
@@ -247,8 +249,28 @@ def _write_tokenizer(tokenizer: Tokenizer, out: Path, max_length: int) -> Option
             config["unk_token"] = tokenizer.decode([tokenizer.unk_id])
     # split_special_tokens: a literal "<|endoftext|>" in text is ordinary text, as in slmkit
     config.update(model_max_length=max_length, clean_up_tokenization_spaces=False, split_special_tokens=True)
+    if chat is not None:
+        _add_chat_template(chat, out, config)
     atomic_write_text(out / "tokenizer_config.json", json.dumps(config, indent=2))
     return note
+
+
+def _add_chat_template(chat: ChatTokenizer, out: Path, config: dict) -> None:
+    """A chat run's markers as special tokens with its ids, and its Jinja chat_template, so
+    `apply_chat_template` renders and tokenizes what slmkit trained on."""
+    from tokenizers import AddedToken
+    from tokenizers import Tokenizer as HFBackend
+
+    if (out / "tokenizer.json").is_file():
+        backend = HFBackend.from_file(str(out / "tokenizer.json"))
+        backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in chat.specials])
+        if any(backend.token_to_id(t) != i for t, i in chat.special_ids.items()):
+            raise ExportError("the chat markers do not get the run's ids in the exported tokenizer; report this as a bug")
+        with atomic_path(out / "tokenizer.json") as tmp:
+            backend.save(str(tmp))
+    config["additional_special_tokens"] = list(chat.specials)  # the gpt2 kind: added after its vocabulary, in order
+    # the markers must be tokens when apply_chat_template's text is tokenized (a literal "<|endoftext|>" then is too)
+    config.update(chat_template=chat.template, split_special_tokens=False)
 
 
 @dataclass

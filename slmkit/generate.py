@@ -29,7 +29,9 @@ from torch.nn import functional as F
 
 from .model import GPT
 from .sampling import SamplingParams
+from .chat import SPECIAL_TOKENS
 from .tokenizer import Tokenizer
+from .tokenizer.chat import chat_prompt
 
 REPLACEMENT = "\ufffd"  # what decoders put for the bytes of an incomplete UTF-8 character
 MAX_CHAR_TOKENS = 4  # a UTF-8 character has at most 4 bytes, so at most 4 byte-level tokens
@@ -401,23 +403,34 @@ def stream(
     prompt: str = "",
     params: Optional[SamplingParams] = None,
     use_cache: bool = True,
+    messages: Optional[list[dict[str, str]]] = None,
     **options: Any,
 ) -> Iterator[str]:
     """Yield decoded text pieces as tokens are sampled after `prompt` (empty: start a new document).
 
     `params` says how (default SamplingParams(): see it for each option); keyword `options`
     change its fields, e.g. stream(model, tok, "And", temperature=0, max_new_tokens=50).
+    `messages` (a chat run's): the assistant's reply to this conversation instead, up to its END (or any) marker.
     """
     params = chosen(params, options)  # bad options fail here, not at the first next()
-    return next(iter(stream_batch(model, tokenizer, prompt, [params], use_cache)))
+    return next(iter(stream_batch(model, tokenizer, prompt, [params], use_cache, messages)))
 
 
 def stream_batch(
-    model: GPT, tokenizer: Tokenizer, prompt: str, params: list[SamplingParams], use_cache: bool = True
+    model: GPT,
+    tokenizer: Tokenizer,
+    prompt: str,
+    params: list[SamplingParams],
+    use_cache: bool = True,
+    messages: Optional[list[dict[str, str]]] = None,
 ) -> Iterator[Iterator[str]]:
     """One iterator of text pieces per params, all decoded in one Batch; pieces of sample i arrive as
     sample i's iterator is read (the others' are kept until theirs is)."""
-    ids = prompt_ids(tokenizer, prompt)
+    if messages is not None:  # a chat run's reply: after the assistant's marker, up to its END (or any marker)
+        ids = chat_prompt(tokenizer, messages)
+        params = [p.replace(stop=p.stop + SPECIAL_TOKENS) for p in params]
+    else:
+        ids = prompt_ids(tokenizer, prompt)
     batch = Batch(model, tokenizer, max_batch=len(params), use_cache=use_cache)
     seqs = [batch.add(ids, p) for p in params]
     held: list[list[str]] = [[] for _ in seqs]
@@ -442,15 +455,16 @@ def generate(
     params: Optional[SamplingParams] = None,
     use_cache: bool = True,
     num_samples: int = 1,
+    messages: Optional[list[dict[str, str]]] = None,
     **options: Any,
 ) -> Union[str, list[str]]:
     """The text sampled after `prompt` (without the prompt); a list of num_samples texts when > 1.
 
-    `params` and `options` as for stream. The samples are decoded as one batch; sample i uses
-    seed + i, so the first of several samples is the text num_samples=1 gives.
+    `params`, `options` and `messages` as for stream. Sample i uses seed + i, so the first of several samples
+    is the text num_samples=1 gives.
     """
     if num_samples < 1:
         raise ValueError(f"num_samples={num_samples} must be >= 1")
     params = chosen(params, options)
-    texts = ["".join(p) for p in stream_batch(model, tokenizer, prompt, [params.nth(i) for i in range(num_samples)], use_cache)]
+    texts = ["".join(p) for p in stream_batch(model, tokenizer, prompt, [params.nth(i) for i in range(num_samples)], use_cache, messages)]
     return texts[0] if num_samples == 1 else texts

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from .chat import SPECIAL_TOKENS
 from .config import ModelConfig, RunConfig, list_recipes, load_recipe
 from .data.sources import Corpus, source_kind
 from .tokenizer import get_kind
@@ -67,6 +68,8 @@ def recipe_vocab_size(cfg: RunConfig) -> tuple[Optional[int], str]:
     source = source_kind(cfg.data.source)  # the vocabulary is the characters of its train split
     if not source.download(cfg.data.source):
         chars = kind.fit(Corpus(cfg.data).texts(), tk.vocab_size, tk.min_frequency).vocab_size
+        if cfg.data.format == "chat":  # its markers follow the characters
+            return chars + len(SPECIAL_TOKENS), f"{chars} characters of {cfg.data.source} + {len(SPECIAL_TOKENS)} chat markers"
         return chars, f"{chars} characters of {cfg.data.source}"
     if source.pinned_chars:  # lowercasing is the only normalization that merges characters
         chars = len({c.lower() if cfg.data.lowercase else c for c in source.pinned_chars})

@@ -5,6 +5,7 @@
       tokenizer.json          TOKENIZER: the tokenizer
       tokenizer.sha256        FINGERPRINT: sha256 of tokenizer.json at creation (`sha256sum -c` reads it);
                               a run whose tokenizer was replaced since is refused (older runs have none)
+      chat_template.json      CHAT_TEMPLATE: a chat run's markers (special tokens after the vocabulary) and template
       model.safetensors       BEST: weights of the best evaluation
       last.safetensors        LAST: weights at the last checkpoint
       state.pt                STATE: weights, optimizer, step, RNG states, sampler position (torch.load weights_only)
@@ -32,7 +33,7 @@ from typing import Any, Optional
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_model, save_file, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 
 from .atomic import atomic_path, atomic_write_text, write_failure
 from .config import ModelConfig, RunConfig, apply_override, load_config, save_config
@@ -40,10 +41,12 @@ from .errors import CheckpointError, ConfigError, SlmError
 from .model import GPT
 from .quantize import SCHEME, int8_model, int8_state
 from .tokenizer import Tokenizer, load_tokenizer
+from .tokenizer.chat import TEMPLATE_FILE
 
 CONFIG = "config.yaml"
 TOKENIZER = "tokenizer.json"
 FINGERPRINT = "tokenizer.sha256"
+CHAT_TEMPLATE = TEMPLATE_FILE  # written beside tokenizer.json by a ChatTokenizer, read back by load_tokenizer
 BEST = "model.safetensors"
 LAST = "last.safetensors"
 STATE = "state.pt"
@@ -54,7 +57,9 @@ CHECKPOINTS = "checkpoints"
 TENSORBOARD = "tensorboard"
 PLOT = "loss.png"
 SWEEP = "sweep.yaml"
-RUN_FILES = (CONFIG, TOKENIZER, FINGERPRINT, BEST, LAST, STATE, METRICS, LOG, INT8, CHECKPOINTS, TENSORBOARD, PLOT)
+RUN_FILES = (
+    CONFIG, TOKENIZER, FINGERPRINT, CHAT_TEMPLATE, BEST, LAST, STATE, METRICS, LOG, INT8, CHECKPOINTS, TENSORBOARD, PLOT,
+)
 
 # keys a resumed run may change: its budget and cadence, never its model or data
 RESUME_KEYS = (
@@ -69,10 +74,19 @@ def save_weights(model: GPT, path: Path, metadata: Optional[dict[str, str]] = No
         save_model(model, str(tmp), metadata=metadata)
 
 
-def load_weights(model: GPT, path: Path) -> None:
-    """Fill `model` from a safetensors file; errors name the file when it does not match."""
+VOCAB_ROWS = ("transformer.wte.weight", "lm_head.weight")  # the tensors with one row per token
+
+
+def load_weights(model: GPT, path: Path, grow_vocab: bool = False) -> None:
+    """Fill `model` from a safetensors file; errors name the file when it does not match.
+
+    `grow_vocab`: the file may have fewer token rows than the model (tokens added after its
+    vocabulary, e.g. the chat markers); the new rows start at the mean of the old ones.
+    """
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist; train the run first or pick another --run")
+    if grow_vocab and _grow_vocab_rows(model, path):
+        return
     try:
         missing, unexpected = load_model(model, str(path), strict=False)
     except (SafetensorError, OSError) as e:
@@ -86,6 +100,32 @@ def load_weights(model: GPT, path: Path) -> None:
             f"{path} does not fit the model in {CONFIG} (missing {sorted(missing)[:3]}, "
             f"unexpected {sorted(unexpected)[:3]})"
         )
+
+
+def _grow_vocab_rows(model: GPT, path: Path) -> bool:
+    """Copy the token rows of `path` into `model`'s first rows, the rest set to their mean, and load the
+    other tensors; False (nothing loaded) when the file has as many rows as the model."""
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({e}); it may be truncated") from None
+    rows = model.transformer.wte.weight.shape[0]
+    if all(tensors[key].shape[0] >= rows for key in VOCAB_ROWS if key in tensors):  # tied: only one is stored
+        return False
+    state = model.state_dict()
+    with torch.no_grad():
+        for key in VOCAB_ROWS:
+            if key in tensors:
+                old = tensors.pop(key)
+                state[key][: old.shape[0]] = old
+                state[key][old.shape[0] :] = old.mean(dim=0)
+    try:
+        _, unexpected = model.load_state_dict({**state, **tensors}, strict=False)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path} does not fit the model in {CONFIG} ({_first_reason(e)})") from None
+    if unexpected:
+        raise CheckpointError(f"{path} does not fit the model in {CONFIG} (unexpected {sorted(unexpected)[:3]})")
+    return True
 
 
 def load_state_weights(model: GPT, weights: dict[str, torch.Tensor], path: Path) -> None:

@@ -27,11 +27,12 @@ from tqdm import tqdm
 
 from .atomic import atomic_write_text, remove_temp_files
 from .config import RunConfig, SampleConfig, TrainConfig
+from .data.chat import chat_sampler, masked_loss
 from .data.prepare import load_prepared, prepare, shard_dir_for
 from .data.sampler import WindowSampler
 from .data.shards import Shard
 from .errors import CheckpointError, ConfigError, TrainingError
-from .evaluate import EvalResult, evaluate_tokens, mean_loss, split_tokens
+from .evaluate import EvalResult, evaluate_tokens, mean_loss, report, split_tokens
 from .generate import generate
 from .model import GPT
 from .optim import early_stop_update, lr_multiplier, make_optimizers, plateau_update, warmup_progress
@@ -353,16 +354,11 @@ def _build(
     cfg.model.vocab_size = tokenizer.vocab_size
     model = GPT(cfg.model).to(device)
     if init_weights is not None:
-        load_weights(model, Path(init_weights))
+        # chat fine-tuning: the chat markers' embedding (and head) rows are new
+        load_weights(model, Path(init_weights), grow_vocab=cfg.data.format == "chat")
     optimizers = make_optimizers(model, tc, device)
     seq_len = tc.seq_len or cfg.model.block_size
-    # each rank draws its own batches: the seeds differ by rank
-    sampler = WindowSampler(shards["train"], seq_len, tc.batch_size, seed=tc.seed + 7919 * rank)
-    val_sampler = WindowSampler(shards["val"], seq_len, tc.batch_size, seed=tc.seed + 1 + 7919 * rank)
-    # fixed batches only while they are fewer tokens than the split: beyond that, the whole split is cheaper and exact
-    sampled = tc.eval_batches * tc.batch_size * seq_len * world < len(shards["val"]) - 1
-    whole_split = tc.eval_full or tc.eval_batches == 0 or tc.stop_at_val_loss > 0 or not sampled
-    val_batches = None if whole_split else [val_sampler.next() for _ in range(tc.eval_batches)]
+    sampler, val_batches = _samplers(cfg, shards, tokenizer, seq_len, rank, world)
     if world > 1:
         torch.manual_seed(tc.seed + 7919 * rank)  # different dropout masks per rank
     train_model: torch.nn.Module = model
@@ -374,6 +370,26 @@ def _build(
     budget = _Budget.of(tc, len(shards["train"]), seq_len, world)
     return _Run(cfg, run_dir, rank, world, device, amp_dtype, tokenizer, shards, model, train_model, optimizers,
                 scaler, sampler, val_batches, budget)  # fmt: skip
+
+
+def _samplers(
+    cfg: RunConfig, shards: dict[str, Shard], tokenizer: Tokenizer, seq_len: int, rank: int, world: int
+) -> tuple[Any, Optional[list[tuple[torch.Tensor, torch.Tensor]]]]:
+    """The train sampler and the fixed val batches (None: evaluate on the whole val split)."""
+    tc = cfg.train
+    seed = tc.seed + 7919 * rank  # each rank draws its own batches: the seeds differ by rank
+    if cfg.data.format == "chat":  # windows from a conversation's start, the loss on assistant tokens only
+        folder = shard_dir_for(cfg)
+        sampler = chat_sampler(folder, "train", tokenizer, seq_len, tc.batch_size, seed)
+        val = chat_sampler(folder, "val", tokenizer, seq_len, tc.batch_size, seed + 1)
+        whole = tc.eval_full or tc.eval_batches == 0 or tc.stop_at_val_loss > 0
+        return sampler, val.every_conversation(0 if whole else tc.eval_batches)
+    sampler = WindowSampler(shards["train"], seq_len, tc.batch_size, seed=seed)
+    val_sampler = WindowSampler(shards["val"], seq_len, tc.batch_size, seed=seed + 1)
+    # fixed batches only while they are fewer tokens than the split: beyond that, the whole split is cheaper and exact
+    sampled = tc.eval_batches * tc.batch_size * seq_len * world < len(shards["val"]) - 1
+    whole_split = tc.eval_full or tc.eval_batches == 0 or tc.stop_at_val_loss > 0 or not sampled
+    return sampler, None if whole_split else [val_sampler.next() for _ in range(tc.eval_batches)]
 
 
 def _restore(run: _Run) -> TrainState:
@@ -612,6 +628,11 @@ def _check_replicas(run: _Run, log: _Logger) -> None:
 def _final_report(run: _Run, state: TrainState, log: _Logger) -> tuple[EvalResult, str]:
     """The best weights on the whole val split (as `slm eval` reports them), a sample of them, the loss plot."""
     load_weights(run.model, run.run_dir / BEST)
+    if run.cfg.data.format == "chat":
+        final = _chat_report(run, state, log)
+        text = ""
+        plot_runs([run.run_dir], run.run_dir / PLOT)
+        return final, text
     tokens, text_bytes = split_tokens(run.cfg, "val")
     # the evaluations covered the whole split: reuse the best one's loss (best_step 0: a state.pt of the
     # previous version, whose best may have come from fixed batches)
@@ -629,6 +650,17 @@ def _final_report(run: _Run, state: TrainState, log: _Logger) -> tuple[EvalResul
     plot_runs([run.run_dir], run.run_dir / PLOT)
     tensorboard_hparams(log.tb, run.cfg, {"best_val_loss": state.best_val_loss, **final.metrics, "steps": state.step})
     return final, text
+
+
+def _chat_report(run: _Run, state: TrainState, log: _Logger) -> EvalResult:
+    """The best weights' masked loss (assistant tokens only) over every val conversation."""
+    val = chat_sampler(shard_dir_for(run.cfg), "val", run.tokenizer, run.sampler.seq_len, run.cfg.train.batch_size, 0)
+    loss, counted = masked_loss(run.model, val.every_conversation())
+    _, _, manifest = load_prepared(shard_dir_for(run.cfg))
+    final = EvalResult("val split, assistant tokens", counted, int(manifest["splits"]["val"]["bytes"]),
+                       report(loss, counted, int(manifest["splits"]["val"]["bytes"])))  # fmt: skip
+    log.info(f"done: {state.step} steps, {state.tokens:,} tokens in {state.elapsed:.0f}s; best weights on the {final.summary()}")
+    return final
 
 
 # -------------------------------------------------------------------------------------------- the run

@@ -19,6 +19,7 @@ STAGES = [
     {"errors"},
     {"atomic"},
     {"sampling"},  # SamplingParams: the recipe's sample section (config) gives one
+    {"chat"},  # the chat template and records (no torch): the tokenizer adds its markers
     {"tokenizer"},
     {"data.sources"},
     {"config"},
@@ -29,7 +30,7 @@ STAGES = [
     {"runtable"},  # reads run folders (the table of `slm runs`, the points `slm plot` draws)
     {"optim", "evaluate", "generate", "plot"},
     {"train"},
-    {"finetune"},
+    {"finetune", "session"},
     {"sweep"},  # trains runs
     {"export", "serve", "recipes"},
     {"export_gguf", "export_onnx"},  # GGUF reuses export's tensor mapping and architecture check

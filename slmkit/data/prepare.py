@@ -34,6 +34,8 @@ def shard_dir_for(cfg: RunConfig) -> Path:
         return Path(cfg.data.shard_dir)
     kind = source_kind(cfg.data.source)
     data = {k: v for k, v in asdict(cfg.data).items() if k not in ("num_workers", "shard_dir")}  # no effect on the tokens
+    if data["format"] == "text":
+        del data["format"]  # the key of text shards from before chat data existed
     data["source"] = kind.identity(cfg.data.source)  # `sotu`, `sotu/` and `sotu/*.txt` are the same files
     key = json.dumps({"data": data, "tokenizer": asdict(cfg.tokenizer), "v": VERSION}, sort_keys=True)
     slug = kind.label(cfg.data.source)
@@ -166,6 +168,10 @@ def prepare(
     out = shard_dir_for(cfg)
     if not force and read_manifest(out) is not None:
         return out
+    if cfg.data.format == "chat":
+        from .chat import prepare_chat  # conversations: tokens and a loss mask
+
+        return prepare_chat(cfg, out, tokenizer, log)
     t0 = time.time()
     corpus = Corpus(cfg.data)
     if next(corpus.pieces("train"), None) is None:

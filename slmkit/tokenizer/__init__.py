@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Iterable, Optional
 from ..errors import DataError
 from .base import Tokenizer
 from .char import CharTokenizer
+from .chat import TEMPLATE_FILE, ChatTokenizer
 from .gpt2 import GPT2Tokenizer
 from .hf import HFTokenizer
 from .registry import TokenizerKind, get_kind, kind_of_hf_model, kinds
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from ..config import TokenizerConfig
 
 __all__ = [
-    "Tokenizer", "CharTokenizer", "GPT2Tokenizer", "HFTokenizer", "TokenizerKind",
+    "Tokenizer", "CharTokenizer", "ChatTokenizer", "GPT2Tokenizer", "HFTokenizer", "TokenizerKind",
     "fit_tokenizer", "load_tokenizer", "get_kind", "kinds",
 ]  # fmt: skip
 
@@ -38,14 +39,18 @@ def fit_tokenizer(cfg: "TokenizerConfig", texts: Iterable[str]) -> Tokenizer:
 def load_tokenizer(path_or_name: Path | str, kind: Optional[str] = None) -> Tokenizer:
     """Load a saved tokenizer (a file, or a folder holding tokenizer.json) or a fixed kind by name ("gpt2").
 
-    With `kind`, a tokenizer of another kind is an error.
+    With `kind`, a tokenizer of another kind is an error. A chat_template.json beside the file adds the
+    chat markers (a ChatTokenizer).
     """
     path = Path(path_or_name)
     fixed = kinds().get(str(path_or_name))
     if not path.exists() and fixed is not None and fixed.fixed:
         tokenizer = fixed.fit([], 0, 0)
     else:
-        tokenizer = _load_file(path / "tokenizer.json" if path.is_dir() else path)
+        file = path / "tokenizer.json" if path.is_dir() else path
+        tokenizer = _load_file(file)
+        if (file.parent / TEMPLATE_FILE).is_file():  # a chat run's: its markers follow the vocabulary
+            tokenizer = ChatTokenizer.load(tokenizer, file.parent / TEMPLATE_FILE)
     if kind is not None and tokenizer.kind != kind:
         raise DataError(
             f"{path_or_name} holds a {tokenizer.kind!r} tokenizer, expected {kind!r}; "

@@ -1,0 +1,64 @@
+"""Issue 16.6: chat fine-tuning teaches a capability, not only the plumbing.
+
+A generated instruction set ("What is 17 plus 25?" -> "42", "Reverse: abc" -> "cba"), a small model
+pretrained briefly on plain text, then chat-fine-tuned for a bounded number of steps on the CPU:
+its greedy answers to held-out questions of the same kinds are right far more often than the
+pretrained model's. The issue asks for 90% within ~60 CPU seconds; this budget (1,200 steps, ~64 s
+of CPU) reaches 26% (under 10% before): not there yet. benchmarks/chat.py is the longer version (BENCHMARKS.md).
+"""
+
+import json
+import random
+
+import torch
+
+from slmkit.chat import LETTERS, arithmetic_reversal_set
+from slmkit.config import load_recipe
+from slmkit.finetune import finetune
+from slmkit.generate import generate
+from slmkit.runs import load_run
+from slmkit.train import train
+
+MAX_NUMBER = 49
+MODEL = {"model.n_layer": 2, "model.n_head": 4, "model.n_embd": 64, "model.block_size": 32, "model.pos_embedding": "rotary"}
+CHAT = {"data.format": "chat", "train.max_steps": 1200, "train.lr": 3e-3, "train.min_lr": 3e-4, "train.warmup_steps": 30,
+        "train.batch_size": 64, "train.eval_interval": 400, "train.eval_batches": 2, "train.early_stop_patience": 0,
+        "data.num_workers": 1}  # fmt: skip
+
+
+def plain_text(n_words: int = 4000) -> str:
+    """Text with every character of the instruction set, but no instruction and no answer."""
+    rng = random.Random(1)
+    words = ["what", "is", "the", "plus", "reverse", "of", "a", "word", "number"]
+    pieces = [rng.choice(words + [str(rng.randint(0, 99)), "".join(rng.choices(LETTERS, k=4))]) for _ in range(n_words)]
+    return "What is it? Reverse: " + LETTERS + " 0123456789\n" + " ".join(pieces) + "\n"
+
+
+def accuracy(run_dir, questions) -> float:
+    run = load_run(run_dir)
+    right = 0
+    for q in questions:
+        messages = [{"role": "user", "content": q["prompt"]}]
+        if hasattr(run.tokenizer, "encode_chat"):
+            answer = generate(run.model, run.tokenizer, messages=messages, max_new_tokens=8, temperature=0)
+        else:  # the pretrained run has no chat template: the question as text
+            answer = generate(run.model, run.tokenizer, q["prompt"] + "\n", max_new_tokens=8, temperature=0, stop="\n")
+        right += answer.strip() == q["completion"]
+    return right / len(questions)
+
+
+def test_chat_finetune_learns_held_out_arithmetic_and_reversal(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    torch.set_num_threads(1)
+    (tmp_path / "plain.txt").write_text(plain_text(), encoding="utf-8")
+    train_set = arithmetic_reversal_set(3000, seed=0, max_number=MAX_NUMBER)
+    held_out = arithmetic_reversal_set(100, seed=1, max_number=MAX_NUMBER, exclude=frozenset(r["prompt"] for r in train_set))
+    with open(tmp_path / "chat.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in train_set)
+    base = {**MODEL, "data.source": str(tmp_path / "plain.txt"), "data.shard_dir": str(tmp_path / "shards"),
+            "train.max_steps": 30, "train.max_minutes": 0, "train.eval_interval": 30, "train.eval_batches": 2,
+            "train.batch_size": 32, "train.lr": 3e-3, "train.warmup_steps": 5, "sample.max_new_tokens": 5}  # fmt: skip
+    train(load_recipe("kjv-char", base), out=tmp_path / "base", progress_bar=False)
+    finetune(tmp_path / "base", {**CHAT, "data.source": str(tmp_path / "chat.jsonl")}, out=tmp_path / "chat", progress_bar=False)
+    assert accuracy(tmp_path / "base", held_out) < 0.1
+    assert accuracy(tmp_path / "chat", held_out) >= 0.2  # 0.26 measured (CPU training is deterministic); the goal is 0.9

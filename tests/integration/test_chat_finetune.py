@@ -1,0 +1,80 @@
+"""`slm finetune --data.format chat`: grown embedding, the loss on assistant tokens only, exact resume."""
+
+import csv
+import importlib
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from slmkit.chat import SPECIAL_TOKENS, arithmetic_reversal_set
+from slmkit.config import load_recipe
+from slmkit.data.chat import IGNORE, chat_sampler, masked_loss
+from slmkit.data.prepare import shard_dir_for
+from slmkit.finetune import finetune
+from slmkit.runs import BEST, CHAT_TEMPLATE, LAST, METRICS, load_run
+from slmkit.tokenizer import ChatTokenizer
+from slmkit.train import train
+
+engine = importlib.import_module("slmkit.train")
+PLAIN = "What is the word? Reverse: the order of 0123456789 and abcdefghijklmnopqrstuvwxyz plus more.\n" * 30
+
+
+@pytest.fixture
+def base_and_chat(tmp_path, tiny_overrides, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # fine-tuning writes shards/ under the working folder
+    (tmp_path / "plain.txt").write_text(PLAIN, encoding="utf-8")
+    overrides = {**tiny_overrides, "data.source": str(tmp_path / "plain.txt"), "train.max_steps": 6}
+    train(load_recipe("kjv-char", overrides), out=tmp_path / "base", progress_bar=False)
+    with open(tmp_path / "chat.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in arithmetic_reversal_set(200, seed=0))
+    return tmp_path / "base", tmp_path / "chat.jsonl"
+
+
+FAST = {"data.format": "chat", "train.max_steps": 8, "train.eval_interval": 4, "train.warmup_steps": 2, "data.num_workers": 1}
+
+
+def test_chat_finetune_grows_the_vocabulary_and_counts_assistant_tokens_only(tmp_path, base_and_chat):
+    base, data = base_and_chat
+    result = finetune(base, {**FAST, "data.source": str(data)}, out=tmp_path / "chat", progress_bar=False)
+    run, before = load_run(tmp_path / "chat"), load_run(base)
+    assert isinstance(run.tokenizer, ChatTokenizer) and (tmp_path / "chat" / CHAT_TEMPLATE).is_file()
+    n = before.tokenizer.vocab_size
+    assert run.config.model.vocab_size == n + len(SPECIAL_TOKENS)
+    # the embedding grew by the markers' rows; the old rows started from the base run's weights
+    assert run.model.transformer.wte.weight.shape[0] == n + len(SPECIAL_TOKENS)
+    assert not run.model.transformer.wte.weight[:n].equal(before.model.transformer.wte.weight)  # trained on
+    assert (run.model.transformer.wte.weight[:n] - before.model.transformer.wte.weight).abs().max() < 0.05
+    # evaluation is the masked loss: the final report equals masked_loss over every val conversation
+    val = chat_sampler(shard_dir_for(run.config), "val", run.tokenizer, 32, 8, 0)
+    loss, counted = masked_loss(run.model, val.every_conversation())
+    assert result.final_val.metrics["loss"] == pytest.approx(loss) and result.final_val.tokens == counted
+    batches = val.every_conversation()
+    everything = sum(int(x.numel()) for x, _ in batches)
+    assert 0 < counted < everything / 3  # prompt tokens (and padding) are not counted
+    _, logits_loss = run.model(batches[0][0], torch.where(batches[0][1] == IGNORE, batches[0][0], batches[0][1]))
+    assert abs(logits_loss.item() - loss) > 1e-3  # an unmasked loss differs
+    rows = list(csv.DictReader(open(tmp_path / "chat" / METRICS)))
+    assert [r["step"] for r in rows if r["val_loss"]] == ["4", "8"]
+
+
+def test_chat_finetune_resumes_exactly(tmp_path, base_and_chat, monkeypatch):
+    base, data = base_and_chat
+    overrides = {**FAST, "data.source": str(data)}
+    finetune(base, overrides, out=tmp_path / "full", progress_bar=False)
+    original = engine.save_checkpoint
+
+    def checkpoint_then_crash(run_dir, model, state, keep_last_k):
+        original(run_dir, model, state, keep_last_k)
+        if state["step"] == 4:
+            raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(engine, "save_checkpoint", checkpoint_then_crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        finetune(base, overrides, out=tmp_path / "crashed", progress_bar=False)
+    monkeypatch.setattr(engine, "save_checkpoint", original)
+    train(resume=tmp_path / "crashed", progress_bar=False)
+    for name in (LAST, BEST):
+        a, b = load_file(tmp_path / "full" / name), load_file(tmp_path / "crashed" / name)
+        assert all(a[k].equal(b[k]) for k in a), name
