@@ -24,6 +24,21 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="slm", description="Build small language models from scratch.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+    _training_commands(sub)
+    _sampling_commands(sub)
+    _experiment_commands(sub)
+    _model_file_commands(sub)
+    sub.add_parser("recipes", help="list the shipped recipes")
+
+    p = sub.add_parser("data", help="inspect prepared data")
+    data = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    q = data.add_parser("info", help="tokens, documents, dtype, vocabulary size and bytes of shards")
+    q.add_argument("path", metavar="PATH", help="a shard file (.bin) or a shard folder")
+    return parser
+
+
+def _training_commands(sub: argparse._SubParsersAction) -> None:
+    """train, finetune, prepare."""
     p = sub.add_parser("train", help="prepare data if needed, train, then print a sample", epilog=EPILOG)
     p.add_argument("--recipe", default=None, help="recipe name in recipes/ or a YAML path (default: kjv-char)")
     p.add_argument("--out", default=None, help="run folder (default: runs/<recipe>)")
@@ -44,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, metavar="DIR", help="shard folder to write (= --data.shard_dir)")
     p.add_argument("--force", action="store_true", help="rebuild the shards even if they are complete")
 
+
+def _sampling_commands(sub: argparse._SubParsersAction) -> None:
+    """sample, chat, eval."""
     p = sub.add_parser("sample", help="stream text from a trained run")
     p.add_argument("--run", required=True, metavar="DIR", help="run folder written by `slm train`")
     p.add_argument("--prompt", default=None, help="text to continue (default: the recipe's sample.prompt)")
@@ -72,6 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val", help="split of the run's shards: val (default) or test")
     p.add_argument("--int8", action="store_true", help="evaluate the int8 model written by `slm quantize`")
 
+
+def _experiment_commands(sub: argparse._SubParsersAction) -> None:
+    """plot, sweep, runs."""
     p = sub.add_parser("plot", help="loss and LR curves of one or more runs to a PNG")
     p.add_argument("runs", nargs="+", metavar="DIR", help="run folders holding metrics.csv")
     p.add_argument("--out", default="loss.png", help="PNG to write (default: loss.png)")
@@ -95,6 +116,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="table", help="table (default), csv or markdown")
     p.add_argument("--per-run", action="store_true", help="one row per run, also for seeds of one point")
 
+
+def _model_file_commands(sub: argparse._SubParsersAction) -> None:
+    """quantize, export, import-hf, serve."""
     p = sub.add_parser("quantize", help="write an int8 copy of a run's model (RUN/model-int8.safetensors)")
     p.add_argument("--run", required=True, metavar="DIR", help="run folder written by `slm train`")
 
@@ -117,14 +141,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, metavar="DIR", help="run folder written by `slm train`")
     p.add_argument("--host", default=None, help="address to listen on (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=None, help="port (default: 8000)")
-
-    sub.add_parser("recipes", help="list the shipped recipes")
-
-    p = sub.add_parser("data", help="inspect prepared data")
-    data = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-    q = data.add_parser("info", help="tokens, documents, dtype, vocabulary size and bytes of shards")
-    q.add_argument("path", metavar="PATH", help="a shard file (.bin) or a shard folder")
-    return parser
 
 
 def _sampling_flags(p: argparse.ArgumentParser) -> None:
