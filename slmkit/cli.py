@@ -72,12 +72,15 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("quantize", help="write an int8 copy of a run's model (RUN/model-int8.safetensors)")
     p.add_argument("--run", required=True, metavar="DIR", help="run folder written by `slm train`")
 
-    p = sub.add_parser("export", help="write a run as a Hugging Face transformers folder (GPT-2)")
+    p = sub.add_parser("export", help="write a run as a Hugging Face transformers folder or a llama.cpp GGUF file")
     p.add_argument("--run", required=True, metavar="DIR", help="run folder written by `slm train`")
-    p.add_argument("--format", default="hf", choices=["hf"], help="hf: AutoModelForCausalLM-loadable GPT-2 folder")
-    p.add_argument("--out", required=True, metavar="OUT", help="folder to write")
+    p.add_argument("--format", default="hf", choices=["hf", "gguf", "onnx"],
+                   help="hf: AutoModelForCausalLM-loadable folder (GPT-2, Llama or Qwen3); gguf: one file for "
+                        "llama.cpp; onnx: the logits graph for onnxruntime")
+    p.add_argument("--out", required=True, metavar="OUT", help="folder (hf), FILE.gguf or FILE.onnx to write")
+    p.add_argument("--dtype", default="f32", choices=["f32", "f16", "q8_0"], help="gguf weight type (default: f32)")
 
-    p = sub.add_parser("import-hf", help="turn a local Hugging Face GPT-2 folder into a run folder")
+    p = sub.add_parser("import-hf", help="turn a local Hugging Face GPT-2, Llama or Qwen3 folder into a run folder")
     p.add_argument("folder", metavar="DIR", help="folder with config.json, model.safetensors and tokenizer files")
     p.add_argument("--out", required=True, metavar="RUN", help="run folder to write")
 
@@ -205,6 +208,16 @@ def _cmd_quantize(args: argparse.Namespace) -> None:
 def _cmd_export(args: argparse.Namespace) -> None:
     from .export import export_hf
 
+    if args.format == "gguf":
+        from .export_gguf import export_gguf
+
+        print(export_gguf(args.run, args.out, args.dtype))
+        return
+    if args.format == "onnx":
+        from .export_onnx import export_onnx
+
+        print(export_onnx(args.run, args.out))
+        return
     result = export_hf(args.run, args.out)
     print(result.out)
     if result.note:

@@ -1,17 +1,20 @@
-"""Hugging Face GPT-2 folders: export a run so `transformers` loads it, and import one as a run.
+"""Hugging Face folders: export a run so `transformers` loads it, and import one as a run.
 
-Our parameter names are GPT-2's, so the mapping is the identity except that HF's Conv1D
-layers (c_attn, c_proj, c_fc) store their weights transposed, as (in, out). Writing the
-folder needs only safetensors and JSON; `transformers` is needed to load it, not to write it.
-
-A model without biases (`model.bias: false`) is exported with zero biases, which GPT-2
-computes exactly as no bias. Positions other than learned, norms other than LayerNorm,
-MLPs other than GELU and QK-norm have no GPT-2 equivalent and are a clear ExportError.
+GPT-2 shapes (learned or sinusoidal positions, LayerNorm, GELU) export as GPT2LMHeadModel:
+our parameter names are GPT-2's, so the mapping is the identity except that HF's Conv1D
+layers (c_attn, c_proj, c_fc) store their weights transposed, as (in, out); a model without
+biases gets zero biases, which GPT-2 computes exactly as none. Rotary + RMSNorm + SwiGLU
+export as LlamaForCausalLM, or Qwen3ForCausalLM with QK-norm (our weightless per-head RMSNorm
+is Qwen3's q_norm/k_norm with a gain of ones). Our rotary pairs x[i] with x[i + hs/2], as
+HF's rotate_half does, so q and k need no permutation. Anything else is an ExportError
+naming the option and the nearest exportable value. Writing a folder needs only safetensors
+and JSON; `transformers` is needed to load it, not to write it.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,32 +27,51 @@ from safetensors.torch import load_file, save_file
 from .atomic import atomic_path, atomic_write_text
 from .config import ModelConfig, RunConfig, TokenizerConfig
 from .errors import ExportError, SlmError
-from .model import GPT
+from .model import GPT, RMS_EPS
 from .runs import BEST, LAST, load_run, save_weights, write_run_files
-from .tokenizer import GPT2Tokenizer, HFTokenizer, Tokenizer, load_tokenizer
+from .tokenizer import CharTokenizer, GPT2Tokenizer, Tokenizer, load_tokenizer
 from .tokenizer.bpe import BPETokenizer
-from .tokenizer.gpt2 import ENCODER_JSON, EOT, VOCAB_SIZE, check_files, gpt2_data_dir
+from .tokenizer.gpt2 import ENCODER_JSON, VOCAB_SIZE, check_files, gpt2_data_dir
 
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-# Model options GPT-2's architecture has one fixed value of, and that value.
-GPT2_ONLY = {"pos_embedding": "learned", "norm": "layernorm", "mlp": "gelu", "qk_norm": False}
 GPT2_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")  # GPT-2's tanh GELU, the one our model uses
 LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, used by our model
+ROPE_THETA = 10000.0  # our rotary base (slmkit.model)
+# The options each Hugging Face family fixes; any other value has no equivalent there.
+GPT2_OPTIONS = {"pos_embedding": ("learned", "sinusoidal"), "norm": ("layernorm",), "mlp": ("gelu",), "qk_norm": (False,)}
+LLAMA_OPTIONS = {"pos_embedding": ("rotary",), "norm": ("rmsnorm",), "mlp": ("swiglu",)}
 
 
 def _d_ff(cfg: ModelConfig) -> int:
     return cfg.d_ff or 4 * cfg.n_embd
 
 
-def check_gpt2_compatible(cfg: ModelConfig) -> None:
-    """Raise ExportError naming the first model option GPT-2 cannot represent."""
-    for key, value in GPT2_ONLY.items():
-        actual = getattr(cfg, key)
-        if actual != value:
+def _head_size(cfg: ModelConfig) -> int:
+    return cfg.n_embd // cfg.n_head
+
+
+def hf_architecture(cfg: ModelConfig) -> str:
+    """'gpt2', 'llama' or 'qwen3': the HF class that computes exactly what `cfg` does, else ExportError.
+
+    GPT-2 holds learned or sinusoidal positions, LayerNorm and GELU; Llama holds rotary + RMSNorm +
+    SwiGLU; Qwen3 adds per-head RMSNorms on q and k (QK-norm) but has no MLP biases.
+    """
+    modern = cfg.pos_embedding == "rotary" or cfg.norm == "rmsnorm" or cfg.mlp == "swiglu"
+    family, options = ("Llama/Qwen3", LLAMA_OPTIONS) if modern else ("GPT-2", GPT2_OPTIONS)
+    for key, values in options.items():
+        if getattr(cfg, key) not in values:
             raise ExportError(
-                f"model.{key}={actual!r} has no Hugging Face GPT-2 equivalent (GPT-2 needs {value!r}); "
-                "export a model trained with the GPT-2 options or use the run's safetensors directly"
+                f"model.{key}={getattr(cfg, key)!r} has no Hugging Face equivalent; the nearest exportable "
+                f"choice is model.{key}={values[0]!r} ({family}), or use the run's safetensors directly"
             )
+    if not modern:
+        return "gpt2"
+    if cfg.qk_norm and cfg.bias:
+        raise ExportError(
+            "model.bias=true with model.qk_norm=true has no Hugging Face equivalent (Qwen3 has no MLP biases); "
+            "the nearest exportable choice is model.bias=false (Qwen3) or model.qk_norm=false (Llama)"
+        )
+    return "qwen3" if cfg.qk_norm else "llama"
 
 
 def gpt2_config(cfg: ModelConfig, eot_id: int) -> dict:
@@ -80,55 +102,153 @@ def gpt2_config(cfg: ModelConfig, eot_id: int) -> dict:
     }
 
 
-def to_gpt2_state(model: GPT) -> dict[str, torch.Tensor]:
-    """GPT-2 tensors of `model`: Conv1D weights transposed, zero biases where the model has none."""
+def llama_config(cfg: ModelConfig, eot_id: int, arch: str) -> dict:
+    """config.json of a LlamaForCausalLM (arch 'llama') or Qwen3ForCausalLM ('qwen3') shaped as `cfg`."""
+    config = {
+        "architectures": ["Qwen3ForCausalLM" if arch == "qwen3" else "LlamaForCausalLM"],
+        "model_type": arch,
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.n_embd,
+        "intermediate_size": _d_ff(cfg),
+        "num_hidden_layers": cfg.n_layer,
+        "num_attention_heads": cfg.n_head,
+        "num_key_value_heads": cfg.n_head,
+        "head_dim": _head_size(cfg),  # explicit: Qwen3's default is 128, not hidden_size / heads
+        "hidden_act": "silu",
+        "max_position_embeddings": cfg.block_size,
+        "rms_norm_eps": RMS_EPS,
+        "rope_theta": ROPE_THETA,  # transformers < 5 reads this key, 5 reads rope_parameters
+        "rope_parameters": {"rope_type": "default", "rope_theta": ROPE_THETA},
+        "attention_bias": cfg.bias,
+        "attention_dropout": cfg.dropout,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "use_cache": True,
+        "bos_token_id": eot_id,
+        "eos_token_id": eot_id,
+        "torch_dtype": "float32",
+    }
+    if arch == "llama":
+        config.update(mlp_bias=cfg.bias, pretraining_tp=1)
+    else:
+        config.update(use_sliding_window=False, max_window_layers=cfg.n_layer)
+    return config
+
+
+def _our_state(model: GPT) -> dict[str, torch.Tensor]:
+    """The model's tensors on the CPU, with a sinusoidal table as `transformer.wpe.weight` (GPT-2's slot)."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if model.config.pos_embedding == "sinusoidal":
+        state["transformer.wpe.weight"] = model.pos_table.detach().cpu().clone()
+    if model.config.tie_embeddings:
+        state.pop("lm_head.weight", None)  # tied to the token embedding; transformers ties it again on load
+    return state
+
+
+def gpt2_tensors(model: GPT) -> dict[str, torch.Tensor]:
+    """Our tensors of a model hf_architecture calls 'gpt2', with zero biases where it has none (GPT-2 needs all)."""
     cfg = model.config
-    check_gpt2_compatible(cfg)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    out: dict[str, torch.Tensor] = {}
-    for name, tensor in state.items():
-        if name == "lm_head.weight" and cfg.tie_embeddings:
-            continue  # tied to transformer.wte.weight; transformers ties it again on load
-        out[name] = (tensor.t() if name.endswith(CONV1D) else tensor).contiguous()
-    # GPT-2 always has biases; a zero bias computes exactly what no bias does
+    out = _our_state(model)
     layer_biases = {"ln_1": cfg.n_embd, "ln_2": cfg.n_embd, "attn.c_attn": 3 * cfg.n_embd,
                     "attn.c_proj": cfg.n_embd, "mlp.c_fc": _d_ff(cfg), "mlp.c_proj": cfg.n_embd}
     for i in range(cfg.n_layer):
         for layer, size in layer_biases.items():
-            out.setdefault(f"transformer.h.{i}.{layer}.bias", torch.zeros(size))
+            out.setdefault(f"transformer.h.{i}.{layer}.bias", torch.zeros(size))  # zero bias = no bias
     out.setdefault("transformer.ln_f.bias", torch.zeros(cfg.n_embd))
-    expected = {"transformer.wte.weight", "transformer.wpe.weight", "transformer.ln_f.weight", "transformer.ln_f.bias"}
-    for i in range(cfg.n_layer):
-        expected |= {f"transformer.h.{i}.{layer}.{p}" for layer in layer_biases for p in ("weight", "bias")}
-    if not cfg.tie_embeddings:
-        expected.add("lm_head.weight")
-    unmapped = sorted(set(out) - expected)
-    if unmapped or expected - set(out):
-        raise ExportError(
-            f"the model has parameters GPT-2 does not ({unmapped[:3]}) or lacks some it needs "
-            f"({sorted(expected - set(out))[:3]}); this configuration cannot be exported as GPT-2"
-        )
     return out
 
 
+def to_gpt2_state(model: GPT) -> dict[str, torch.Tensor]:
+    """GPT-2 tensors of a model hf_architecture calls 'gpt2': Conv1D weights transposed, all biases."""
+    return {name: (t.t() if name.endswith(CONV1D) else t).contiguous() for name, t in gpt2_tensors(model).items()}
+
+
+def llama_names(i: int) -> dict[str, str]:
+    """Our tensor name -> Llama/Qwen3's, for layer `i` (c_attn is split into q, k, v separately)."""
+    ours, theirs = f"transformer.h.{i}.", f"model.layers.{i}."
+    names = {"ln_1.weight": "input_layernorm.weight", "ln_2.weight": "post_attention_layernorm.weight"}
+    for p in ("weight", "bias"):
+        names.update({f"attn.c_proj.{p}": f"self_attn.o_proj.{p}", f"mlp.c_gate.{p}": f"mlp.gate_proj.{p}",
+                      f"mlp.c_fc.{p}": f"mlp.up_proj.{p}", f"mlp.c_proj.{p}": f"mlp.down_proj.{p}"})
+    return {ours + k: theirs + v for k, v in names.items()}
+
+
+LLAMA_TOP = {"transformer.wte.weight": "model.embed_tokens.weight", "transformer.ln_f.weight": "model.norm.weight",
+             "lm_head.weight": "lm_head.weight"}
+
+
+def to_llama_state(model: GPT) -> dict[str, torch.Tensor]:
+    """Llama/Qwen3 tensors of `model`: c_attn split into q/k/v, QK-norm as weights of ones."""
+    cfg = model.config
+    arch = hf_architecture(cfg)
+    state = _our_state(model)
+    names = dict(LLAMA_TOP)
+    for i in range(cfg.n_layer):
+        names.update(llama_names(i))
+    out = {names[k]: v for k, v in state.items() if k in names}
+    unmapped = sorted(k for k in state if k not in names and ".attn.c_attn." not in k)
+    if unmapped:
+        raise ExportError(f"the model has tensors Llama/Qwen3 does not ({unmapped[:3]}); it cannot be exported")
+    for i in range(cfg.n_layer):
+        attn = f"model.layers.{i}.self_attn."
+        for p in ("weight", "bias") if cfg.bias else ("weight",):
+            q, k, v = state[f"transformer.h.{i}.attn.c_attn.{p}"].chunk(3, dim=0)  # (3C, ...) -> 3 x (C, ...)
+            out.update({f"{attn}q_proj.{p}": q.clone(), f"{attn}k_proj.{p}": k.clone(), f"{attn}v_proj.{p}": v.clone()})
+        if arch == "qwen3":  # our QK-norm has no weight: Qwen3's per-head RMSNorm with a gain of ones
+            out[f"{attn}q_norm.weight"] = torch.ones(_head_size(cfg))
+            out[f"{attn}k_norm.weight"] = torch.ones(_head_size(cfg))
+    return out
+
+
+def hf_state_and_config(model: GPT, eot_id: int) -> tuple[dict[str, torch.Tensor], dict]:
+    """The tensors and config.json of the HF class that holds `model` exactly (ExportError if none does)."""
+    arch = hf_architecture(model.config)
+    if arch == "gpt2":
+        return to_gpt2_state(model), gpt2_config(model.config, eot_id)
+    return to_llama_state(model), llama_config(model.config, eot_id, arch)
+
+
+CHAR_SPLIT = r"[\s\S]"  # the char kind's HF pre-tokenizer: one piece per character, newlines included
+
+
+def char_backend(tokenizer: CharTokenizer):
+    """Our char tokenizer as a Hugging Face one: a WordLevel token per character with our ids.
+
+    A character outside the vocabulary is an error there too (WordLevel finds no `<unk>`).
+    """
+    from tokenizers import Regex, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer as HFBackend
+
+    backend = HFBackend(models.WordLevel(vocab=dict(tokenizer.stoi), unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(CHAR_SPLIT), behavior="isolated")
+    backend.decoder = decoders.Fuse()  # concatenate: WordLevel's default decoder joins with spaces
+    return backend
+
+
 def _write_tokenizer(tokenizer: Tokenizer, out: Path, max_length: int) -> Optional[str]:
-    """Tokenizer files AutoTokenizer loads; returns a note when the kind has none."""
-    special = {"bos_token": EOT, "eos_token": EOT, "unk_token": EOT}
+    """Tokenizer files AutoTokenizer loads with our ids; returns a note the user should read, if any."""
+    eot = tokenizer.decode([tokenizer.eot_id])  # "<|endoftext|>"; a newline for the char kind
+    config = {"bos_token": eot, "eos_token": eot}
+    note = None
     if isinstance(tokenizer, GPT2Tokenizer):
         vocab_bpe, encoder_json = check_files(gpt2_data_dir())
         shutil.copyfile(encoder_json, out / "vocab.json")
         shutil.copyfile(vocab_bpe, out / "merges.txt")
-        config = {"tokenizer_class": "GPT2Tokenizer", "add_prefix_space": False, **special}
-    elif isinstance(tokenizer, HFTokenizer):
-        tokenizer.save(out / "tokenizer.json")  # a bpe tokenizer also writes vocab.json + merges.txt
-        config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": EOT, "eos_token": EOT}
-        if tokenizer.unk_id is not None:
-            config["unk_token"] = "<unk>"
+        config.update(tokenizer_class="GPT2Tokenizer", add_prefix_space=False, unk_token=eot)
     else:
-        return f"no Hugging Face tokenizer is written for the {tokenizer.kind!r} kind; use slmkit's tokenizer.json"
-    config.update(model_max_length=max_length, clean_up_tokenization_spaces=False)
+        if isinstance(tokenizer, CharTokenizer):
+            with atomic_path(out / "tokenizer.json") as tmp:
+                char_backend(tokenizer).save(str(tmp))
+            note = ("the char kind's end-of-text is the newline, so transformers' generate stops at the end of "
+                    "a line, and decode(skip_special_tokens=True) drops newlines")
+        else:
+            tokenizer.save(out / "tokenizer.json")  # a bpe tokenizer also writes vocab.json + merges.txt
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        if tokenizer.unk_id is not None:
+            config["unk_token"] = tokenizer.decode([tokenizer.unk_id])
+    # split_special_tokens: a literal "<|endoftext|>" in text is ordinary text, as in slmkit
+    config.update(model_max_length=max_length, clean_up_tokenization_spaces=False, split_special_tokens=True)
     atomic_write_text(out / "tokenizer_config.json", json.dumps(config, indent=2))
-    return None
+    return note
 
 
 @dataclass
@@ -140,14 +260,15 @@ class ExportResult:
 
 
 def export_hf(run_dir: Path | str, out: Path | str) -> ExportResult:
-    """Write a folder `transformers.AutoModelForCausalLM.from_pretrained(out)` loads (GPT-2 architecture)."""
+    """Write a folder `transformers.AutoModelForCausalLM.from_pretrained(out)` loads (GPT-2, Llama or Qwen3)."""
     run = load_run(run_dir)
     out = Path(out)
-    state = to_gpt2_state(run.model)  # raises before anything is written
+    state, config = hf_state_and_config(run.model, run.tokenizer.eot_id)  # raises before anything is written
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out} is a file; --format hf writes a folder: give a folder path")
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "model.safetensors") as tmp:
         save_file(state, str(tmp), metadata={"format": "pt"})  # transformers wants format=pt
-    config = gpt2_config(run.config.model, run.tokenizer.eot_id)
     atomic_write_text(out / "generation_config.json", json.dumps(
         {"bos_token_id": run.tokenizer.eot_id, "eos_token_id": run.tokenizer.eot_id}, indent=2))
     note = _write_tokenizer(run.tokenizer, out, run.config.model.block_size)
@@ -172,8 +293,6 @@ def _read_json(path: Path) -> dict:
 
 def model_config_from_gpt2(hf: dict, origin: str) -> ModelConfig:
     """Our ModelConfig for a GPT-2 config.json, or an ExportError naming what cannot map."""
-    if hf.get("model_type") != "gpt2":
-        raise ExportError(f"{origin}: model_type {hf.get('model_type')!r} is not 'gpt2'; only GPT-2 folders import")
     n_embd = int(hf.get("n_embd", 768))
     checks = [
         (hf.get("activation_function", "gelu_new") in GPT2_ACTIVATIONS,
@@ -226,8 +345,12 @@ def from_gpt2_state(hf_state: dict[str, torch.Tensor], cfg: ModelConfig, origin:
         if not name.startswith(("transformer.", "lm_head.")):
             name = f"transformer.{name}"  # saved from GPT2Model rather than GPT2LMHeadModel
         state[name] = tensor.t() if name.endswith(CONV1D) else tensor
-    model = GPT(cfg)
-    tied = cfg.tie_embeddings
+    return _load_into(GPT(cfg), state, origin)
+
+
+def _load_into(model: GPT, state: dict[str, torch.Tensor], origin: str) -> GPT:
+    """`model` with `state` loaded (a tied lm_head may be absent), or an ExportError naming the misfit."""
+    tied = model.config.tie_embeddings
     if tied:
         state.pop("lm_head.weight", None)  # the same tensor as transformer.wte.weight
     try:
@@ -240,6 +363,88 @@ def from_gpt2_state(hf_state: dict[str, torch.Tensor], cfg: ModelConfig, origin:
     return model.eval()
 
 
+def _rope_theta(hf: dict) -> Optional[float]:
+    """The rotary base of a Llama/Qwen3 config.json, None when it scales positions (YaRN, linear, ...)."""
+    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    if rope.get("rope_type", rope.get("type", "default")) != "default":
+        return None
+    return float(rope.get("rope_theta", hf.get("rope_theta", ROPE_THETA)))
+
+
+def model_config_from_llama(hf: dict, origin: str) -> ModelConfig:
+    """Our ModelConfig for a Llama or Qwen3 config.json, or an ExportError naming what cannot map."""
+    n_embd, n_head = int(hf["hidden_size"]), int(hf["num_attention_heads"])
+    n_kv = int(hf.get("num_key_value_heads") or n_head)
+    head_dim = int(hf.get("head_dim") or n_embd // n_head)
+    checks = [
+        (hf.get("hidden_act", "silu") == "silu", f"hidden_act {hf.get('hidden_act')!r} (slmkit's SwiGLU uses 'silu')"),
+        (float(hf.get("rms_norm_eps", RMS_EPS)) == RMS_EPS, f"rms_norm_eps {hf.get('rms_norm_eps')} (slmkit uses {RMS_EPS})"),
+        (_rope_theta(hf) == ROPE_THETA, f"rotary settings {hf.get('rope_parameters') or hf.get('rope_scaling')} "
+                                        f"(slmkit uses default RoPE with base {ROPE_THETA:g})"),
+        (head_dim * n_head == n_embd, f"head_dim {head_dim} x {n_head} heads != hidden_size {n_embd}"),
+        (n_head % n_kv == 0, f"{n_kv} key/value heads for {n_head} heads"),
+        (not hf.get("use_sliding_window", False), "use_sliding_window true"),
+    ]
+    for ok, what in checks:
+        if not ok:
+            raise ExportError(f"{origin}: {what} cannot be represented by an slmkit model")
+    cfg = ModelConfig(
+        n_layer=int(hf["num_hidden_layers"]), n_head=n_head, n_embd=n_embd,
+        block_size=int(hf.get("max_position_embeddings", 2048)), dropout=float(hf.get("attention_dropout", 0.0)),
+        bias=bool(hf.get("attention_bias", False) or hf.get("mlp_bias", False)), vocab_size=int(hf["vocab_size"]),
+        pos_embedding="rotary", norm="rmsnorm", mlp="swiglu", d_ff=int(hf["intermediate_size"]),
+        qk_norm=hf.get("model_type") == "qwen3", tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+    )
+    cfg.validate()
+    return cfg
+
+
+def from_llama_state(hf_state: dict[str, torch.Tensor], cfg: ModelConfig, n_kv: int, origin: str) -> GPT:
+    """A GPT filled from Llama/Qwen3 tensors: q/k/v joined into c_attn, grouped k/v heads repeated."""
+    names = {v: k for k, v in LLAMA_TOP.items()}
+    for i in range(cfg.n_layer):
+        names.update({v: k for k, v in llama_names(i).items()})
+    state = {names[k]: v for k, v in hf_state.items() if k in names}
+    hs, repeat = _head_size(cfg), cfg.n_head // n_kv
+    for i in range(cfg.n_layer):
+        attn = f"model.layers.{i}.self_attn."
+        for norm in ("q_norm", "k_norm"):
+            gain = hf_state.pop(f"{attn}{norm}.weight", None)
+            if gain is not None and not torch.equal(gain, torch.ones_like(gain)):
+                raise ExportError(f"{origin}: layer {i}'s {norm} has a learned gain; slmkit's QK-norm has none")
+        for p in ("weight", "bias"):
+            if f"{attn}q_proj.{p}" not in hf_state:
+                continue
+            q, k, v = (hf_state[f"{attn}{x}_proj.{p}"] for x in "qkv")
+            # HF's repeat_kv: query head j reads key/value head j // repeat
+            k, v = (t.unflatten(0, (n_kv, hs)).repeat_interleave(repeat, 0).flatten(0, 1) for t in (k, v))
+            state[f"transformer.h.{i}.attn.c_attn.{p}"] = torch.cat((q, k, v), 0)
+    joined = re.compile(r"model\.layers\.\d+\.self_attn\.(q|k|v)_proj\.(weight|bias)$|.*rotary_emb\.inv_freq$")
+    unread = sorted(k for k in hf_state if k not in names and not joined.match(k))
+    if unread:
+        raise ExportError(f"{origin}: weights do not fit config.json (unexpected {unread[:3]})")
+    model = GPT(cfg)
+    if cfg.bias:  # a zero bias where the folder has none (e.g. attention biases but no MLP ones)
+        for name, p in model.state_dict().items():
+            if name.endswith(".bias"):
+                state.setdefault(name, torch.zeros_like(p))
+    return _load_into(model, state, origin)
+
+
+def read_hf_model(folder: Path) -> GPT:
+    """The GPT a GPT-2, Llama or Qwen3 folder's config.json and weights describe."""
+    origin = str(folder / "config.json")
+    hf = _read_json(folder / "config.json")
+    kind = hf.get("model_type")
+    if kind == "gpt2":
+        return from_gpt2_state(_read_weights(folder), model_config_from_gpt2(hf, origin), str(folder))
+    if kind in ("llama", "qwen3"):
+        cfg = model_config_from_llama(hf, origin)
+        n_kv = int(hf.get("num_key_value_heads") or cfg.n_head)
+        return from_llama_state(_read_weights(folder), cfg, n_kv, str(folder))
+    raise ExportError(f"{origin}: model_type {kind!r} does not import; slmkit reads 'gpt2', 'llama' and 'qwen3' folders")
+
+
 def _is_gpt2_vocab(vocab_json: Path, merges_txt: Path) -> bool:
     vocab_bpe, encoder_json = check_files(gpt2_data_dir())
     if json.loads(vocab_json.read_text(encoding="utf-8")) != json.loads(encoder_json.read_text(encoding="utf-8")):
@@ -250,11 +455,30 @@ def _is_gpt2_vocab(vocab_json: Path, merges_txt: Path) -> bool:
     return merges(vocab_bpe) == merges(merges_txt)
 
 
+def _exported_chars(path: Path) -> Optional[list[str]]:
+    """The characters (by id) of a tokenizer.json written by char_backend, else None."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        split = data["pre_tokenizer"]
+        vocab = data["model"]["vocab"]
+        if data["model"]["type"] != "WordLevel" or split["type"] != "Split" or split["pattern"] != {"Regex": CHAR_SPLIT}:
+            return None
+    except (KeyError, TypeError, UnicodeDecodeError, json.JSONDecodeError):
+        return None  # not ours: load_tokenizer says what is wrong with it
+    chars = sorted(vocab, key=vocab.get)
+    if [vocab[c] for c in chars] != list(range(len(chars))) or not all(len(c) == 1 for c in chars) or "\n" not in vocab:
+        return None
+    return chars
+
+
 def _read_tokenizer(folder: Path) -> Tokenizer:
     vocab, merges = folder / "vocab.json", folder / "merges.txt"
     if vocab.is_file() and merges.is_file() and _is_gpt2_vocab(vocab, merges):
         return GPT2Tokenizer()
     if (folder / "tokenizer.json").is_file():
+        chars = _exported_chars(folder / "tokenizer.json")
+        if chars is not None:
+            return CharTokenizer(chars)
         tokenizer = load_tokenizer(folder / "tokenizer.json")
         if tokenizer.vocab_size == VOCAB_SIZE and isinstance(tokenizer, BPETokenizer):
             try:
@@ -277,12 +501,12 @@ def _read_tokenizer(folder: Path) -> Tokenizer:
 
 
 def import_hf(folder: Path | str, out: Path | str) -> Path:
-    """Turn a local GPT-2 folder (config.json + weights + tokenizer) into an slmkit run folder."""
+    """Turn a local GPT-2, Llama or Qwen3 folder (config.json + weights + tokenizer) into an slmkit run folder."""
     folder, out = Path(folder), Path(out)
     if not folder.is_dir():
         raise ExportError(f"{folder} is not a folder; give a local folder saved by save_pretrained")
-    cfg_model = model_config_from_gpt2(_read_json(folder / "config.json"), str(folder / "config.json"))
-    model = from_gpt2_state(_read_weights(folder), cfg_model, str(folder))
+    model = read_hf_model(folder)
+    cfg_model = model.config
     tokenizer = _read_tokenizer(folder)
     if tokenizer.vocab_size != cfg_model.vocab_size:
         raise ExportError(

@@ -30,6 +30,7 @@ STAGES = [
     {"train"},
     {"finetune"},
     {"export", "serve", "recipes"},
+    {"export_gguf", "export_onnx"},  # GGUF reuses export's tensor mapping and architecture check
     {"cli"},
     {"__main__", "slmkit"},  # slmkit: the package's __init__, the public API
 ]

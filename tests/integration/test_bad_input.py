@@ -200,6 +200,15 @@ CASES = [
          subprocess=True),
     Case("finetune-out-existing-run", ["finetune", "--from", "{run}", "--out", "{run}", *DATA],
          "give a new --out, or add --overwrite to replace it"),
+    # export and import
+    Case("export-hf-out-is-a-file", ["export", "--run", "{run}", "--out", "{empty}"], "is a file; --format hf writes a folder"),
+    Case("export-gguf-out-is-a-folder", ["export", "--run", "{run}", "--format", "gguf", "--out", "{emptydir}"],
+         "emptydir: Is a directory"),
+    Case("export-onnx-out-is-a-folder", ["export", "--run", "{run}", "--format", "onnx", "--out", "{emptydir}"],
+         "emptydir: Is a directory"),
+    Case("import-hf-not-a-model", ["import-hf", "{emptydir}", "--out", "{tmp}/imported"], "config.json is missing"),
+    Case("import-hf-unknown-model", ["import-hf", "{tmp}", "--out", "{tmp}/imported"], "model_type 'mistral' does not import",
+         files={"config.json": '{"model_type": "mistral"}'}),
 ]
 
 

@@ -1,0 +1,188 @@
+"""GGUF files for llama.cpp (and ollama, LM Studio, ...), written with gguf-py, the writer llama.cpp uses.
+
+GPT-2 shapes become llama.cpp's `gpt2` architecture (it needs every bias: zeros where the model
+has none); rotary + RMSNorm + SwiGLU become `qwen3` with QK-norm (gains of ones) and `llama`
+without. llama.cpp's `llama` rotary pairs x[2i] with x[2i+1] while ours pairs x[i] with
+x[i + hs/2] (as Qwen3's does), so q and k rows (and biases) are reordered within each head for
+it; llama.cpp applies `llama`'s optional q/k/v/output and feed-forward biases.
+
+Tokenizers: gpt2 and bpe are byte-level BPE with merges (`gpt2` model, `gpt-2` pre-tokenizer);
+char is a SentencePiece-style vocabulary of single characters (no merges exist between them,
+so llama.cpp splits text into characters, as we do); word and wordpiece have no llama.cpp
+equivalent and are refused.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .atomic import atomic_path
+from .runs import load_run
+from .errors import ExportError
+from .export import LAYER_NORM_EPS, ROPE_THETA, _d_ff, _head_size, gpt2_tensors, hf_architecture, to_llama_state
+from .model import GPT, RMS_EPS
+from .tokenizer import CharTokenizer, GPT2Tokenizer, Tokenizer
+from .tokenizer.bpe import BPETokenizer
+from .tokenizer.gpt2 import check_files, gpt2_data_dir
+
+DTYPES = ("f32", "f16", "q8_0")
+SPACE = "\u2581"  # SentencePiece's visible space: llama.cpp writes " " as it before looking tokens up
+
+
+def _gguf():
+    try:
+        import gguf
+    except ImportError:
+        raise ExportError("--format gguf needs the gguf package: pip install 'slmkit[export]' (or pip install gguf)") from None
+    return gguf
+
+
+GPT2_NAMES = {"ln_1": "attn_norm", "attn.c_attn": "attn_qkv", "attn.c_proj": "attn_output", "ln_2": "ffn_norm",
+              "mlp.c_fc": "ffn_up", "mlp.c_proj": "ffn_down"}
+LLAMA_NAMES = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
+               "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm",
+               "self_attn.k_norm": "attn_k_norm", "post_attention_layernorm": "ffn_norm", "mlp.gate_proj": "ffn_gate",
+               "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+
+
+GPT2_TOP = {"transformer.wte.weight": "token_embd.weight", "transformer.wpe.weight": "position_embd.weight",
+            "transformer.ln_f.weight": "output_norm.weight", "transformer.ln_f.bias": "output_norm.bias",
+            "lm_head.weight": "output.weight"}
+LLAMA_TOP = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+             "lm_head.weight": "output.weight"}
+
+
+def _gguf_names(state: dict[str, torch.Tensor], top: dict[str, str], layers: dict[str, str]) -> dict[str, torch.Tensor]:
+    """`state` under llama.cpp's names: `top` for whole-model tensors, blk.<i>.<layers[module]> for the rest."""
+    out = {}
+    for name, tensor in state.items():
+        if name in top:
+            out[top[name]] = tensor
+            continue
+        _, _, i, rest = name.split(".", 3)  # transformer.h.<i>.<module>.<param> or model.layers.<i>.<module>.<param>
+        module, param = rest.rsplit(".", 1)
+        out[f"blk.{i}.{layers[module]}.{param}"] = tensor
+    return out
+
+
+def interleave_rotary_rows(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """Reorder each head's rows from pairs (i, i + hs/2) to pairs (2i, 2i + 1), llama.cpp's `llama` rotary."""
+    hs = w.shape[0] // n_head
+    return w.reshape(n_head, 2, hs // 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+
+
+def _llama_gguf_tensors(model: GPT, arch: str) -> dict[str, torch.Tensor]:
+    state = to_llama_state(model)
+    if arch == "llama":
+        for name in [n for n in state if ".self_attn.q_proj." in n or ".self_attn.k_proj." in n]:
+            state[name] = interleave_rotary_rows(state[name], model.config.n_head)
+    return _gguf_names(state, LLAMA_TOP, LLAMA_NAMES)
+
+
+def _add_hyperparameters(writer, cfg, arch: str) -> None:
+    writer.add_context_length(cfg.block_size)
+    writer.add_embedding_length(cfg.n_embd)
+    writer.add_block_count(cfg.n_layer)
+    writer.add_feed_forward_length(_d_ff(cfg))
+    writer.add_head_count(cfg.n_head)
+    writer.add_head_count_kv(cfg.n_head)
+    if arch == "gpt2":
+        writer.add_layer_norm_eps(LAYER_NORM_EPS)
+        return
+    writer.add_layer_norm_rms_eps(RMS_EPS)
+    writer.add_rope_dimension_count(_head_size(cfg))
+    writer.add_rope_freq_base(ROPE_THETA)
+    writer.add_key_length(_head_size(cfg))
+    writer.add_value_length(_head_size(cfg))
+
+
+def _add_tokenizer(writer, tokenizer: Tokenizer, gguf) -> None:
+    """The tokenizer.ggml.* keys: byte-level BPE for gpt2/bpe, single characters for char."""
+    T = gguf.TokenType
+    if isinstance(tokenizer, CharTokenizer):
+        if SPACE in tokenizer.chars:
+            raise ExportError(f"the char vocabulary holds {SPACE!r}, which llama.cpp reads as a space; "
+                              "refit the tokenizer without it or export --format hf")
+        writer.add_tokenizer_model("llama")  # SentencePiece-style: text split into characters, then looked up
+        writer.add_tokenizer_pre("default")
+        writer.add_token_list([SPACE if c == " " else c for c in tokenizer.chars])
+        writer.add_token_scores([0.0] * tokenizer.vocab_size)
+        writer.add_token_types([T.NORMAL] * tokenizer.vocab_size)  # "\n" is end-of-text and ordinary text
+        writer.add_add_space_prefix(False)
+    elif isinstance(tokenizer, (GPT2Tokenizer, BPETokenizer)):
+        vocab, merges = _bpe_vocab_and_merges(tokenizer)
+        tokens = sorted(vocab, key=vocab.get)
+        if [vocab[t] for t in tokens] != list(range(tokenizer.vocab_size)):
+            raise ExportError("the BPE vocabulary's ids are not 0..vocab_size-1; it cannot be written to GGUF")
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre("gpt-2")  # GPT-2's split regex, which both kinds use
+        writer.add_token_list(tokens)
+        writer.add_token_types([T.CONTROL if i == tokenizer.eot_id else T.NORMAL for i in range(len(tokens))])
+        writer.add_token_merges(merges)  # never empty: GGUFWriter silently drops empty arrays
+    else:
+        raise ExportError(f"tokenizer.kind={tokenizer.kind!r} has no llama.cpp equivalent; "
+                          "the nearest exportable choice is tokenizer.kind=bpe (or char), or export --format hf")
+    writer.add_bos_token_id(tokenizer.eot_id)
+    writer.add_eos_token_id(tokenizer.eot_id)
+    writer.add_add_bos_token(False)  # we never prepend one
+    writer.add_add_eos_token(False)
+
+
+def _bpe_vocab_and_merges(tokenizer: Tokenizer) -> tuple[dict[str, int], list[str]]:
+    if isinstance(tokenizer, GPT2Tokenizer):
+        vocab_bpe, encoder_json = check_files(gpt2_data_dir())
+        merges = [line for line in vocab_bpe.read_text(encoding="utf-8").splitlines()[1:] if line]  # after "#version"
+        return json.loads(encoder_json.read_text(encoding="utf-8")), merges
+    model = json.loads(tokenizer.backend.to_str())["model"]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    if not merges:
+        raise ExportError("the bpe tokenizer has no merges (a vocabulary of bytes only); fit it on more text")
+    return tokenizer.backend.get_vocab(), merges
+
+
+def _add_tensors(writer, tensors: dict[str, torch.Tensor], dtype: str, gguf) -> None:
+    Q = gguf.GGMLQuantizationType
+    for name, tensor in tensors.items():
+        data = tensor.detach().float().cpu().numpy()
+        # Matrices take the dtype; norms and biases stay f32 (as llama.cpp's converter does), and
+        # q8_0 needs rows in whole blocks of 32, else the matrix stays f32.
+        if data.ndim < 2 or dtype == "f32" or (dtype == "q8_0" and data.shape[-1] % 32):
+            writer.add_tensor(name, data.astype(np.float32))
+        elif dtype == "f16":
+            writer.add_tensor(name, data.astype(np.float16))
+        else:
+            writer.add_tensor(name, gguf.quants.quantize(data, Q.Q8_0), raw_dtype=Q.Q8_0)
+
+
+def export_gguf(run_dir: Path | str, out: Path | str, dtype: str = "f32") -> Path:
+    """Write the run's best model and tokenizer as one GGUF file llama.cpp loads (written atomically)."""
+    gguf = _gguf()
+    if dtype not in DTYPES:
+        raise ExportError(f"--dtype {dtype!r} is not known; valid: {', '.join(DTYPES)}")
+    run = load_run(run_dir)
+    cfg, out = run.config.model, Path(out)
+    arch = hf_architecture(cfg)  # the same families as --format hf; raises for the others
+    if arch == "gpt2":
+        tensors = _gguf_names(gpt2_tensors(run.model), GPT2_TOP, GPT2_NAMES)
+    else:
+        tensors = _llama_gguf_tensors(run.model, arch)
+    file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                 "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        writer = gguf.GGUFWriter(tmp, arch)
+        writer.add_name(run.config.name or out.stem)
+        writer.add_file_type(file_type)
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        _add_hyperparameters(writer, cfg, arch)
+        _add_tokenizer(writer, run.tokenizer, gguf)
+        _add_tensors(writer, tensors, dtype, gguf)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+    return out
