@@ -1,30 +1,40 @@
-"""The CPU speedrun (issue 7): the nanoGPT baseline and our fastest recipe, side by side in one run.
+"""The CPU speedrun (issue 18): the real nanoGPT against our recipes, side by side in one invocation.
 
-For each recipe: wall time, steps and tokens to the first val loss <= --target on the full val split,
-the val loss at the end of its budget, tokens/s (median over log windows without an
-evaluation) and MFU (model FLOPs/s over the fp32 matmul peak measured here, same thread count).
-Also the "engine overhead" row: ms/step median of slmkit's train loop vs a bare nanoGPT-style loop,
-same model and batch, alternating rounds.
+Each round runs, one after the other and as whole processes: nanoGPT's own train.py with its README's
+CPU command (on a temporary copy of ../shared/peers/nanoGPT), `slm train` on recipes/speedrun-baseline.yaml
+and on recipes/speedrun-cpu.yaml (stop_at_val_loss off, so we also get the loss at the end). The order
+flips every round. For each run: wall (process start to exit), time to the first val <= --target (the
+moment its evaluation line was printed, counted from process start), the val at nanoGPT's wall of the same
+round, the val at the end on the whole val split, ms/step (median, steps without an evaluation), tokens/s,
+MFU (model FLOPs/s over the fp32 matmul peak measured here, same thread count) and peak RSS.
 
-    python -P benchmarks/speedrun.py --text ../shared/data/tinyshakespeare.txt --threads 2
-    python -P benchmarks/speedrun.py --only overhead      # peak + overhead rows only, ~1 min
-With --text the file is put into a temporary SLMKIT_CACHE, so `data.source: tinyshakespeare` runs offline.
-BENCHMARKS.md records the results.
+nanoGPT's checkpoint is scored in a subprocess that imports nanoGPT's own model.py from the copy and
+hands it to slmkit.evaluate.mean_loss, the function `slm eval` uses, on our val shard: every window of
+block_size once. nanoGPT's own val figures are estimates on 20 random batches; its "to val" uses them.
+
+    python -P benchmarks/speedrun.py --threads 1 --rounds 2      # the full race, ~25 min on 1 thread
+    python -P benchmarks/speedrun.py --threads 1 --rounds 1 --quick  # a fifth of the steps for every run
+Without ../shared (or --shared) the nanoGPT rows are skipped with a note. BENCHMARKS.md records the results.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
+import re
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,12 +43,37 @@ sys.path.insert(0, str(ROOT))
 from slmkit.config import load_recipe  # noqa: E402
 from slmkit.data.prepare import load_prepared, prepare, shard_dir_for  # noqa: E402
 from slmkit.model import GPT  # noqa: E402
-from slmkit.optim import make_optimizers  # noqa: E402
 from slmkit.runs import METRICS  # noqa: E402
-from slmkit.train import train  # noqa: E402
 
 BASELINE = ROOT / "recipes" / "speedrun-baseline.yaml"
 FAST = ROOT / "recipes" / "speedrun-cpu.yaml"
+NANOGPT_STEPS = 2000
+# nanoGPT README's CPU command (max_iters and lr_decay_iters are added: NANOGPT_STEPS, or fewer with --quick)
+NANOGPT_ARGS = [
+    "train.py", "config/train_shakespeare_char.py", "--device=cpu", "--compile=False", "--eval_iters=20",
+    "--log_interval=1", "--block_size=64", "--batch_size=12", "--n_layer=4", "--n_head=4", "--n_embd=128",
+    "--dropout=0.0",
+]  # fmt: skip
+# Runs in the nanoGPT copy: its own model.py, scored by the function `slm eval` uses.
+SCORE = """
+import json, sys, torch
+from model import GPT, GPTConfig
+from slmkit.data.shards import Shard
+from slmkit.evaluate import mean_loss
+ckpt = torch.load(sys.argv[1], map_location="cpu", weights_only=False)
+model = GPT(GPTConfig(**ckpt["model_args"]))
+model.load_state_dict(ckpt["model"])
+class Scored(torch.nn.Module):  # what mean_loss needs that nanoGPT's GPT lacks: .device, contiguous targets
+    def __init__(self, m):
+        super().__init__()
+        self.m, self.config, self.device = m, m.config, torch.device("cpu")
+    def forward(self, x, y):
+        return self.m(x, y.contiguous())  # its loss views the targets
+print(json.dumps({"iter": ckpt["iter_num"], "val": mean_loss(Scored(model), Shard(sys.argv[2]).tokens, 32)}))
+"""
+OUR_EVAL = re.compile(r"^step (\d+): train [\d.]+, val ([\d.]+)")
+NANO_EVAL = re.compile(r"^step (\d+): train loss [\d.]+, val loss ([\d.]+)")
+NANO_ITER = re.compile(r"^iter (\d+): loss [\d.]+, time ([\d.]+)ms")
 
 
 def matmul_peak(threads: int, n: int = 1024, reps: int = 30) -> float:
@@ -55,118 +90,183 @@ def matmul_peak(threads: int, n: int = 1024, reps: int = 30) -> float:
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
-def bare_loop_ms(cfg, steps: int) -> list[float]:
-    """ms per step of a minimal nanoGPT-style loop (random windows, fwd, bwd, clip, fused AdamW)."""
-    tc = cfg.train
-    torch.manual_seed(tc.seed)
-    tokenizer, shards, _ = load_prepared(shard_dir_for(cfg))
-    data = torch.from_numpy(np.asarray(shards["train"].tokens, dtype=np.int64))
-    cfg.model.vocab_size = tokenizer.vocab_size
-    model = GPT(cfg.model)
-    optimizer = make_optimizers(model, tc, torch.device("cpu"))[0]
-    T, B = tc.seq_len or cfg.model.block_size, tc.batch_size
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        ix = torch.randint(len(data) - T - 1, (B,))
-        x = torch.stack([data[i : i + T] for i in ix])
-        y = torch.stack([data[i + 1 : i + 1 + T] for i in ix])
-        _, loss = model(x, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        times.append((time.perf_counter() - t) * 1000)
-    return times[5:]  # warm-up steps
+@dataclass
+class Process:
+    """A finished subprocess: its wall, peak RSS and every stdout line with the second it arrived."""
+
+    wall: float
+    peak_rss_mb: float
+    lines: list[tuple[float, str]] = field(default_factory=list)
 
 
-def rows(run_dir: Path) -> list[dict[str, str]]:
-    """metrics.csv of a run."""
-    with open(run_dir / METRICS, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+def run_process(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> Process:
+    """Run `cmd` to its end; stdout lines are stamped as they arrive (the child is unbuffered)."""
+    start = time.perf_counter()
+    child = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[tuple[float, str]] = []
+
+    def read() -> None:
+        for line in child.stdout:
+            lines.append((time.perf_counter() - start, line.rstrip("\n")))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    _, status, usage = os.wait4(child.pid, 0)  # this child's own rusage: ru_maxrss in KiB on Linux
+    wall = time.perf_counter() - start
+    child.returncode = os.waitstatus_to_exitcode(status)
+    reader.join()
+    log.write_text("\n".join(f"{t:8.2f} {s}" for t, s in lines) + "\n", encoding="utf-8")
+    if child.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({child.returncode}); see {log}")
+    return Process(wall, usage.ru_maxrss / 1024, lines)
 
 
-def train_loop_ms(cfg, steps: int, out: Path) -> list[float]:
-    """ms per step of slmkit's train() (median-able log windows of 10 steps, no evaluation inside)."""
-    tc = cfg.train
-    tc.max_steps, tc.max_minutes, tc.log_interval = steps, 0, 10
-    tc.eval_interval, tc.eval_batches, tc.eval_full, tc.stop_at_val_loss = steps, 1, False, 0.0
-    cfg.sample.max_new_tokens = 1
-    train(cfg, out=out, progress_bar=False)
-    tokens_per_step = tc.batch_size * (tc.seq_len or cfg.model.block_size)
-    return [1000 * tokens_per_step / float(r["tokens_per_second"]) for r in rows(out)[1:-1]]  # no first/last window
+def evals(process: Process, pattern: re.Pattern) -> list[tuple[float, int, float]]:
+    """(seconds after process start, step, val loss) of every evaluation line."""
+    found = [(t, pattern.match(s)) for t, s in process.lines]
+    return [(t, int(m.group(1)), float(m.group(2))) for t, m in found if m]
 
 
-def race(name: str, cfg, out: Path, target: float, peak: float) -> dict:
-    """Train `cfg` to its own budget and read the race numbers from metrics.csv."""
-    cfg.train.stop_at_val_loss = 0.0  # run to the budget: we also want the val loss at its end
-    cfg.sample.max_new_tokens = 1
-    result = train(cfg, out=out, progress_bar=False)
-    metrics = rows(out)
-    evals = [r for r in metrics if r["val_loss"]]
-    first = next((r for r in evals if float(r["val_loss"]) <= target), None)
-    tps = statistics.median(float(r["tokens_per_second"]) for r in metrics if not r["val_loss"])
-    flops = GPT(cfg.model).flops_per_token()
-    return {
-        "name": name,
-        "wall": float(metrics[-1]["elapsed"]),
-        "steps": result.steps,
-        "to_target": f"{float(first['elapsed']):.1f} s, {first['step']} steps, {int(first['tokens']):,} tokens"
-        if first
-        else f"not reached (best {min(float(r['val_loss']) for r in evals):.4f})",
-        "final_val": float(evals[-1]["val_loss"]),  # the last evaluation, at the end of the budget
-        "tokens_per_s": tps,
-        "mfu": flops * tps / (peak * 1e9),
-    }
+def first_at(points: list[tuple[float, int, float]], target: float) -> str:
+    hit = next((p for p in points if p[2] <= target), None)
+    return f"{hit[0]:.1f} s (step {hit[1]})" if hit else f"never (best {min(p[2] for p in points):.4f})"
+
+
+@dataclass
+class Row:
+    name: str
+    process: Process
+    points: list[tuple[float, int, float]]  # evaluations: (seconds after start, step, val)
+    final_val: float  # whole val split, the weights at the end
+    ms_per_step: float
+    tokens_per_step: int
+    flops_per_token: int
+    note: str = ""
+
+
+def run_ours(recipe: Path, work: Path, env: dict[str, str], threads: int, scale: float, tag: str) -> Row:
+    """`slm train` on a recipe, as a whole process; its figures from stdout and metrics.csv."""
+    cfg = load_recipe(str(recipe))
+    steps = max(1, round(cfg.train.max_steps * scale))
+    interval = max(1, round(cfg.train.eval_interval * scale))
+    out = work / f"run-{recipe.stem}-{tag}"
+    cmd = [sys.executable, "-m", "slmkit", "train", "--recipe", str(recipe), "--out", str(out), "--no-progress",
+           f"--train.threads={threads}", "--train.stop_at_val_loss=0", f"--train.max_steps={steps}",
+           f"--train.eval_interval={interval}"]  # fmt: skip
+    process = run_process(cmd, work, env, work / f"{out.name}.log")
+    with open(out / METRICS, newline="", encoding="utf-8") as f:
+        metrics = list(csv.DictReader(f))
+    tokens_per_step = cfg.train.batch_size * (cfg.train.seq_len or cfg.model.block_size)
+    speeds = [float(r["tokens_per_second"]) for r in metrics[1:] if not r["val_loss"]]  # no first window (warm-up)
+    cfg.model.vocab_size = 65
+    points = evals(process, OUR_EVAL)
+    return Row(recipe.stem, process, points, points[-1][2], 1000 * tokens_per_step / statistics.median(speeds),
+               tokens_per_step, GPT(cfg.model).flops_per_token())  # fmt: skip
+
+
+def run_nanogpt(copy: Path, env: dict[str, str], val_shard: Path, steps: int, tag: str) -> Row:
+    """nanoGPT's train.py as its README runs it on CPU, then its checkpoint scored on our val shard."""
+    out = f"out-{tag}"
+    cmd = [sys.executable, *NANOGPT_ARGS, f"--max_iters={steps}", f"--lr_decay_iters={steps}", f"--out_dir={out}"]
+    if steps < NANOGPT_STEPS:
+        cmd.append(f"--eval_interval={max(1, steps // 8)}")
+    process = run_process(cmd, copy, env, copy / f"{out}.log")
+    score = subprocess.run([sys.executable, "-c", SCORE, str(copy / out / "ckpt.pt"), str(val_shard)], cwd=copy,
+                           env=env, capture_output=True, text=True, check=True)  # fmt: skip
+    scored = json.loads(score.stdout.strip().splitlines()[-1])
+    points = evals(process, NANO_EVAL)
+    evaluated = {p[1] for p in points}
+    iters = [(t, m) for t, m in ((t, NANO_ITER.match(s)) for t, s in process.lines) if m]
+    ms = [float(m.group(2)) for _, m in iters if int(m.group(1)) >= 5 and int(m.group(1)) not in evaluated]
+    baseline = load_recipe(str(BASELINE))  # nanoGPT's shape: the same FLOPs per token
+    baseline.model.vocab_size = 65
+    return Row("nanoGPT", process, points, scored["val"], statistics.median(ms), 12 * 64,
+               GPT(baseline.model).flops_per_token(), note=f"checkpoint of iter {scored['iter']}")  # fmt: skip
+
+
+def setup_nanogpt(shared: Path, work: Path, text: Path, env: dict[str, str], train_shard: Path, val_shard: Path) -> Path:
+    """The nanoGPT copy with its data prepared; checks its splits are our shards' (ours end with one marker)."""
+    import numpy as np
+
+    from slmkit.data.shards import Shard
+
+    copy = work / "nanogpt"
+    shutil.copytree(shared / "peers" / "nanoGPT", copy)
+    data = copy / "data" / "shakespeare_char"
+    shutil.copy(text, data / "input.txt")
+    subprocess.run([sys.executable, "prepare.py"], cwd=data, env=env, check=True, capture_output=True)
+    for name, shard in (("train", train_shard), ("val", val_shard)):
+        theirs, ours = np.fromfile(data / f"{name}.bin", dtype=np.uint16), np.asarray(Shard(shard).tokens)
+        if not (len(ours) == len(theirs) + 1 and (ours[:-1] == theirs).all()):
+            raise RuntimeError(f"nanoGPT's {name}.bin is not our {name} shard minus its end marker")
+    print(f"nanoGPT's train.bin/val.bin = our shards without their final end-of-text token ({len(theirs):,} val tokens)")
+    return copy
+
+
+def print_table(rounds: list[list[Row]], peak: float, target: float) -> None:
+    print(f"\n| round | run | wall | to val <= {target} | val at nanoGPT's wall | val at the end (whole split) "
+          "| ms/step | tokens/s | MFU | peak RSS |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for i, rows in enumerate(rounds, 1):
+        nano = next((r for r in rows if r.name == "nanoGPT"), None)
+        for r in rows:
+            tps = r.tokens_per_step / r.ms_per_step * 1000
+            at_wall = "—"
+            if nano is not None and r is not nano:
+                before = [p for p in r.points if p[0] <= nano.process.wall]
+                at_wall = f"{before[-1][2]:.4f} (step {before[-1][1]})" if before else "no evaluation yet"
+            to_target = first_at(r.points, target) + (" (its 20-batch estimate)" if r is nano else "")
+            end = f"{r.final_val:.4f}" + (f" ({r.note})" if r.note else "")
+            print(f"| {i} | {r.name} | {r.process.wall:.1f} s | {to_target} | {at_wall} | {end} | {r.ms_per_step:.1f} "
+                  f"| {tps:,.0f} | {r.flops_per_token * tps / peak / 1e9:.1%} | {r.process.peak_rss_mb:.0f} MB |")  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--text", help="tinyshakespeare.txt to use instead of downloading it")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--shared", default=str(ROOT.parent / "shared"), help="the shared folder (data/, peers/)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of every run (OMP_NUM_THREADS too)")
     parser.add_argument("--target", type=float, default=1.88)
-    parser.add_argument("--overhead-steps", type=int, default=150)
-    parser.add_argument("--rounds", type=int, default=2, help="alternating overhead rounds")
-    parser.add_argument("--only", choices=("all", "overhead", "race"), default="all")
-    parser.add_argument("--fast", default=str(FAST), help="the recipe raced against the baseline")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds, the order of the runs flipped each round")
+    parser.add_argument("--quick", action="store_true", help="a fifth of every run's steps and eval interval")
+    parser.add_argument("--recipes", nargs="+", default=[str(BASELINE), str(FAST)], help="our recipes to race")
     args = parser.parse_args()
 
+    shared = Path(args.shared)
+    text = shared / "data" / "tinyshakespeare.txt"
     work = Path(tempfile.mkdtemp(prefix="slm-speedrun-"))
-    if args.text:
-        os.environ["SLMKIT_CACHE"] = str(work / "cache")
+    if text.is_file():  # data.source tinyshakespeare, offline; else the usual cache (downloaded once)
         (work / "cache").mkdir()
-        shutil.copy(args.text, work / "cache" / "tinyshakespeare.txt")
-    os.chdir(work)  # shards/ and runs go here
-    overrides = {"train.threads": args.threads}
-    prepare(load_recipe(str(BASELINE), overrides), log=lambda *a: None)
+        shutil.copy(text, work / "cache" / "tinyshakespeare.txt")
+        os.environ["SLMKIT_CACHE"] = str(work / "cache")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(ROOT)}
+    os.chdir(work)  # shards/ go here; the runs' processes start here too
+    cfg = load_recipe(str(BASELINE))
+    prepare(cfg, log=lambda *a: None)
+    shard_dir = Path(shard_dir_for(cfg)).resolve()
+    load_prepared(shard_dir)
+    copy = None
+    if (shared / "peers" / "nanoGPT").is_dir() and text.is_file():
+        copy = setup_nanogpt(shared, work, text, env, shard_dir / "train.bin", shard_dir / "val.bin")
+    else:
+        print(f"note: {shared}/peers/nanoGPT or {text} is absent: the nanoGPT rows are skipped")
     peak = matmul_peak(args.threads)
-    print(f"fp32 matmul peak (1024x1024 torch.mm, {args.threads} threads): {peak:.1f} GFLOP/s")
+    scale = 0.2 if args.quick else 1.0
+    print(f"fp32 matmul peak (1024x1024 torch.mm, {args.threads} threads): {peak:.1f} GFLOP/s; load {os.getloadavg()}")
 
-    if args.only in ("all", "overhead"):
-        bare, ours = [], []
-        for i in range(args.rounds):
-            bare += bare_loop_ms(load_recipe(str(BASELINE), overrides), args.overhead_steps)
-            ours += train_loop_ms(load_recipe(str(BASELINE), overrides), args.overhead_steps, work / f"overhead{i}")
-        cfg = load_recipe(str(BASELINE), overrides)
-        cfg.model.vocab_size = load_prepared(shard_dir_for(cfg))[0].vocab_size
-        tokens = cfg.train.batch_size * cfg.model.block_size
-        flops = GPT(cfg.model).flops_per_token()
-        for label, ms in (("bare nanoGPT-style loop", bare), ("slmkit train()", ours)):
-            med = statistics.median(ms)
-            tps = tokens / med * 1000
-            print(f"engine overhead, {label}: {med:.1f} ms/step median, {tps:,.0f} tokens/s, MFU {flops * tps / peak / 1e9:.1%}")
-        print(f"engine overhead: train() / bare = {statistics.median(ours) / statistics.median(bare):.3f}")
-
-    if args.only in ("all", "race"):
-        base = race("baseline", load_recipe(str(BASELINE), overrides), work / "baseline", args.target, peak)
-        fast = race("fast", load_recipe(args.fast, overrides), work / "fast", args.target, peak)
-        print(f"\n| recipe | wall | steps | to val <= {args.target} | val at the end | tokens/s | MFU |")
-        print("|---|---|---|---|---|---|---|")
-        for r in (base, fast):
-            print(
-                f"| {r['name']} | {r['wall']:.1f} s | {r['steps']} | {r['to_target']} | {r['final_val']:.4f} | "
-                f"{r['tokens_per_s']:,.0f} | {r['mfu']:.1%} |"
-            )
+    rounds = []
+    for i in range(args.rounds):
+        order = ["nanoGPT", *args.recipes]
+        rows = []
+        for name in order if i % 2 == 0 else order[::-1]:
+            print(f"round {i + 1}: {Path(name).stem}, load {os.getloadavg()[0]:.1f}", flush=True)
+            if name == "nanoGPT":
+                if copy is not None:
+                    rows.append(run_nanogpt(copy, env, shard_dir / "val.bin", round(NANOGPT_STEPS * scale), f"r{i}"))
+            else:
+                rows.append(run_ours(Path(name), work, env, args.threads, scale, f"r{i}"))
+        rounds.append(sorted(rows, key=lambda r: r.name != "nanoGPT"))
+    print_table(rounds, peak, args.target)
+    print(f"load average at the end: {os.getloadavg()}")
     shutil.rmtree(work, ignore_errors=True)
 
 

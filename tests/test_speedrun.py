@@ -7,6 +7,7 @@ import pytest
 
 from slmkit.config import load_recipe
 from slmkit.model import GPT
+from slmkit.optim import lr_multiplier, warmup_progress
 from slmkit.runs import METRICS, STATE, load_run, load_state
 from slmkit.train import train
 
@@ -58,5 +59,20 @@ def test_baseline_is_nanogpts_recipe():
     assert (t.batch_size, t.optimizer, t.lr, t.min_lr, t.warmup_steps, t.max_steps, t.beta2, t.weight_decay) == (
         12, "adamw", 1e-3, 1e-4, 100, 2000, 0.99, 0.1,
     )  # fmt: skip
+    assert t.beta1 == 0.9
+
+
+def test_baseline_lr_schedule_is_nanogpts():
+    """nanoGPT's get_lr: warmup lr * (s + 1) / 101, then a cosine from step 100 (not 0) down to min_lr at 2000."""
+    t = load_recipe("speedrun-baseline").train
+    for step in range(t.max_steps):
+        warmup = warmup_progress(t, step, (step + 1) / t.max_steps, time_budget=False)
+        ours = t.lr * lr_multiplier(t, warmup, step / t.max_steps, 0, 1.0)
+        if step < 100:
+            theirs = t.lr * (step + 1) / 101
+            assert abs(ours - theirs) <= 0.011 * theirs  # ours warms up over 100 steps, theirs over 101
+        else:
+            theirs = t.min_lr + 0.5 * (1 + math.cos(math.pi * (step - 100) / 1900)) * (t.lr - t.min_lr)
+            assert ours == pytest.approx(theirs, rel=1e-9), step
     assert (t.schedule, t.grad_clip, t.eval_batches) == ("cosine", 1.0, 0)  # evaluations on the full val split
     assert t.decay_embeddings  # nanoGPT's AdamW decays every 2-D tensor
