@@ -35,7 +35,7 @@ from slmkit.data.sources import Corpus  # noqa: E402
 from slmkit.train import train  # noqa: E402
 from speedrun import matmul_peak  # noqa: E402
 
-RECIPES = (ROOT / "recipes" / "kjv-char-gpt2.yaml", ROOT / "recipes" / "kjv-char.yaml")
+RECIPES = (ROOT / "recipes" / "kjv-char-gpt2.yaml", ROOT / "recipes" / "kjv-bpe.yaml")
 COMPRESSORS = {
     "xz -9e": lambda data: lzma.compress(data, preset=9 | lzma.PRESET_EXTREME),
     "bzip2 -9": lambda data: bz2.compress(data, 9),
