@@ -19,7 +19,7 @@ from slmkit.tokenizer import GPT2Tokenizer, load_tokenizer
 from slmkit.train import train
 
 
-CHAR_RECIPE = ("--recipe", "kjv-char-gpt2")  # the default recipe is byte-level BPE
+CHAR_RECIPE = ("--recipe", "kjv-char-gpt2")  # the character reference recipe, whatever the default
 
 
 def slm(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -140,7 +140,7 @@ BAD_INPUTS = [
     (["prepare", "--data.source=latin1.txt"], "latin1.txt is not UTF-8 text (bad byte at offset 3)"),
     (["train", "--data.source=short.txt", "--model.block_size=64"], "fewer than one window of 64 + 1"),
     (["prepare", "--data.source=corpus.txt", "--tokenizer.kind=bpe", "--tokenizer.vocab_size=100"], "too small"),
-    (["train", "--data.source=corpus.txt", "--data.shard_dir=swapped"], "holds a 'gpt2' tokenizer, expected 'bpe'"),
+    (["train", "--data.source=corpus.txt", "--data.shard_dir=swapped"], "holds a 'gpt2' tokenizer, expected 'char'"),
     (["data", "info", "bad.bin"], "bad.bin is not an slmkit shard (bad magic)"),
 ]
 
