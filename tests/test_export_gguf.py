@@ -171,16 +171,21 @@ def llama_nll(llm, ids: list[int]) -> float:
     return torch.nn.functional.cross_entropy(logits[:-1], torch.tensor(ids[1:])).item()
 
 
+def assert_same_tokens(llm, tokenizer, text: str) -> list[int]:
+    """llama.cpp tokenizes `text` to our ids and decodes them back to `text`; returns the ids."""
+    ids = tokenizer.encode(text)
+    assert llm.tokenize(text.encode(), add_bos=False, special=False) == ids
+    assert llm.detokenize(ids).decode() == text
+    return ids
+
+
 @needs_llama_cpp
 @pytest.mark.parametrize("arch,kind", RUNTIME, ids=[f"{a}-{k}" for a, k in RUNTIME])
 def test_llama_cpp_tokenizes_and_continues_as_slm_sample(tmp_path, trained, arch, kind):
     run_dir = trained(arch, kind)
     run = load_run(run_dir)
     llm = llama(export_gguf(run_dir, tmp_path / "m.gguf"))
-    text = "And the earth was without form, and void;\nLet there be light."
-    ids = run.tokenizer.encode(text)
-    assert llm.tokenize(text.encode(), add_bos=False, special=False) == ids
-    assert llm.detokenize(ids).decode() == text
+    assert_same_tokens(llm, run.tokenizer, "And the earth was without form, and void;\nLet there be light.")
     prompt = run.tokenizer.encode(PROMPT)
     ours = list(sample_ids(run.model, prompt, max_new_tokens=50, temperature=0))  # what `slm sample --temperature 0` emits
     assert llama_greedy(llm, prompt, 50) == ours
@@ -191,10 +196,7 @@ def test_llama_cpp_reads_the_gpt2_kind(tmp_path):
     run_dir = make_run(tmp_path / "run", "gpt2", block_size=BLOCK, **ARCHS["llama"])  # random weights
     run = load_run(run_dir)
     llm = llama(export_gguf(run_dir, tmp_path / "m.gguf"))
-    text = "And the earth was without form, and void; Caf\u00e9 42 <|endoftext|>\n"
-    ids = run.tokenizer.encode(text)
-    assert llm.tokenize(text.encode(), add_bos=False, special=False) == ids
-    assert llm.detokenize(ids).decode() == text
+    ids = assert_same_tokens(llm, run.tokenizer, "And the earth was without form, and void; Caf\u00e9 42 <|endoftext|>\n")
     with torch.no_grad():
         x = torch.tensor([ids])
         ours = torch.nn.functional.cross_entropy(run.model(x)[0][0, :-1], x[0, 1:]).item()
