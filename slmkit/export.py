@@ -38,8 +38,9 @@ GPT2_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")  # GPT-2's tanh GELU, the o
 LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, used by our model
 ROPE_THETA = 10000.0  # our rotary base (slmkit.model)
 # The options each Hugging Face family fixes; any other value has no equivalent there.
-GPT2_OPTIONS = {"pos_embedding": ("learned", "sinusoidal"), "norm": ("layernorm",), "mlp": ("gelu",), "qk_norm": (False,)}
-LLAMA_OPTIONS = {"pos_embedding": ("rotary",), "norm": ("rmsnorm",), "mlp": ("swiglu",)}
+GPT2_OPTIONS = {"pos_embedding": ("learned", "sinusoidal"), "norm": ("layernorm",), "mlp": ("gelu",), "qk_norm": (False,),
+                "logit_softcap": (0.0,)}  # fmt: skip
+LLAMA_OPTIONS = {"pos_embedding": ("rotary",), "norm": ("rmsnorm",), "mlp": ("swiglu",), "logit_softcap": (0.0,)}
 
 
 def _d_ff(cfg: ModelConfig) -> int:
