@@ -47,6 +47,7 @@ from slmkit.runs import METRICS  # noqa: E402
 
 BASELINE = ROOT / "recipes" / "speedrun-baseline.yaml"
 FAST = ROOT / "recipes" / "speedrun-cpu.yaml"
+LONG = ROOT / "recipes" / "speedrun-cpu-long.yaml"
 NANOGPT_STEPS = 2000
 # nanoGPT README's CPU command (max_iters and lr_decay_iters are added: NANOGPT_STEPS, or fewer with --quick)
 NANOGPT_ARGS = [
@@ -242,7 +243,7 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=1.88)
     parser.add_argument("--rounds", type=int, default=2, help="rounds, the order of the runs flipped each round")
     parser.add_argument("--quick", action="store_true", help="a fifth of every run's steps and eval interval")
-    parser.add_argument("--recipes", nargs="+", default=[str(BASELINE), str(FAST)],
+    parser.add_argument("--recipes", nargs="+", default=[str(BASELINE), str(FAST), str(LONG)],
                         help="our recipes to race; recipe.yaml@section.key=value,... for a variant")
     parser.add_argument("--stop", action="store_true", help="keep the recipes' stop_at_val_loss (a race to it)")
     parser.add_argument("--no-nanogpt", action="store_true", help="only our recipes (ablations between them)")
