@@ -6,6 +6,7 @@
       tokenizer.sha256        FINGERPRINT: sha256 of tokenizer.json at creation (`sha256sum -c` reads it);
                               a run whose tokenizer was replaced since is refused (older runs have none)
       chat_template.json      CHAT_TEMPLATE: a chat run's markers (special tokens after the vocabulary) and template
+      special_tokens_map.json SPECIAL_TOKENS: an imported tokenizer's end-of-text token when it is not <|endoftext|>
       model.safetensors       BEST: weights of the best evaluation
       last.safetensors        LAST: weights at the last checkpoint
       state.pt                STATE: weights, optimizer, step, RNG states, sampler position (torch.load weights_only)
@@ -42,11 +43,13 @@ from .model import GPT
 from .quantize import SCHEME, int8_model, int8_state
 from .tokenizer import Tokenizer, load_tokenizer
 from .tokenizer.chat import TEMPLATE_FILE
+from .tokenizer.hf import SPECIAL_TOKENS_FILE
 
 CONFIG = "config.yaml"
 TOKENIZER = "tokenizer.json"
 FINGERPRINT = "tokenizer.sha256"
 CHAT_TEMPLATE = TEMPLATE_FILE  # written beside tokenizer.json by a ChatTokenizer, read back by load_tokenizer
+SPECIAL_TOKENS = SPECIAL_TOKENS_FILE  # written beside tokenizer.json by an HFTokenizer whose end-of-text is not EOT
 BEST = "model.safetensors"
 LAST = "last.safetensors"
 STATE = "state.pt"
@@ -58,7 +61,8 @@ TENSORBOARD = "tensorboard"
 PLOT = "loss.png"
 SWEEP = "sweep.yaml"
 RUN_FILES = (
-    CONFIG, TOKENIZER, FINGERPRINT, CHAT_TEMPLATE, BEST, LAST, STATE, METRICS, LOG, INT8, CHECKPOINTS, TENSORBOARD, PLOT,
+    CONFIG, TOKENIZER, FINGERPRINT, CHAT_TEMPLATE, SPECIAL_TOKENS, BEST, LAST, STATE, METRICS, LOG, INT8, CHECKPOINTS,
+    TENSORBOARD, PLOT,
 )
 
 # keys a resumed run may change: its budget and cadence, never its model or data
