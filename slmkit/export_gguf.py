@@ -1,10 +1,11 @@
 """GGUF files for llama.cpp (and ollama, LM Studio, ...), written with gguf-py, the writer llama.cpp uses.
 
 GPT-2 shapes become llama.cpp's `gpt2` architecture (it needs every bias: zeros where the model
-has none); rotary + RMSNorm + SwiGLU become `qwen3` with QK-norm (gains of ones) and `llama`
-without. llama.cpp's `llama` rotary pairs x[2i] with x[2i+1] while ours pairs x[i] with
-x[i + hs/2] (as Qwen3's does), so q and k rows (and biases) are reordered within each head for
-it; llama.cpp applies `llama`'s optional q/k/v/output and feed-forward biases.
+has none); rotary + RMSNorm + SwiGLU become `qwen3` with QK-norm (its gains, or ones) and `llama`
+without, with their key/value heads, rotary base and epsilon. llama.cpp's `llama` rotary pairs
+x[2i] with x[2i+1] while ours pairs x[i] with x[i + hs/2] (as Qwen3's does), so q and k rows (and
+biases) are reordered within each head (k's n_kv_head heads) for it; llama.cpp applies `llama`'s
+optional q/k/v/output and feed-forward biases.
 
 Tokenizers: gpt2 and bpe are byte-level BPE with merges (`gpt2` model, `gpt-2` pre-tokenizer);
 char is a SentencePiece-style vocabulary of single characters (no merges exist between them,
@@ -23,8 +24,8 @@ import torch
 from .atomic import atomic_path
 from .runs import load_run
 from .errors import ExportError
-from .export import LAYER_NORM_EPS, ROPE_THETA, _d_ff, _head_size, gpt2_tensors, hf_architecture, to_llama_state
-from .model import GPT, RMS_EPS
+from .export import _d_ff, gpt2_tensors, hf_architecture, to_llama_state
+from .model import GPT
 from .tokenizer import CharTokenizer, GPT2Tokenizer, Tokenizer
 from .tokenizer.bpe import BPETokenizer
 from .tokenizer.gpt2 import check_files, gpt2_data_dir
@@ -79,7 +80,8 @@ def _llama_gguf_tensors(model: GPT, arch: str) -> dict[str, torch.Tensor]:
     state = to_llama_state(model)
     if arch == "llama":
         for name in [n for n in state if ".self_attn.q_proj." in n or ".self_attn.k_proj." in n]:
-            state[name] = interleave_rotary_rows(state[name], model.config.n_head)
+            heads = model.config.n_head if ".q_proj." in name else model.config.kv_heads
+            state[name] = interleave_rotary_rows(state[name], heads)
     return _gguf_names(state, LLAMA_TOP, LLAMA_NAMES)
 
 
@@ -89,15 +91,15 @@ def _add_hyperparameters(writer, cfg, arch: str) -> None:
     writer.add_block_count(cfg.n_layer)
     writer.add_feed_forward_length(_d_ff(cfg))
     writer.add_head_count(cfg.n_head)
-    writer.add_head_count_kv(cfg.n_head)
+    writer.add_head_count_kv(cfg.kv_heads)
     if arch == "gpt2":
-        writer.add_layer_norm_eps(LAYER_NORM_EPS)
+        writer.add_layer_norm_eps(cfg.eps("layernorm"))
         return
-    writer.add_layer_norm_rms_eps(RMS_EPS)
-    writer.add_rope_dimension_count(_head_size(cfg))
-    writer.add_rope_freq_base(ROPE_THETA)
-    writer.add_key_length(_head_size(cfg))
-    writer.add_value_length(_head_size(cfg))
+    writer.add_layer_norm_rms_eps(cfg.eps("rmsnorm"))
+    writer.add_rope_dimension_count(cfg.head_size)
+    writer.add_rope_freq_base(cfg.rope_theta)
+    writer.add_key_length(cfg.head_size)
+    writer.add_value_length(cfg.head_size)
 
 
 def _add_tokenizer(writer, tokenizer: Tokenizer, gguf) -> None:
