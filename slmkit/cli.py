@@ -133,6 +133,8 @@ def _model_file_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("import-hf", help="turn a local Hugging Face GPT-2, Llama or Qwen3 folder into a run folder")
     p.add_argument("folder", metavar="DIR", help="folder with config.json, model.safetensors and tokenizer files")
     p.add_argument("--out", required=True, metavar="RUN", help="run folder to write")
+    p.add_argument("--block-size", type=int, default=0, metavar="N",
+                   help="the run's context in tokens, at most the checkpoint's (rotary models; default: the checkpoint's)")
 
     p = sub.add_parser(
         "serve", help="HTTP API (OpenAI-style /v1/completions) and a web page to try a run",
@@ -332,7 +334,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
 def _cmd_import_hf(args: argparse.Namespace) -> None:
     from .export import import_hf
 
-    print(import_hf(args.folder, args.out))
+    print(import_hf(args.folder, args.out, args.block_size))
 
 
 def _cmd_recipes(args: argparse.Namespace) -> None:

@@ -14,6 +14,7 @@ and JSON; `transformers` is needed to load it, not to write it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -413,6 +414,7 @@ def model_config_from_llama(hf: dict, origin: str, learned_qk_gains: bool = Fals
         (n_head % n_kv == 0, f"{n_kv} key/value heads for {n_head} heads"),
         (not hf.get("use_sliding_window", False), "use_sliding_window true"),
         (all(t == "full_attention" for t in hf.get("layer_types") or []), "layer_types other than full_attention"),
+        (not hf.get("rope_interleaved", False), "rope_interleaved true (slmkit rotates x[i] with x[i + hs/2])"),
     ]
     for ok, what in checks:
         if not ok:
@@ -563,8 +565,20 @@ def _read_tokenizer(folder: Path) -> Tokenizer:
     raise ExportError(f"{folder} has no tokenizer (tokenizer.json, or vocab.json + merges.txt); add one and retry")
 
 
-def import_hf(folder: Path | str, out: Path | str) -> Path:
-    """Turn a local GPT-2, Llama or Qwen3 folder (config.json + weights + tokenizer) into an slmkit run folder."""
+def _shorter_context(model: GPT, block_size: int) -> GPT:
+    """The same rotary model with a `block_size` context (its weights do not depend on the context)."""
+    cfg = dataclasses.replace(model.config, block_size=block_size)
+    short = GPT(cfg)
+    short.load_state_dict(model.state_dict())
+    return short.eval()
+
+
+def import_hf(folder: Path | str, out: Path | str, block_size: int = 0) -> Path:
+    """Turn a local GPT-2, Llama or Qwen3 folder (config.json + weights + tokenizer) into an slmkit run folder.
+
+    `block_size` > 0: the run's context, at most the checkpoint's (Qwen3's 40,960 positions would make
+    every KV cache 9 GB and every fine-tuning window 40,960 tokens); 0 = the checkpoint's.
+    """
     folder, out = Path(folder), Path(out)
     if not folder.is_dir():
         raise ExportError(f"{folder} is not a folder; give a local folder saved by save_pretrained")
@@ -577,6 +591,13 @@ def import_hf(folder: Path | str, out: Path | str) -> Path:
             f"{folder}: the tokenizer has {tokenizer.vocab_size} tokens but config.json's vocab_size is "
             f"{cfg_model.vocab_size}; slmkit needs them equal"
         )
+    if block_size < 0 or block_size > cfg_model.block_size:
+        raise ExportError(f"--block-size {block_size} must be between 1 and the checkpoint's {cfg_model.block_size}")
+    if block_size and cfg_model.pos_embedding == "learned":
+        raise ExportError("--block-size needs rotary positions; a GPT-2 checkpoint keeps its learned position table")
+    if block_size:
+        model = _shorter_context(model, block_size)
+        cfg_model = model.config
     cfg = RunConfig(name=out.name, model=cfg_model, tokenizer=TokenizerConfig(kind=tokenizer.kind))
     cfg.sample.prompt = ""
     write_run_files(out, cfg.validate(), tokenizer)

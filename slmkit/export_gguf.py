@@ -7,7 +7,8 @@ x[2i] with x[2i+1] while ours pairs x[i] with x[i + hs/2] (as Qwen3's does), so 
 biases) are reordered within each head (k's n_kv_head heads) for it; llama.cpp applies `llama`'s
 optional q/k/v/output and feed-forward biases.
 
-Tokenizers: gpt2 and bpe are byte-level BPE with merges (`gpt2` model, `gpt-2` pre-tokenizer);
+Tokenizers: gpt2 and bpe are byte-level BPE with merges (`gpt2` model; pre-tokenizer `gpt-2`, or
+`smollm` / `qwen2` for those checkpoints' splits, anything else refused; special tokens as control);
 char is a SentencePiece-style vocabulary of single characters (no merges exist between them,
 so llama.cpp splits text into characters, as we do); word and wordpiece have no llama.cpp
 equivalent and are refused.
@@ -32,6 +33,8 @@ from .tokenizer.gpt2 import check_files, gpt2_data_dir
 
 DTYPES = ("f32", "f16", "q8_0")
 SPACE = "\u2581"  # SentencePiece's visible space: llama.cpp writes " " as it before looking tokens up
+# Qwen2/Qwen3's split before byte-level BPE (its tokenizer.json's Split regex): llama.cpp's `qwen2` pre-tokenizer
+QWEN2_SPLIT = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 
 
 def _gguf():
@@ -121,9 +124,10 @@ def _add_tokenizer(writer, tokenizer: Tokenizer, gguf) -> None:
         if [vocab[t] for t in tokens] != list(range(tokenizer.vocab_size)):
             raise ExportError("the BPE vocabulary's ids are not 0..vocab_size-1; it cannot be written to GGUF")
         writer.add_tokenizer_model("gpt2")
-        writer.add_tokenizer_pre("gpt-2")  # GPT-2's split regex, which both kinds use
+        writer.add_tokenizer_pre(_pre_tokenizer(tokenizer))
         writer.add_token_list(tokens)
-        writer.add_token_types([T.CONTROL if i == tokenizer.eot_id else T.NORMAL for i in range(len(tokens))])
+        control = {tokenizer.eot_id} | _special_ids(tokenizer)
+        writer.add_token_types([T.CONTROL if i in control else T.NORMAL for i in range(len(tokens))])
         writer.add_token_merges(merges)  # never empty: GGUFWriter silently drops empty arrays
     else:
         raise ExportError(f"tokenizer.kind={tokenizer.kind!r} has no llama.cpp equivalent; "
@@ -132,6 +136,31 @@ def _add_tokenizer(writer, tokenizer: Tokenizer, gguf) -> None:
     writer.add_eos_token_id(tokenizer.eot_id)
     writer.add_add_bos_token(False)  # we never prepend one
     writer.add_add_eos_token(False)
+
+
+def _pre_tokenizer(tokenizer: Tokenizer) -> str:
+    """llama.cpp's name for the byte-level BPE's split: GPT-2's (ours), SmolLM's (digits apart) or Qwen2/3's."""
+    if isinstance(tokenizer, GPT2Tokenizer):
+        return "gpt-2"
+    pre = json.loads(tokenizer.backend.to_str()).get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+    # (type, use_regex of ByteLevel or individual_digits of Digits, regex of Split); a prefix space is never known
+    shape = tuple((s.get("type"), s.get("use_regex", s.get("individual_digits")), (s.get("pattern") or {}).get("Regex"))
+                  for s in steps if not s.get("add_prefix_space"))
+    known = {(("ByteLevel", True, None),): "gpt-2", (("Digits", True, None), ("ByteLevel", True, None)): "smollm",
+             (("Split", None, QWEN2_SPLIT), ("ByteLevel", False, None)): "qwen2"}
+    if len(shape) == len(steps) and shape in known:
+        return known[shape]
+    raise ExportError(f"the bpe tokenizer's pre-tokenizer {[s.get('type') for s in steps]} has no llama.cpp "
+                      "equivalent slmkit knows (GPT-2's, SmolLM's, Qwen2/3's); export --format hf")
+
+
+def _special_ids(tokenizer: Tokenizer) -> set[int]:
+    """Ids of the tokenizer's special added tokens (a pretrained tokenizer's <|im_start|>, ...)."""
+    if isinstance(tokenizer, GPT2Tokenizer):
+        return set()
+    added = json.loads(tokenizer.backend.to_str()).get("added_tokens") or []
+    return {t["id"] for t in added if t.get("special")}
 
 
 def _bpe_vocab_and_merges(tokenizer: Tokenizer) -> tuple[dict[str, int], list[str]]:

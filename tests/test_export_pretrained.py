@@ -11,9 +11,11 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from tokenizers import Tokenizer as HFBackend  # noqa: E402
-from tokenizers import decoders, models, pre_tokenizers, trainers  # noqa: E402
+from tokenizers import Regex, decoders, models, pre_tokenizers, trainers  # noqa: E402
 
+from slmkit.errors import ExportError  # noqa: E402
 from slmkit.export import export_hf, import_hf  # noqa: E402
+from slmkit.export_gguf import QWEN2_SPLIT  # noqa: E402
 from slmkit.runs import BEST, SPECIAL_TOKENS, load_run  # noqa: E402
 
 from conftest import TINY_TEXT  # noqa: E402
@@ -36,12 +38,21 @@ CASES = {
                      "<|im_end|>", 0),
 }
 PROMPT = "And God said"
+# each case's split before byte-level BPE, as the released tokenizer.json's: GPT-2's, SmolLM2's (digits apart), Qwen3's
+SPLITS = {
+    "llama": lambda: pre_tokenizers.ByteLevel(add_prefix_space=False),
+    "smollm2": lambda: pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                pre_tokenizers.ByteLevel(add_prefix_space=False)]),
+    "qwen3": lambda: pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
+                                              pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]),
+}
 
 
-def byte_level_bpe(before: list[str], after: list[str]) -> HFBackend:
-    """A byte-level BPE of ~300 tokens fitted on TINY_TEXT, with special tokens before and/or after the vocabulary."""
+def byte_level_bpe(before: list[str], after: list[str], split: str) -> HFBackend:
+    """A byte-level BPE of ~300 tokens fitted on TINY_TEXT after SPLITS[split], with special tokens before
+    and/or after the vocabulary."""
     backend = HFBackend(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.pre_tokenizer = SPLITS[split]()
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=300, min_frequency=1, special_tokens=before,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
@@ -53,7 +64,7 @@ def byte_level_bpe(before: list[str], after: list[str]) -> HFBackend:
 def pretrained_folder(path, name: str):
     """A random transformers model of case `name`, saved with its tokenizer.json; returns (model, tokenizer)."""
     hf_class, options, before, after, eos, padded = CASES[name]
-    backend = byte_level_bpe(before, after)
+    backend = byte_level_bpe(before, after, name.split("-")[0])
     vocab = backend.get_vocab_size()
     config = getattr(transformers, hf_class.replace("ForCausalLM", "Config"))(
         vocab_size=vocab + padded, intermediate_size=64, num_hidden_layers=2, max_position_embeddings=64,
@@ -99,7 +110,7 @@ def test_import_gives_identical_logits_and_the_configs_end_of_text(tmp_path, nam
     assert cfg.vocab_size == backend.get_vocab_size()
     assert run.tokenizer.eot_id == hf_cfg.eos_token_id and run.tokenizer.decode([run.tokenizer.eot_id]) == CASES[name][4]
     assert json.loads((tmp_path / "run" / SPECIAL_TOKENS).read_text())["eos_token"] == CASES[name][4]
-    text = "And God said, Let there be light\n"
+    text = "And God said, Let there be light 1234 times; it's\n"
     assert run.tokenizer.encode(text) == backend.encode(text, add_special_tokens=False).ids
     for special in CASES[name][2] + CASES[name][3]:  # the tokenizer's own special tokens stay, with their ids
         assert run.tokenizer.decode([backend.token_to_id(special)]) == special
@@ -142,3 +153,48 @@ def test_slm_sample_greedy_equals_transformers_greedy_and_finetune_runs(tmp_path
     assert tuned.config.model == imported.config.model and tuned.tokenizer.eot_id == imported.tokenizer.eot_id
     assert not torch.equal(tuned.model.transformer.h[0].attn.q_norm.weight, imported.model.transformer.h[0].attn.q_norm.weight)
     assert (tmp_path / "ft" / BEST).is_file()
+
+
+# The released checkpoints' config.json (transformers 4 format), as published on the Hugging Face hub.
+SMOLLM2_135M = {
+    "architectures": ["LlamaForCausalLM"], "attention_bias": False, "attention_dropout": 0.0, "bos_token_id": 0,
+    "eos_token_id": 0, "hidden_act": "silu", "hidden_size": 576, "initializer_range": 0.041666666666666664,
+    "intermediate_size": 1536, "is_llama_config": True, "max_position_embeddings": 8192, "mlp_bias": False,
+    "model_type": "llama", "num_attention_heads": 9, "num_hidden_layers": 30, "num_key_value_heads": 3,
+    "pretraining_tp": 1, "rms_norm_eps": 1e-05, "rope_interleaved": False, "rope_scaling": None, "rope_theta": 100000,
+    "tie_word_embeddings": True, "torch_dtype": "bfloat16", "transformers_version": "4.40.1", "use_cache": True,
+    "vocab_size": 49152,
+}
+QWEN3_06B = {
+    "architectures": ["Qwen3ForCausalLM"], "attention_bias": False, "attention_dropout": 0.0, "bos_token_id": 151643,
+    "eos_token_id": 151645, "head_dim": 128, "hidden_act": "silu", "hidden_size": 1024, "initializer_range": 0.02,
+    "intermediate_size": 3072, "max_position_embeddings": 40960, "max_window_layers": 28, "model_type": "qwen3",
+    "num_attention_heads": 16, "num_hidden_layers": 28, "num_key_value_heads": 8, "rms_norm_eps": 1e-06,
+    "rope_scaling": None, "rope_theta": 1000000, "sliding_window": None, "tie_word_embeddings": True,
+    "torch_dtype": "bfloat16", "transformers_version": "4.51.0", "use_cache": True, "use_sliding_window": False,
+    "vocab_size": 151936,
+}
+
+
+@pytest.mark.parametrize("hf,params,cache_mb", [(SMOLLM2_135M, 134_515_008, 360), (QWEN3_06B, 596_049_920, 8960)],
+                         ids=["SmolLM2-135M", "Qwen3-0.6B"])
+def test_the_released_configs_map_to_their_published_parameter_counts(hf, params, cache_mb):
+    from slmkit.export import model_config_from_llama
+    from slmkit.model import GPT, KVCache
+
+    cfg = model_config_from_llama(hf, "config.json", learned_qk_gains=hf["model_type"] == "qwen3")
+    with torch.device("meta"):  # the shapes only, no memory
+        model = GPT(cfg)
+        cache = KVCache(cfg, device="meta")
+    assert model.num_parameters() == params  # 134.5M and 0.6B as published (tied heads counted once)
+    assert (cache.k.nbytes + cache.v.nbytes) // 2**20 == cache_mb  # one slot at the full context: hence --block-size
+    assert cfg.rope_theta == hf["rope_theta"] and cfg.norm_eps == hf["rms_norm_eps"]
+
+
+def test_block_size_shortens_the_context_and_keeps_the_logits(tmp_path):
+    hf_model, backend = pretrained_folder(tmp_path / "hf", "qwen3")
+    run = load_run(import_hf(tmp_path / "hf", tmp_path / "run", block_size=32))
+    assert run.config.model.block_size == 32 and run.model.new_cache().k.shape[3] == 32
+    assert_same_logits(hf_model, run.model, backend.get_vocab_size())
+    with pytest.raises(ExportError, match="--block-size 65 must be between 1 and the checkpoint's 64"):
+        import_hf(tmp_path / "hf", tmp_path / "other", block_size=65)
