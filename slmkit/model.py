@@ -201,9 +201,10 @@ class CausalSelfAttention(nn.Module):
             step = cache._step
             k, v = step.update(layer, k, v)  # (B, n_kv, keys, hs): this row's cached keys, then the new ones
             mask, causal = step.mask, step.causal
-        gqa = {"enable_gqa": True} if self.n_kv_head != self.n_head else {}  # query head j reads k/v head j // (nh / n_kv)
+        if self.n_kv_head != self.n_head:  # query head j reads k/v head j // (nh / n_kv) (SDPA's enable_gqa: no ONNX)
+            k, v = (t.repeat_interleave(self.n_head // self.n_kv_head, dim=1) for t in (k, v))  # (B, nh, keys, hs)
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=causal, **gqa
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=causal
         )  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * hs)
         return self.resid_dropout(self.c_proj(y))
