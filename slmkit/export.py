@@ -472,20 +472,25 @@ def _drop_padded_rows(hf_state: dict[str, torch.Tensor], hf: dict, vocab_size: i
     hf["vocab_size"] = vocab_size
 
 
-def read_hf_model(folder: Path, tokenizer_vocab: Optional[int] = None) -> GPT:
-    """The GPT a GPT-2, Llama or Qwen3 folder's config.json and weights describe (Llama/Qwen3 rows past
-    `tokenizer_vocab` dropped)."""
+def hf_model(hf: dict, state: dict[str, torch.Tensor], folder: Path, tokenizer_vocab: Optional[int] = None) -> GPT:
+    """The GPT a GPT-2, Llama or Qwen3 folder's config.json `hf` and weights `state` describe (Llama/Qwen3
+    rows past `tokenizer_vocab` dropped)."""
     origin = str(folder / "config.json")
-    hf = _read_json(folder / "config.json")
+    if check_hf_config(hf, origin).pos_embedding != "rotary":
+        return from_gpt2_state(state, model_config_from_gpt2(hf, origin), str(folder))
+    if tokenizer_vocab is not None and tokenizer_vocab < int(hf["vocab_size"]):
+        _drop_padded_rows(state, hf, tokenizer_vocab)
+    cfg = model_config_from_llama(hf, origin, _learned_qk_gains(state))
+    return from_llama_state(state, cfg, str(folder))
+
+
+def check_hf_config(hf: dict, origin: str) -> ModelConfig:
+    """The ModelConfig of a GPT-2, Llama or Qwen3 config.json (before its weights are read), else ExportError."""
     kind = hf.get("model_type")
     if kind == "gpt2":
-        return from_gpt2_state(_read_weights(folder), model_config_from_gpt2(hf, origin), str(folder))
+        return model_config_from_gpt2(hf, origin)
     if kind in ("llama", "qwen3"):
-        state = _read_weights(folder)
-        if tokenizer_vocab is not None and tokenizer_vocab < int(hf["vocab_size"]):
-            _drop_padded_rows(state, hf, tokenizer_vocab)
-        cfg = model_config_from_llama(hf, origin, _learned_qk_gains(state))
-        return from_llama_state(state, cfg, str(folder))
+        return model_config_from_llama(hf, origin)
     raise ExportError(f"{origin}: model_type {kind!r} does not import; slmkit reads 'gpt2', 'llama' and 'qwen3' folders")
 
 
@@ -582,9 +587,11 @@ def import_hf(folder: Path | str, out: Path | str, block_size: int = 0) -> Path:
     folder, out = Path(folder), Path(out)
     if not folder.is_dir():
         raise ExportError(f"{folder} is not a folder; give a local folder saved by save_pretrained")
-    _read_json(folder / "config.json")  # a missing or broken config.json is said first
+    hf = _read_json(folder / "config.json")
+    check_hf_config(hf, str(folder / "config.json"))  # config.json's errors first, then the weights', then the tokenizer's
+    state = _read_weights(folder)
     tokenizer = _read_tokenizer(folder)
-    model = read_hf_model(folder, tokenizer.vocab_size)
+    model = hf_model(hf, state, folder, tokenizer.vocab_size)
     cfg_model = model.config
     if tokenizer.vocab_size != cfg_model.vocab_size:
         raise ExportError(
