@@ -309,17 +309,24 @@ class PieceDecoder:
     an incomplete multi-byte character.
 
     Each piece is decoded after the token before it (the last `context` id at first), so decoders
-    that join tokens (spaces between words, WordPiece's ##) place the boundary right.
+    that join tokens (spaces between words, WordPiece's ##) place the boundary right. The
+    end-of-text token reads as a newline, as the char kind's end of text is: a sample of several
+    documents shows one per line, not `<|endoftext|>` between them.
     """
 
     def __init__(self, tokenizer: Tokenizer, context: Optional[list[int]] = None):
         self.tokenizer = tokenizer
-        self.prev = list(context[-1:]) if context else []
+        self.eot_id = tokenizer.eot_id
+        self.prev = [] if not context or context[-1] == self.eot_id else list(context[-1:])
         self.prev_text = tokenizer.decode(self.prev)
         self.pending: list[int] = []
 
     def push(self, token: int) -> str:
         """The text `token` completes ("" while a character's other bytes are still to come)."""
+        if token == self.eot_id:  # a document ends: what is held, a newline, and a fresh start
+            text = self.flush() + "\n"
+            self.prev, self.prev_text = [], ""
+            return text
         self.pending.append(token)
         text = self.tokenizer.decode(self.prev + self.pending)
         if text.endswith(REPLACEMENT) and len(self.pending) < MAX_CHAR_TOKENS:
