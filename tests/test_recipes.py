@@ -27,9 +27,8 @@ RECIPES = [p.stem for p in list_recipes() if not p.stem.startswith("speedrun-")]
 
 # recipe -> (seed system it reproduces, vocab size the full-size model is counted with, exact parameter count)
 EXPECTED = {
-    "kjv-char": ("", 63, 817_792),  # the characters of the train split
-    "kjv-bpe": ("", 1024, 922_752),  # byte-level BPE 1024, SwiGLU, rotary, no bias (issue 21's candidate)
-    "kjv-char-gpt2": ("", 63, 817_792),  # kjv-char under its reference name
+    "kjv-bpe": ("", 1024, 922_752),  # the default: byte-level BPE 1024, SwiGLU, rotary, no bias (issue 21)
+    "kjv-char-gpt2": ("", 63, 817_792),  # the GPT-2-style reference; 63 characters of the train split
     "chat-arithmetic": ("", 46, 402_688),  # 42 characters of the generated set + 4 chat markers
     "shakespeare-char": ("002", 65, 818_048),
     "shakespeare-char-nodecay": ("002", 65, 818_048),
@@ -114,9 +113,9 @@ def test_seed_numbers():
 
 
 def test_default_job_numbers():
-    """The candidate default (issue 21) and the GPT-2-style reference: same shape and budget, the schedule
+    """The default (issue 21) and the GPT-2-style reference: same shape and budget, the schedule
     a fraction of the budget."""
-    new, old = load_recipe("kjv-bpe"), load_recipe("kjv-char-gpt2")
+    new, old = load_recipe(), load_recipe("kjv-char-gpt2")
     shape = lambda c: (c.model.n_layer, c.model.n_head, c.model.n_embd, c.model.block_size, c.train.batch_size)
     assert shape(new) == shape(old) == (4, 4, 128, 128, 32) and new.train.max_minutes == old.train.max_minutes == 5
     assert (new.tokenizer.kind, new.tokenizer.vocab_size) == ("bpe", 1024)
@@ -220,4 +219,4 @@ def test_slm_recipes_prints_every_recipe_with_its_count(tmp_path, monkeypatch, c
         # tinyshakespeare is not downloaded here: its pinned file's characters are counted (issue 20.5)
         assert f"{params:,} params" in lines[name] and f"vocab {vocab:,}" in lines[name]
     assert "(65 characters of the pinned tinyshakespeare; downloads 1.1 MB)" in lines["shakespeare-char"]
-    assert "downloads 13 MB" in lines["wikitext2-word"] and "downloads" not in lines["kjv-char"]
+    assert "downloads 13 MB" in lines["wikitext2-word"] and "downloads" not in lines["kjv-bpe"]

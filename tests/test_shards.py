@@ -330,7 +330,7 @@ def test_folder_and_glob_forms_of_one_source_share_a_shard_folder(tmp_path, monk
     cfgs = [load_recipe(None, {"data.source": s, "tokenizer.kind": "bpe"}) for s in ("sotu", "sotu/", "sotu/*.txt")]
     assert len({shard_dir_for(cfg) for cfg in cfgs}) == 1 and shard_dir_for(cfgs[0]).name.startswith("sotu-bpe-")
     assert {cfg.name for cfg in cfgs} == {"sotu-bpe"}
-    assert load_recipe(None).name == "kjv-char" and load_recipe("shakespeare-char").name == "shakespeare-char"
+    assert load_recipe(None).name == "kjv-bpe" and load_recipe("shakespeare-char").name == "shakespeare-char"
     (tmp_path / "sotu" / "notes.md").write_text("not a speech\n", encoding="utf-8")  # now the forms differ
     assert shard_dir_for(load_recipe(None, {"data.source": "sotu"})) != shard_dir_for(
         load_recipe(None, {"data.source": "sotu/*.txt"})
