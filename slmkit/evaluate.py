@@ -6,13 +6,14 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import torch
 
 from .config import RunConfig
 from .data.prepare import prepare, shard_dir_for
+from .data.sampler import windows
 from .data.shards import Shard, read_manifest
 from .data.sources import Corpus
 from .errors import DataError
@@ -22,24 +23,10 @@ from .runs import load_run
 from .tokenizer import Tokenizer
 
 
-def windows(tokens: Sequence[int] | np.ndarray, block_size: int, batch_size: int) -> Iterator[torch.Tensor]:
-    """The consecutive, non-overlapping windows of `tokens` that predict every token after the first exactly
-    once: (B, block_size + 1) int64 tensors of up to `batch_size` windows (input window[:, :-1], targets
-    window[:, 1:]), then the remainder as one shorter (1, r + 1) window."""
-    tokens = np.asarray(tokens)
-    n = max(len(tokens) - 1, 0)  # tokens that have a target
-    full = n // block_size
-    for first in range(0, full, batch_size):
-        starts = np.arange(first, min(first + batch_size, full)) * block_size
-        yield torch.from_numpy(np.asarray(tokens[starts[:, None] + np.arange(block_size + 1)], dtype=np.int64))
-    if n % block_size:
-        yield torch.from_numpy(np.asarray(tokens[full * block_size :], dtype=np.int64))[None]
-
-
 @torch.no_grad()
 def mean_loss(model: GPT, tokens: np.ndarray, batch_size: int = 32, progress: bool = False) -> float:
     """Mean next-token cross-entropy (nats) over every token of `tokens` after the first, read in `windows`
-    of block_size, each from scratch. `progress`: a bar over the tokens on a terminal."""
+    of block_size (data.sampler.windows), each from scratch. `progress`: a bar over the tokens on a terminal."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0

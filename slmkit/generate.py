@@ -30,7 +30,7 @@ from torch.nn import functional as F
 from .model import GPT
 from .sampling import SamplingParams
 from .chat import SPECIAL_TOKENS
-from .evaluate import windows
+from .data.sampler import windows
 from .tokenizer import Tokenizer
 from .tokenizer.chat import chat_prompt
 
@@ -254,7 +254,7 @@ def next_logits(model: GPT, ids: list[int], use_cache: bool = True) -> Generator
 @torch.no_grad()
 def prompt_logprobs(model: GPT, ids: list[int], top: int = 0) -> list[tuple[int, float, list[tuple[int, float]]]]:
     """(token, log-probability, the `top` likeliest (id, log-probability)) of each of ids[1:] given the ids
-    before it, read in the windows `slm eval` reads (evaluate.windows: consecutive block_size windows, each
+    before it, read in the windows `slm eval` reads (data.sampler.windows: consecutive block_size windows, each
     from scratch)."""
     out = []
     with eval_mode(model):
