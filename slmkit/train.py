@@ -609,8 +609,10 @@ def _fit(run: _Run, state: TrainState, log: _Logger) -> None:
             _save_checkpoint(run, state)  # after its row: a resumed run drops the rows logged after its checkpoint
         if state.stopped:
             log.info(f"stopping at step {state.step}: {state.stopped.replace('_', ' ')}")
-        state.elapsed = _now() - start  # time spent on evaluation and checkpoints counts against the budget
-        last = run.budget.done(state, run.device)
+        if evaluate_now:  # time spent on evaluation and checkpoints counts against the budget (after a step that
+            # only logged, `last` stands: a budget that runs out there still ends with the final evaluation)
+            state.elapsed = _now() - start
+            last = run.budget.done(state, run.device)
 
 
 def _check_replicas(run: _Run, log: _Logger) -> None:
