@@ -293,20 +293,19 @@ def sweep(
     _claim(out, _manifest(recipe, fixed, runs), overwrite)
     threads = max(1, (base.train.threads or os.cpu_count() or 1) // parallel) if parallel > 1 else 0
     _prepare(recipe, fixed, runs)
-    (echo or print)(f"sweep of {len(runs)} runs into {out}" + (f", {parallel} at a time, {threads} threads each" if threads else ""))
     args = [(recipe, fixed, run, out, threads, overwrite) for run in runs]
     outcomes, failed = [], []
     with Bar(len(runs), "sweep", unit="run", enabled=echo is None) as bar:
+        say = echo or bar.write
+        say(f"sweep of {len(runs)} runs into {out}" + (f", {parallel} at a time, {threads} threads each" if threads else ""))
         for i, outcome in enumerate(_results(args, parallel), 1):
             if isinstance(outcome, str):
                 failed.append(outcome)
-                (echo or bar.write)(f"[{i}/{len(runs)}] {outcome}")
+                say(f"[{i}/{len(runs)}] {outcome}")
             else:
                 outcomes.append(outcome)
-                (echo or bar.write)(
-                    f"[{i}/{len(runs)}] {outcome.name}: {outcome.how}, {outcome.steps} steps, "
-                    f"best val loss {outcome.best_val_loss:.4f}, {outcome.seconds:.0f}s"
-                )
+                say(f"[{i}/{len(runs)}] {outcome.name}: {outcome.how}, {outcome.steps} steps, "
+                    f"best val loss {outcome.best_val_loss:.4f}, {outcome.seconds:.0f}s")  # fmt: skip
             bar.update()
     if failed:
         raise TrainingError(

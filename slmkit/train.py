@@ -224,7 +224,10 @@ class _Logger:
             return
         self.log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
         self.log.flush()
-        (self.bar.write if self.bar is not None else print)(message)
+        if self.bar is not None:
+            self.bar.write(message)
+        else:
+            print(message, flush=True)  # a pipe (`slm train | tee`) gets each line as it is logged
 
     def progress(self, step: int, total: Optional[int], text: str) -> None:
         """The bar at `step` of `total` (the steps the budget allows, an estimate under a time budget)."""
