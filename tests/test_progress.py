@@ -74,7 +74,8 @@ def run_twice(commands: dict[str, list]) -> tuple[str, str, str]:
     (out_r, out_w), (err_r, err_w) = os.pipe(), os.pipe()
     code = SCRIPT.format(runs=list(commands.items()))
     process = subprocess.Popen([sys.executable, "-c", code, str(out_w), str(err_w)], stdin=subprocess.DEVNULL,
-                               stdout=slave, stderr=slave, pass_fds=(out_w, err_w))  # fmt: skip
+                               stdout=slave, stderr=slave, pass_fds=(out_w, err_w),
+                               env=dict(os.environ, PYTHONWARNINGS="ignore"))  # fmt: skip
     for fd in (slave, out_w, err_w):
         os.close(fd)
     read = {master: [], out_r: [], err_r: []}
