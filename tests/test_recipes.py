@@ -14,10 +14,12 @@ import torch
 import yaml
 
 from slmkit.config import list_recipes, load_recipe
+from slmkit.data.prepare import fit_on_train
+from slmkit.data.sources import Corpus, source_kind
 from slmkit.data.sources import hf as hf_source
 from slmkit.data.sources import kjv
 from slmkit.model import GPT
-from slmkit.recipes import parameter_count, summarize
+from slmkit.recipes import pinned_split, parameter_count, summarize
 from slmkit.runs import CONFIG
 from slmkit.train import train
 
@@ -137,6 +139,36 @@ def test_char_vocab_is_counted_from_the_corpus_or_reported_missing(tmp_path, mon
     (tmp_path / "shakes.txt").write_text("abc\nab", encoding="utf-8")
     row = summarize(load_recipe("shakespeare-char", {"data.source": str(tmp_path / "shakes.txt")}))
     assert row.vocab_size == 4 and row.parameters == by_hand(load_recipe("shakespeare-char").model, 4)
+
+
+PINNED = [  # (source, data settings): the defaults, and every normalization pinned_chars are said to survive
+    (source, settings)
+    for source in ("kjv", "tinyshakespeare")
+    for settings in ({}, {"data.lowercase": True, "data.collapse_whitespace": True, "data.drop_empty_lines": True,
+                          "data.keep_crlf": True, "data.errors": "replace"})
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("source, settings", PINNED)
+def test_pinned_characters_are_what_prepare_fits(source, settings):
+    """The stored characters of a pinned text (what `slm recipes` counts without reading it) are the
+    vocabulary `prepare` fits on its train split."""
+    if source_kind(source).download(source):
+        pytest.skip(f"{source} is not on this machine")
+    cfg = load_recipe("kjv-char-gpt2", {"data.source": source, **settings})
+    fitted = fit_on_train(cfg, Corpus(cfg.data))
+    row = summarize(cfg)
+    assert "pinned" in row.vocab_note and row.vocab_size == fitted.vocab_size
+    if not settings:
+        assert "".join(fitted.chars) == source_kind(source).pinned_chars
+
+
+def test_pinned_characters_are_not_used_for_another_split(tmp_path, monkeypatch):
+    assert pinned_split(load_recipe("kjv-char-gpt2").data)
+    assert not pinned_split(load_recipe("kjv-char-gpt2", {"data.val_fraction": 0.5}).data)  # another train split: read it
+    monkeypatch.setenv("SLMKIT_CACHE", str(tmp_path))
+    row = summarize(load_recipe("shakespeare-char", {"data.val_fraction": 0.5}))  # not here: unknown
+    assert row.vocab_size is None and "download it" in row.vocab_note
 
 
 # ---------------------------------------------------------------- a few training steps on local slices

@@ -11,6 +11,7 @@ import yaml
 from safetensors.torch import load_file
 from tqdm import tqdm
 
+from slmkit import progress
 from slmkit.config import ModelConfig, TrainConfig, load_recipe
 from slmkit.errors import ConfigError, TrainingError
 from slmkit.model import GPT
@@ -297,12 +298,14 @@ def fake_clock(monkeypatch, seconds_per_step: float) -> None:
     monkeypatch.setattr(engine, "_now", lambda: now[0])
 
 
-def test_a_resumed_run_logs_each_step_once(tmp_path, tiny_overrides, monkeypatch):
+def test_a_resumed_run_logs_each_step_once(tmp_path, tiny_overrides, monkeypatch, capsys):
     """Killed after logging step 15 (its checkpoint is step 10), resumed: metrics.csv as if never killed."""
     full = train(load_recipe("kjv-char-gpt2", tiny_overrides), out=tmp_path / "full", progress_bar=False)
     kill_before_step(monkeypatch, 15)
+    monkeypatch.setattr(progress, "on_terminal", lambda: True)  # a real bar, as on a terminal
     with pytest.raises(KeyboardInterrupt):
         train(load_recipe("kjv-char-gpt2", tiny_overrides), out=tmp_path / "killed", progress_bar=True)
+    assert "training: " in capsys.readouterr().err  # the bar was drawn
     assert not tqdm._instances  # teardown ran in `finally`: the progress bar (and the log files) closed
     assert [r["step"] for r in metrics(tmp_path / "killed")] == ["5", "10", "15"]
     monkeypatch.undo()
@@ -372,9 +375,9 @@ def whole_split_passes(monkeypatch) -> list[int]:
     for module in (engine, slmkit.evaluate):
         original = module.mean_loss
 
-        def counted(model, tokens, batch_size=32, original=original):
+        def counted(model, tokens, *args, original=original, **kwargs):
             passes.append(len(tokens))
-            return original(model, tokens, batch_size=batch_size)
+            return original(model, tokens, *args, **kwargs)
 
         monkeypatch.setattr(module, "mean_loss", counted)
     return passes
