@@ -195,13 +195,13 @@ def test_random_search_draws_the_same_points_each_time():
 
 def test_a_sweep_file_gives_the_grid(tmp_path):
     path = tmp_path / "sweep.yaml"
-    path.write_text("recipe: kjv-char\nseeds: 2\ngrid:\n  train.lr: [1.0e-3, 3.0e-3]\n  model.dropout: {low: 0, high: 0.2}\n")
+    path.write_text("recipe: kjv-char-gpt2\nseeds: 2\ngrid:\n  train.lr: [1.0e-3, 3.0e-3]\n  model.dropout: {low: 0, high: 0.2}\n")
     with pytest.raises(ConfigError, match="add --samples K"):
         sweep(file=path, out=tmp_path / "out")
-    path.write_text("recipe: kjv-char\ngrid:\n  train.lr: [1.0e-3]\n  train.warmup_steps: [-1]\n")
+    path.write_text("recipe: kjv-char-gpt2\ngrid:\n  train.lr: [1.0e-3]\n  train.warmup_steps: [-1]\n")
     with pytest.raises(ConfigError, match="train.warmup_steps=-1 must be >= 0"):
         sweep(file=path, out=tmp_path / "out")
-    path.write_text("recipe: kjv-char\ngird: {}\n")
+    path.write_text("recipe: kjv-char-gpt2\ngird: {}\n")
     with pytest.raises(ConfigError, match="should be a mapping of recipe, seeds, samples, overrides, grid"):
         sweep(file=path, out=tmp_path / "out")
     assert not (tmp_path / "out").exists()
