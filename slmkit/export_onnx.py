@@ -20,6 +20,7 @@ from .atomic import atomic_path
 from .runs import load_run
 from .errors import ExportError
 from .model import GPT
+from .progress import Bar
 
 OPSET = 17  # onnxruntime >= 1.14 and onnxruntime-web run it
 
@@ -96,8 +97,9 @@ def export_onnx(run_dir: Path | str, out: Path | str, kv_cache: bool = False) ->
                 "present_keys": {1: "batch", 3: "past+sequence"}, "present_values": {1: "batch", 3: "past+sequence"}}
         names = (["input_ids", "past_keys", "past_values"], ["logits", "present_keys", "present_values"])
         module = _CachedLogits(run.model.eval())
-    with atomic_path(out) as tmp, warnings.catch_warnings():
+    with atomic_path(out) as tmp, warnings.catch_warnings(), Bar(1, "export onnx", unit="file") as bar:
         warnings.simplefilter("ignore")  # the tracer's notes about the Python-side length check
         torch.onnx.export(module, example, str(tmp), input_names=names[0], output_names=names[1],
                           dynamic_axes=axes, opset_version=OPSET, dynamo=False)
+        bar.update()
     return out
