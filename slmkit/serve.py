@@ -35,7 +35,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Optional, Union
+from typing import Any, AsyncIterator, Callable, Optional, Union
 
 import torch
 
@@ -540,9 +540,26 @@ async def gather(server: Server, tickets: list[Ticket], queue: asyncio.Queue, re
     return True
 
 
-def sse(pieces: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
-    """A response of server-sent events, one per piece, then [DONE]; an error after the headers have gone out
-    is reported in-band, as OpenAI does."""
+class EventStream(StreamingResponse):
+    """Server-sent events that call `close` when the response is over, however it ends: finished, failed, or its
+    client gone (even before the first event, when the events' generator has not started and its own
+    `finally` would never run)."""
+
+    def __init__(self, events: AsyncIterator[str], close: Callable[[], None]):
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        super().__init__(events, media_type="text/event-stream", headers=headers)
+        self.close = close
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.close()
+
+
+def sse(pieces: AsyncIterator[dict[str, Any]], tickets: list[Ticket], server: Server) -> EventStream:
+    """A response of server-sent events, one per piece, then [DONE] (an error after the headers have gone out is
+    reported in-band, as OpenAI does); the tickets' sequences leave the batch when it ends."""
 
     async def events() -> AsyncIterator[str]:
         try:
@@ -554,8 +571,7 @@ def sse(pieces: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
             return
         yield "data: [DONE]\n\n"
 
-    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+    return EventStream(events(), lambda: server.scheduler.cancel(tickets))
 
 
 async def complete(server: Server, request: Request) -> Any:
@@ -590,7 +606,7 @@ async def complete(server: Server, request: Request) -> Any:
                 done = all(c.finish_reason for c in choices)
                 yield chunk(choice, "", _entries(), True, **({"usage": usage(job, choices)} if done else {}))
 
-    return sse(pieces())
+    return sse(pieces(), tickets, server)
 
 
 async def chat_complete(server: Server, request: Request) -> Any:
@@ -626,7 +642,7 @@ async def chat_complete(server: Server, request: Request) -> Any:
         if req.stream_options is not None and req.stream_options.include_usage:
             yield {**base, "object": "chat.completion.chunk", "choices": [], "usage": usage(job, choices)}
 
-    return sse(pieces())
+    return sse(pieces(), tickets, server)
 
 
 class TokenizeRequest(BaseModel):

@@ -315,6 +315,35 @@ def test_a_stream_whose_client_leaves_before_the_first_byte_frees_its_slot(run, 
         live.close()
 
 
+def test_a_stream_gone_while_its_headers_are_written_frees_its_slot(run, counted_steps):
+    """The ASGI app driven directly: the client is gone and writing the response's headers blocks (a full socket
+    buffer), so the events' generator never starts; the response's end still takes the sequence out of the batch
+    (before: it decoded all its 200 tokens for nobody)."""
+    import asyncio
+
+    app = slmkit.serve.create_app(run, ServeConfig(max_batch=1, max_tokens_limit=200))
+    scheduler = app.state.server.scheduler
+    body = json.dumps({"prompt": "And", "max_tokens": 200, "temperature": 1.0, "stream": True}).encode()
+    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": "/v1/completions", "raw_path": b"/v1/completions",
+             "query_string": b"", "root_path": "", "headers": [(b"content-type", b"application/json")],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2)}
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive():
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message):
+        if message["type"] == "http.response.start":
+            await asyncio.sleep(0.3)  # the write blocks; meanwhile the disconnect is seen
+
+    asyncio.run(app(scope, receive, send))
+    deadline = time.monotonic() + 10
+    while (scheduler.batch.active or scheduler.waiting) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not scheduler.batch.active and len(counted_steps) < 200
+
+
 # ---------------------------------------------------------------- model text that is HTML, in the page
 
 
