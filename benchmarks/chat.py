@@ -66,7 +66,7 @@ def main() -> None:
     model = {"model.n_layer": 2, "model.n_head": 4, "model.n_embd": args.n_embd, "model.block_size": 32,
              "model.pos_embedding": "rotary"}  # fmt: skip
     cpu = time.process_time()
-    train(load_recipe("kjv-char", {**model, "data.source": str(folder / "plain.txt"), "data.shard_dir": str(folder / "shards"),
+    train(load_recipe("kjv-char-gpt2", {**model, "data.source": str(folder / "plain.txt"), "data.shard_dir": str(folder / "shards"),
           "train.max_steps": 100, "train.max_minutes": 0, "train.eval_interval": 100, "train.batch_size": 32,
           "train.lr": 3e-3, "train.warmup_steps": 10}), out=folder / "base", progress_bar=False)  # fmt: skip
     pretrain = time.process_time() - cpu

@@ -1,6 +1,6 @@
 """Load test of `slm serve`: the batched scheduler against one sequence at a time, in one invocation.
 
-    python -P benchmarks/serve_load.py --run runs/kjv-char [--max-batch 64] [--requests 50] [--max-tokens 64]
+    python -P benchmarks/serve_load.py --run runs/kjv-bpe [--max-batch 64] [--requests 50] [--max-tokens 64]
                                        [--flood 500] [--flood-queue 100] [--threads 1]
     python -P benchmarks/serve_load.py --run runs/kjv-char --rss 10000 [--concurrency 4] [--max-tokens 8]
 
