@@ -16,13 +16,13 @@ from hypothesis import strategies as st  # noqa: E402
 
 import slmkit.serve  # noqa: E402
 from slmkit.config import RunConfig, ServeConfig  # noqa: E402
-from slmkit.generate import Batch, Sequence, generate  # noqa: E402
+from slmkit.generate import Sequence, generate  # noqa: E402
 from slmkit.model import GPT  # noqa: E402
 from slmkit.runs import BEST, load_run, save_weights, write_run_files  # noqa: E402
 from slmkit.tokenizer import CharTokenizer, ChatTokenizer  # noqa: E402
 
 from conftest import TINY_TEXT  # noqa: E402
-from test_serve import LiveServer, chromium_driver  # noqa: E402
+from test_serve import LiveServer, chromium_driver, slow_stream  # noqa: E402,F401 (slow_stream: a fixture)
 
 KEY = "sk-test-0123456789"
 PAYLOAD = "<img src=x onerror=\"window.pwned=1;document.title='pwned'\"><script>window.pwned=2</script></span><b>b</b>&amp;"
@@ -233,22 +233,6 @@ def test_unknown_paths_and_methods_get_an_openai_shaped_error(hostile, method, p
 # ---------------------------------------------------------------- slow clients, and clients that leave early
 
 
-@pytest.fixture
-def counted_steps(monkeypatch):
-    """Each batch step takes 20 ms; returns the list of the sequences' tokens produced, step by step."""
-    produced = []
-    step = Batch.step
-
-    def slow(self):
-        time.sleep(0.02)
-        stepped = step(self)
-        produced.extend(seq.token for seq in stepped)
-        return stepped
-
-    monkeypatch.setattr(Batch, "step", slow)
-    return produced
-
-
 def post_raw(port, body, declared=None):
     """A socket that has sent a POST /v1/completions with `body` (and Content-Length `declared`)."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=30)
@@ -281,7 +265,7 @@ def test_a_half_sent_body_gets_408_within_the_body_timeout_and_others_are_served
         live.close()
 
 
-def test_a_stream_whose_client_leaves_before_the_first_byte_frees_its_slot(run, counted_steps):
+def test_a_stream_whose_client_leaves_before_the_first_byte_frees_its_slot(run, slow_stream):
     """One slot. A streamed request (200 tokens asked) is dropped right after it is sent; it leaves the batch at
     the next step, so the next request is served at once. A stream dropped while it waits for the slot never
     enters the batch."""
@@ -295,10 +279,10 @@ def test_a_stream_whose_client_leaves_before_the_first_byte_frees_its_slot(run, 
             post_raw(port, stream).close()  # gone before any byte of the answer
             reply = client.post("/v1/completions", json={"prompt": "In", "max_tokens": 5, "temperature": 0})
             assert reply.json()["choices"][0]["text"] == generate(run.model, run.tokenizer, "In", max_new_tokens=5, temperature=0)
-            assert len(counted_steps) < 5 + 20  # the dropped stream took a few steps of its 200, at most
+            assert len(slow_stream) < 5 + 20  # the dropped stream took a few steps of its 200, at most
             assert not scheduler.batch.active and not scheduler.waiting
 
-            counted_steps.clear()
+            slow_stream.clear()
             with client.stream("POST", "/v1/completions", json={"prompt": "In", "max_tokens": 30, "stream": True}) as busy:
                 lines = busy.iter_lines()
                 next(lines)  # the slot is taken
@@ -310,12 +294,12 @@ def test_a_stream_whose_client_leaves_before_the_first_byte_frees_its_slot(run, 
             while (scheduler.waiting or scheduler.batch.active) and time.monotonic() < deadline:
                 time.sleep(0.01)
             assert not scheduler.waiting and not scheduler.batch.active
-            assert len(counted_steps) <= 30 + 2  # the waiting stream never decoded (or for a step at most)
+            assert len(slow_stream) <= 30 + 2  # the waiting stream never decoded (or for a step at most)
     finally:
         live.close()
 
 
-def test_a_stream_gone_while_its_headers_are_written_frees_its_slot(run, counted_steps):
+def test_a_stream_gone_while_its_headers_are_written_frees_its_slot(run, slow_stream):
     """The ASGI app driven directly: the client is gone and writing the response's headers blocks (a full socket
     buffer), so the events' generator never starts; the response's end still takes the sequence out of the batch
     (before: it decoded all its 200 tokens for nobody)."""
@@ -341,7 +325,7 @@ def test_a_stream_gone_while_its_headers_are_written_frees_its_slot(run, counted
     deadline = time.monotonic() + 10
     while (scheduler.batch.active or scheduler.waiting) and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert not scheduler.batch.active and len(counted_steps) < 200
+    assert not scheduler.batch.active and len(slow_stream) < 200
 
 
 # ---------------------------------------------------------------- model text that is HTML, in the page
