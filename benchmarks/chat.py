@@ -59,7 +59,7 @@ def pretrain(folder: Path, seed: int) -> Path:
     """The base run: 30 steps on plain text (train.seed `seed`) in `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "plain.txt").write_text(plain_text(), encoding="utf-8")
-    train(load_recipe("kjv-char", {**MODEL, "data.source": str(folder / "plain.txt"), "data.shard_dir": str(folder / "shards"),
+    train(load_recipe("kjv-char-gpt2", {**MODEL, "data.source": str(folder / "plain.txt"), "data.shard_dir": str(folder / "shards"),
           "train.max_steps": 30, "train.max_minutes": 0, "train.eval_interval": 30, "train.eval_batches": 2,
           "train.batch_size": 32, "train.lr": 3e-3, "train.warmup_steps": 5, "train.seed": seed}),
           out=folder / "base", progress_bar=False)  # fmt: skip

@@ -1,6 +1,6 @@
 """Load test of `slm serve`: the batched scheduler against one sequence at a time, in one invocation.
 
-    python -P benchmarks/serve_load.py --run runs/kjv-char [--max-batch 64] [--requests 50] [--max-tokens 64]
+    python -P benchmarks/serve_load.py --run runs/kjv-bpe [--max-batch 64] [--requests 50] [--max-tokens 64]
                                        [--flood 500] [--flood-queue 100] [--threads 1]
 
 For each of `--serve.max_batch=MAX_BATCH` and `--serve.max_batch=1` it starts `slm serve` on the run

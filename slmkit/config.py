@@ -23,7 +23,7 @@ from .atomic import atomic_write_text
 from .errors import ConfigError
 from .sampling import FIELDS, SamplingParams
 
-DEFAULT_RECIPE = "kjv-char"
+DEFAULT_RECIPE = "kjv-bpe"
 MAX_RECIPE_BYTES = 1_000_000  # a recipe is a page of YAML
 
 
@@ -393,7 +393,7 @@ def list_recipes() -> list[Path]:
 
 
 def find_recipe(name_or_path: str) -> Path:
-    """Resolve a recipe given by name (`kjv-char`) or by path to a YAML file."""
+    """Resolve a recipe given by name (`kjv-bpe`) or by path to a YAML file."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
@@ -407,7 +407,7 @@ def find_recipe(name_or_path: str) -> Path:
 
 
 def load_recipe(name_or_path: Optional[str] = None, overrides: Optional[dict[str, Any]] = None) -> RunConfig:
-    """Load a recipe (default: kjv-char, then named after its data and tokenizer), apply
+    """Load a recipe (default: kjv-bpe, then named after its data and tokenizer), apply
     `{"section.key": value}` overrides, validate."""
     path = find_recipe(name_or_path or DEFAULT_RECIPE)
     if path.stat().st_size > MAX_RECIPE_BYTES:  # parsing megabytes of YAML takes seconds for nothing
@@ -432,7 +432,7 @@ def load_recipe(name_or_path: Optional[str] = None, overrides: Optional[dict[str
 
 
 def run_name(cfg: RunConfig) -> str:
-    """The name of a run given no recipe: its data and tokenizer, e.g. `kjv-char` or `sotu-bpe`."""
+    """The name of a run given no recipe: its data and tokenizer, e.g. `kjv-bpe` or `sotu-char`."""
     from .data.sources import source_label  # the source kinds name their data
 
     return f"{source_label(cfg.data.source)}-{cfg.tokenizer.kind}"

@@ -19,41 +19,30 @@ import torch
 from .config import RunConfig
 from .data.chat import ChatSampler, encode_source, is_chat_source, mask_path, masked_loss
 from .data.prepare import prepare, shard_dir_for
+from .data.sampler import windows
 from .data.shards import Shard, read_manifest
 from .data.sources import Corpus
 from .errors import DataError
 from .model import GPT
+from .progress import Bar
 from .runs import Run, load_run
 from .tokenizer import Tokenizer
 
 
 @torch.no_grad()
-def mean_loss(model: GPT, tokens: np.ndarray, batch_size: int = 32) -> float:
-    """Mean next-token cross-entropy (nats) over every token of `tokens` after the first.
-
-    The array is cut into consecutive, non-overlapping windows of block_size
-    (the last one shorter), so every token is predicted exactly once.
-    """
+def mean_loss(model: GPT, tokens: np.ndarray, batch_size: int = 32, progress: bool = False) -> float:
+    """Mean next-token cross-entropy (nats) over every token of `tokens` after the first, read in `windows`
+    of block_size (data.sampler.windows), each from scratch. `progress`: a bar over the tokens on a terminal."""
     was_training = model.training
     model.eval()
-    device = model.device
-    T = model.config.block_size
-    n = len(tokens) - 1  # tokens that have a target
     total, count = 0.0, 0
-    starts = list(range(0, n, T))
-    full = [s for s in starts if s + T <= n]
-    for i in range(0, len(full), batch_size):
-        idx = np.asarray(full[i : i + batch_size])[:, None] + np.arange(T + 1)
-        window = torch.from_numpy(np.asarray(tokens[idx], dtype=np.int64)).to(device)
-        _, loss = model(window[:, :-1], window[:, 1:])
-        total += loss.item() * window[:, 1:].numel()
-        count += window[:, 1:].numel()
-    if n % T:  # the remainder, one short window
-        s = starts[-1]
-        window = torch.from_numpy(np.asarray(tokens[s : n + 1], dtype=np.int64))[None].to(device)
-        _, loss = model(window[:, :-1], window[:, 1:])
-        total += loss.item() * window[:, 1:].numel()
-        count += window[:, 1:].numel()
+    with Bar(max(len(tokens) - 1, 0), "evaluating", unit="tok", enabled=progress, unit_scale=True) as bar:
+        for window in windows(tokens, model.config.block_size, batch_size):
+            window = window.to(model.device)
+            _, loss = model(window[:, :-1], window[:, 1:])
+            total += loss.item() * window[:, 1:].numel()
+            count += window[:, 1:].numel()
+            bar.update(window[:, 1:].numel())
     model.train(was_training)
     return total / max(count, 1)
 
@@ -120,17 +109,19 @@ def evaluate_tokens(
     batch_size: int = 32,
     loss: Optional[float] = None,
     dropped_chars: int = 0,
+    progress: bool = False,
 ) -> EvalResult:
     """Loss, perplexity, bits per token and bits per byte of `model` predicting every token of `tokens`
     after the first, for a text of `text_bytes` UTF-8 bytes (its end-of-text markers not counted).
 
     `loss`: the mean loss over exactly these tokens when it is already known (no second pass);
-    `dropped_chars`: characters left out of the text because the tokenizer lacks them.
+    `dropped_chars`: characters left out of the text because the tokenizer lacks them; `progress`: a bar on a
+    terminal.
     """
     if len(tokens) < 2:
         raise DataError(f"{source} has fewer than 2 tokens; there is nothing to evaluate")
     if loss is None:
-        loss = mean_loss(model, tokens, batch_size=batch_size)
+        loss = mean_loss(model, tokens, batch_size, progress)
     predicted = len(tokens) - 1
     metrics = report(loss, predicted, text_bytes)
     return EvalResult(source, predicted, text_bytes, metrics, dropped_chars, unknown_share(tokenizer, tokens, text_bytes))
@@ -214,12 +205,14 @@ def evaluate_run(
     int8: bool = False,
     batch_size: int = 0,
     unknown: str = "",
+    progress: bool = True,
 ) -> EvalResult:
     """Loss, perplexity and bits per byte of a run's best model over a whole split or a text source
     (`unknown="drop"`: without the characters its tokenizer lacks, counted in the result). A chat run on
     chat data: the masked loss (evaluate_chat), and its source says so; on plain text: every token.
 
-    batch_size 0: the run's train.batch_size, as the report at the end of its training.
+    batch_size 0: the run's train.batch_size, as the report at the end of its training. `progress`: a bar
+    over the tokens on a terminal.
     """
     run = load_run(run_dir, int8=int8)
     batch_size = batch_size or run.config.train.batch_size
@@ -232,7 +225,8 @@ def evaluate_run(
     else:
         tokens, text_bytes = split_tokens(run.config, split)
         name = f"{split} split"
-    return evaluate_tokens(run.model, run.tokenizer, tokens, text_bytes, name, batch_size, dropped_chars=dropped)
+    return evaluate_tokens(run.model, run.tokenizer, tokens, text_bytes, name, batch_size, dropped_chars=dropped,
+                           progress=progress)
 
 
 def _evaluate_chat_run(run: Run, source: Optional[str], split: str, batch_size: int, unknown: str) -> EvalResult:

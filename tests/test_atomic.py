@@ -113,7 +113,7 @@ def test_staged_folder_leaves_the_folder_as_it_was_when_a_write_fails(tmp_path):
 @pytest.fixture
 def prepared(tmp_path, tiny_corpus):
     """A complete shard folder of the tiny corpus, and the recipe that made it."""
-    cfg = load_recipe("kjv-char", {"data.source": str(tiny_corpus), "data.shard_dir": str(tmp_path / "shards")})
+    cfg = load_recipe("kjv-char-gpt2", {"data.source": str(tiny_corpus), "data.shard_dir": str(tmp_path / "shards")})
     prepare(cfg, log=lambda _: None)
     return cfg, tmp_path / "shards"
 

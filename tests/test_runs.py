@@ -231,7 +231,7 @@ def test_overwrite_replaces_the_old_run_and_keeps_other_files(tmp_path, trained_
     (run / "notes.txt").write_text("mine")
     old_best = (run / BEST).read_bytes()
     result = train(
-        load_recipe("kjv-char", dict(tiny_overrides, **{"train.max_steps": 4, "train.eval_interval": 2})),
+        load_recipe("kjv-char-gpt2", dict(tiny_overrides, **{"train.max_steps": 4, "train.eval_interval": 2})),
         out=run, progress_bar=False, overwrite=True,
     )  # fmt: skip
     assert result.steps == 4

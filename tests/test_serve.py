@@ -46,7 +46,7 @@ def run_dir(tmp_path_factory):
         "train.eval_interval": 10, "train.eval_batches": 2, "train.log_interval": 5,
         "sample.max_new_tokens": 5,
     }
-    train(load_recipe("kjv-char", overrides), out=root / "run", progress_bar=False)
+    train(load_recipe("kjv-char-gpt2", overrides), out=root / "run", progress_bar=False)
     return root / "run"
 
 

@@ -59,7 +59,7 @@ def held_out_accuracy(folder, seed: int = 0) -> tuple[float, float]:
             "train.max_steps": 30, "train.max_minutes": 0, "train.eval_interval": 30, "train.eval_batches": 2,
             "train.batch_size": 32, "train.lr": 3e-3, "train.warmup_steps": 5, "sample.max_new_tokens": 5,
             "train.seed": seed}  # fmt: skip
-    train(load_recipe("kjv-char", base), out=folder / "base", progress_bar=False)
+    train(load_recipe("kjv-char-gpt2", base), out=folder / "base", progress_bar=False)
     chat = {**CHAT, "data.source": str(folder / "chat.jsonl"), "train.seed": seed}
     finetune(folder / "base", chat, out=folder / "chat", progress_bar=False)
     return accuracy(folder / "base", held_out), accuracy(folder / "chat", held_out)

@@ -28,7 +28,7 @@ def base_and_chat(tmp_path, tiny_overrides, monkeypatch):
     monkeypatch.chdir(tmp_path)  # fine-tuning writes shards/ under the working folder
     (tmp_path / "plain.txt").write_text(PLAIN, encoding="utf-8")
     overrides = {**tiny_overrides, "data.source": str(tmp_path / "plain.txt"), "train.max_steps": 6}
-    train(load_recipe("kjv-char", overrides), out=tmp_path / "base", progress_bar=False)
+    train(load_recipe("kjv-char-gpt2", overrides), out=tmp_path / "base", progress_bar=False)
     with open(tmp_path / "chat.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r) + "\n" for r in arithmetic_reversal_set(200, seed=0))
     return tmp_path / "base", tmp_path / "chat.jsonl"
