@@ -4,7 +4,7 @@ A generated instruction set ("What is 17 plus 25?" -> "42", "Reverse: abc" -> "c
 pretrained briefly on plain text, then chat-fine-tuned for a bounded number of steps on the CPU:
 its greedy answers to held-out questions of the same kinds (none of them in the training set) are
 right at least 90% of the time; the pretrained model's are not. What makes it learn within the
-budget is Muon on the hidden matrices (AdamW alone, same steps: 26%). BENCHMARKS.md has the
+budget is Muon on the hidden matrices (AdamW alone: 1% after 600 steps, 54% after 1,200). BENCHMARKS.md has the
 accuracy by step and seed; benchmarks/chat.py is the longer version.
 """
 
