@@ -152,11 +152,15 @@ def check_unknown(tokenizer: Tokenizer, conversations: list[list[Message]], wher
     found = sorted({ch for c in conversations for m in c for ch in tokenizer.unknown_chars(m["content"])})
     if found and unknown != "drop":
         shown = ", ".join(repr(ch) for ch in found[:10])
-        raise DataError(f"{where} has characters the tokenizer lacks ({shown}); set --data.unknown=drop to leave them out")
+        raise DataError(
+            f"{where} has characters the tokenizer lacks ({shown}); set --data.unknown=drop to leave them out"
+        )
     return bool(found)
 
 
-def encode_source(tokenizer: ChatTokenizer, source: str, unknown: str = "error") -> tuple[np.ndarray, np.ndarray, int, int]:
+def encode_source(
+    tokenizer: ChatTokenizer, source: str, unknown: str = "error"
+) -> tuple[np.ndarray, np.ndarray, int, int]:
     """Every conversation of a chat `source` as tokens and mask (see encode_conversations), the UTF-8 bytes
     of the trained text, and the characters the tokenizer lacks that were dropped (`unknown="drop"`)."""
     conversations = all_conversations(source)
@@ -186,7 +190,8 @@ def prepare_chat(cfg: RunConfig, shard_dir: Path, tokenizer: Optional[Tokenizer]
         splits: dict[str, Any] = {}
         for split in SPLITS:
             texts = conversations[split]
-            unknown = check_unknown(chat_tokenizer, texts, f"data.source {cfg.data.source!r} ({split})", cfg.data.unknown)
+            where = f"data.source {cfg.data.source!r} ({split})"
+            unknown = check_unknown(chat_tokenizer, texts, where, cfg.data.unknown)
             ids, mask, trained_bytes = encode_conversations(chat_tokenizer, texts, drop=unknown)
             for path, values, vocab in ((staging / f"{split}.bin", ids, chat_tokenizer.vocab_size),
                                         (mask_path(staging, split), mask, START + 1)):  # fmt: skip

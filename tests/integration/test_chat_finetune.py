@@ -93,7 +93,8 @@ def test_eval_of_a_chat_run_is_the_masked_loss_on_chat_data_and_every_token_on_t
     # its own val split: the masked loss the training reported, and the output says which loss it is
     split = evaluate_run(tmp_path / "chat")
     assert split.source == f"val split {CHAT_LOSS}"
-    assert split.metrics["loss"] == pytest.approx(result.final_val.metrics["loss"]) and split.tokens == result.final_val.tokens
+    assert split.metrics["loss"] == pytest.approx(result.final_val.metrics["loss"])
+    assert split.tokens == result.final_val.tokens
     capsys.readouterr()
     assert main(["eval", "--run", str(tmp_path / "chat")]) == 0
     assert capsys.readouterr().out.startswith("val split (chat: the loss on the assistant's tokens only): ")
@@ -108,7 +109,8 @@ def test_eval_of_a_chat_run_is_the_masked_loss_on_chat_data_and_every_token_on_t
     # plain text on a chat run: every token, and said so; a base run's eval is unchanged
     text = evaluate_run(tmp_path / "chat", source=str(tmp_path / "plain.txt"))
     tokens, _, _ = text_tokens(run.config, run.tokenizer, str(tmp_path / "plain.txt"))
-    assert text.source == f"{tmp_path / 'plain.txt'} {TEXT_LOSS}" and text.metrics["loss"] == pytest.approx(mean_loss(run.model, tokens))
+    assert text.source == f"{tmp_path / 'plain.txt'} {TEXT_LOSS}"
+    assert text.metrics["loss"] == pytest.approx(mean_loss(run.model, tokens))
     base_eval = evaluate_run(base)
     assert base_eval.source == "val split" and base_eval.metrics["loss"] == pytest.approx(
         mean_loss(load_run(base).model, np.asarray(Shard(shard_dir_for(load_run(base).config) / "val.bin").tokens))
