@@ -139,8 +139,9 @@ def _model_file_commands(sub: argparse._SubParsersAction) -> None:
                    help="the run's context in tokens, at most the checkpoint's (rotary models; default: the checkpoint's)")
 
     p = sub.add_parser(
-        "serve", help="HTTP API (OpenAI-style /v1/completions) and a web page to try a run",
-        epilog="Limits can be overridden: --serve.max_tokens_limit=N, --serve.max_prompt_chars=N",
+        "serve", help="HTTP API (OpenAI-style /v1/completions; /v1/chat/completions on a chat run) and a web page to try a run",
+        epilog="Limits can be overridden: --serve.max_tokens_limit=N, --serve.max_prompt_chars=N; "
+        "SLM_API_KEY=KEY (or --serve.api_key=KEY) asks every client for `Authorization: Bearer KEY`",
     )
     p.add_argument("--run", required=True, metavar="DIR", help="run folder written by `slm train`")
     p.add_argument("--host", default=None, help="address to listen on (default: 127.0.0.1, this machine only)")

@@ -277,6 +277,9 @@ class ServeConfig:
     max_queue: int = 256  # sequences waiting for a batch slot; beyond it requests get HTTP 503 + Retry-After
     request_timeout: float = 600.0  # seconds a request may take, waiting included; 0 = no limit
     threads: int = 1  # torch threads for generation (0 = torch's default); on a busy CPU more can be slower
+    body_timeout: float = 30.0  # seconds a client may take to send a request's body; slower ones get 408; 0 = no limit
+    api_key: str = ""  # when set (or SLM_API_KEY), every request but /health and the page needs `Authorization: Bearer KEY`
+    cors_origins: str = ""  # comma-separated origins whose browser pages may call the API ("*": any); "" = CORS off
 
     def validate(self) -> None:
         if not self.host:
@@ -286,7 +289,7 @@ class ServeConfig:
         for key in ("max_tokens_limit", "max_prompt_chars", "max_batch"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"serve.{key}={getattr(self, key)} must be a positive integer")
-        for key in ("max_queue", "request_timeout", "threads"):
+        for key in ("max_queue", "request_timeout", "threads", "body_timeout"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"serve.{key}={getattr(self, key)} must be >= 0")
 

@@ -26,12 +26,12 @@ import torch.distributed as dist
 
 from .atomic import atomic_write_text, remove_temp_files
 from .config import RunConfig, SampleConfig, TrainConfig
-from .data.chat import chat_sampler, masked_loss
+from .data.chat import chat_sampler
 from .data.prepare import load_prepared, prepare, shard_dir_for
 from .data.sampler import WindowSampler
 from .data.shards import Shard
 from .errors import CheckpointError, ConfigError, TrainingError
-from .evaluate import EvalResult, evaluate_tokens, mean_loss, report, split_tokens
+from .evaluate import EvalResult, chat_split, evaluate_chat, evaluate_tokens, mean_loss, split_tokens
 from .generate import generate
 from .model import GPT
 from .optim import early_stop_update, lr_multiplier, make_optimizers, plateau_update, warmup_progress
@@ -660,11 +660,9 @@ def _final_report(run: _Run, state: TrainState, log: _Logger) -> tuple[EvalResul
 
 def _chat_report(run: _Run, state: TrainState, log: _Logger) -> EvalResult:
     """The best weights' masked loss (assistant tokens only) over every val conversation."""
-    val = chat_sampler(shard_dir_for(run.cfg), "val", run.tokenizer, run.sampler.seq_len, run.cfg.train.batch_size, 0)
-    loss, counted = masked_loss(run.model, val.every_conversation())
-    _, _, manifest = load_prepared(shard_dir_for(run.cfg))
-    final = EvalResult("val split, assistant tokens", counted, int(manifest["splits"]["val"]["bytes"]),
-                       report(loss, counted, int(manifest["splits"]["val"]["bytes"])))  # fmt: skip
+    tokens, mask, text_bytes = chat_split(run.cfg, "val")
+    final = evaluate_chat(run.model, run.tokenizer, tokens, mask, text_bytes, "val split", run.sampler.seq_len,
+                          run.cfg.train.batch_size)  # fmt: skip
     log.info(f"done: {state.step} steps, {state.tokens:,} tokens in {state.elapsed:.0f}s; best weights on the {final.summary()}")
     return final
 
