@@ -198,3 +198,11 @@ def test_block_size_shortens_the_context_and_keeps_the_logits(tmp_path):
     assert_same_logits(hf_model, run.model, backend.get_vocab_size())
     with pytest.raises(ExportError, match="--block-size 65 must be between 1 and the checkpoint's 64"):
         import_hf(tmp_path / "hf", tmp_path / "other", block_size=65)
+
+
+def test_a_sharded_checkpoint_imports(tmp_path):
+    hf_model, backend = pretrained_folder(tmp_path / "hf", "smollm2")
+    (tmp_path / "hf" / "model.safetensors").unlink()
+    hf_model.save_pretrained(tmp_path / "hf", max_shard_size="40KB")  # model.safetensors.index.json + shards
+    assert (tmp_path / "hf" / "model.safetensors.index.json").is_file() and len(list((tmp_path / "hf").glob("*-of-*"))) > 1
+    assert_same_logits(hf_model, load_run(import_hf(tmp_path / "hf", tmp_path / "run")).model, backend.get_vocab_size())
