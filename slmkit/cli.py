@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
 def _training_commands(sub: argparse._SubParsersAction) -> None:
     """train, finetune, prepare."""
     p = sub.add_parser("train", help="prepare data if needed, train, then print a sample", epilog=EPILOG)
-    p.add_argument("--recipe", default=None, help="recipe name in recipes/ or a YAML path (default: kjv-char)")
+    p.add_argument("--recipe", default=None, help="recipe name in recipes/ or a YAML path (default: kjv-bpe)")
     p.add_argument("--out", default=None, help="run folder (default: runs/<recipe>)")
     p.add_argument("--resume", default=None, metavar="DIR", help="continue the run in DIR from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (refused otherwise)")
@@ -55,7 +55,7 @@ def _training_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still print)")
 
     p = sub.add_parser("prepare", help="corpus -> tokenizer -> train/val shards", epilog=EPILOG)
-    p.add_argument("--recipe", default=None, help="recipe name in recipes/ or a YAML path (default: kjv-char)")
+    p.add_argument("--recipe", default=None, help="recipe name in recipes/ or a YAML path (default: kjv-bpe)")
     p.add_argument("--out", default=None, metavar="DIR", help="shard folder to write (= --data.shard_dir)")
     p.add_argument("--force", action="store_true", help="rebuild the shards even if they are complete")
 
@@ -100,7 +100,7 @@ def _experiment_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "sweep", help="train a recipe over a grid of overrides and several seeds, one run folder each", epilog=EPILOG
     )
-    p.add_argument("--recipe", default=None, help="recipe name in recipes/ or a YAML path (default: kjv-char)")
+    p.add_argument("--recipe", default=None, help="recipe name in recipes/ or a YAML path (default: kjv-bpe)")
     p.add_argument("--file", default=None, metavar="SWEEP.yaml", help="a sweep file: recipe, seeds, samples, overrides, grid")
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
                    help="values of a key to sweep (repeatable; with --samples also KEY=LO:HI or KEY=log:LO:HI)")
@@ -129,14 +129,19 @@ def _model_file_commands(sub: argparse._SubParsersAction) -> None:
                         "llama.cpp; onnx: the logits graph for onnxruntime")
     p.add_argument("--out", required=True, metavar="OUT", help="folder (hf), FILE.gguf or FILE.onnx to write")
     p.add_argument("--dtype", default="f32", choices=["f32", "f16", "q8_0"], help="gguf weight type (default: f32)")
+    p.add_argument("--kv-cache", action="store_true",
+                   help="onnx: the decoding graph with past keys/values in and out (see slmkit/export_onnx.py)")
 
     p = sub.add_parser("import-hf", help="turn a local Hugging Face GPT-2, Llama or Qwen3 folder into a run folder")
     p.add_argument("folder", metavar="DIR", help="folder with config.json, model.safetensors and tokenizer files")
     p.add_argument("--out", required=True, metavar="RUN", help="run folder to write")
+    p.add_argument("--block-size", type=int, default=0, metavar="N",
+                   help="the run's context in tokens, at most the checkpoint's (rotary models; default: the checkpoint's)")
 
     p = sub.add_parser(
-        "serve", help="HTTP API (OpenAI-style /v1/completions) and a web page to try a run",
-        epilog="Limits can be overridden: --serve.max_tokens_limit=N, --serve.max_prompt_chars=N",
+        "serve", help="HTTP API (OpenAI-style /v1/completions; /v1/chat/completions on a chat run) and a web page to try a run",
+        epilog="Limits can be overridden: --serve.max_tokens_limit=N, --serve.max_prompt_chars=N; "
+        "SLM_API_KEY=KEY (or --serve.api_key=KEY) asks every client for `Authorization: Bearer KEY`",
     )
     p.add_argument("--run", required=True, metavar="DIR", help="run folder written by `slm train`")
     p.add_argument("--host", default=None, help="address to listen on (default: 127.0.0.1, this machine only)")
@@ -321,7 +326,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
     if args.format == "onnx":
         from .export_onnx import export_onnx
 
-        print(export_onnx(args.run, args.out))
+        print(export_onnx(args.run, args.out, args.kv_cache))
         return
     result = export_hf(args.run, args.out)
     print(result.out)
@@ -332,7 +337,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
 def _cmd_import_hf(args: argparse.Namespace) -> None:
     from .export import import_hf
 
-    print(import_hf(args.folder, args.out))
+    print(import_hf(args.folder, args.out, args.block_size))
 
 
 def _cmd_recipes(args: argparse.Namespace) -> None:

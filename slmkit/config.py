@@ -23,7 +23,7 @@ from .atomic import atomic_write_text
 from .errors import ConfigError
 from .sampling import FIELDS, SamplingParams
 
-DEFAULT_RECIPE = "kjv-char"
+DEFAULT_RECIPE = "kjv-bpe"
 MAX_RECIPE_BYTES = 1_000_000  # a recipe is a page of YAML
 
 
@@ -99,16 +99,37 @@ class ModelConfig:
     zero_init_proj: bool = False  # attention and MLP output projections start at zero (modded-nanogpt)
     tie_embeddings: bool = True  # lm_head shares the token embedding matrix (GPT-2)
     logit_softcap: float = 0.0  # > 0: logits = cap * tanh(logits / cap) (Gemma 2, modded-nanogpt); 0 = off
+    # The options pretrained Llama/Qwen3 checkpoints need (slm import-hf sets them from config.json):
+    n_kv_head: int = 0  # key/value heads (grouped-query attention: each serves n_head / n_kv_head queries); 0 = n_head
+    head_dim: int = 0  # size of each attention head; 0 = n_embd / n_head (Qwen3-0.6B: 128 with n_embd 1024, 16 heads)
+    rope_theta: float = 10000.0  # rotary base (SmolLM2 100000, Qwen3 1000000)
+    norm_eps: float = 0.0  # epsilon of every norm; 0 = the norm's default: 1e-5 layernorm, 1e-6 rmsnorm and qk_norm
+    qk_norm_gain: bool = False  # qk_norm with a learned gain per head dimension, shared by the heads (Qwen3's q/k_norm)
+
+    @property
+    def head_size(self) -> int:
+        """Size of each attention head."""
+        return self.head_dim or self.n_embd // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        """Number of key/value heads (n_head unless grouped-query attention)."""
+        return self.n_kv_head or self.n_head
+
+    def eps(self, norm: str) -> float:
+        """Epsilon of a `norm` ('layernorm' or 'rmsnorm', which QK-norm is too)."""
+        return self.norm_eps or (1e-5 if norm == "layernorm" else 1e-6)
 
     def validate(self) -> None:
         for key in ("n_layer", "n_head", "n_embd", "block_size"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"model.{key}={getattr(self, key)} must be a positive integer")
-        if self.n_embd % self.n_head:
+        if self.n_embd % self.n_head and not self.head_dim:
             raise ConfigError(
                 f"model.n_embd={self.n_embd} is not divisible by model.n_head={self.n_head}; "
-                "pick sizes where n_embd is a multiple of n_head"
+                "pick sizes where n_embd is a multiple of n_head (or set model.head_dim)"
             )
+        self._validate_attention()
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout={self.dropout} must be in [0, 1)")
         if self.vocab_size < 0:
@@ -120,11 +141,25 @@ class ModelConfig:
             raise ConfigError(f"model.d_ff={self.d_ff} must be >= 0 (0 = 4 * n_embd)")
         if self.logit_softcap < 0 or not math.isfinite(self.logit_softcap):
             raise ConfigError(f"model.logit_softcap={self.logit_softcap} must be a finite number >= 0 (0 = off, e.g. 15)")
-        if self.pos_embedding == "rotary" and (self.n_embd // self.n_head) % 2:
+        if self.pos_embedding == "rotary" and self.head_size % 2:
             raise ConfigError(
-                f"model.pos_embedding=rotary needs an even head size, got n_embd/n_head={self.n_embd // self.n_head}; "
-                "change model.n_embd or model.n_head"
+                f"model.pos_embedding=rotary needs an even head size, got {self.head_size}; "
+                "change model.n_embd, model.n_head or model.head_dim"
             )
+
+    def _validate_attention(self) -> None:
+        """The options of pretrained Llama/Qwen3 checkpoints (n_kv_head, head_dim, rope_theta, norm_eps, qk_norm_gain)."""
+        for key in ("n_kv_head", "head_dim"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"model.{key}={getattr(self, key)} must be >= 0 (0 = the default)")
+        if self.n_head % self.kv_heads:
+            raise ConfigError(f"model.n_kv_head={self.n_kv_head} must divide model.n_head={self.n_head}")
+        if self.rope_theta <= 0:
+            raise ConfigError(f"model.rope_theta={self.rope_theta} must be > 0 (10000 is RoPE's usual base)")
+        if not 0.0 <= self.norm_eps < 1.0:
+            raise ConfigError(f"model.norm_eps={self.norm_eps} must be in [0, 1) (0 = the norm's default)")
+        if self.qk_norm_gain and not self.qk_norm:
+            raise ConfigError("model.qk_norm_gain=true needs model.qk_norm=true")
 
 
 @dataclass
@@ -245,6 +280,9 @@ class ServeConfig:
     max_queue: int = 256  # sequences waiting for a batch slot; beyond it requests get HTTP 503 + Retry-After
     request_timeout: float = 600.0  # seconds a request may take, waiting included; 0 = no limit
     threads: int = 1  # torch threads for generation (0 = torch's default); on a busy CPU more can be slower
+    body_timeout: float = 30.0  # seconds a client may take to send a request's body; slower ones get 408; 0 = no limit
+    api_key: str = ""  # when set (or SLM_API_KEY), every request but /health and the page needs `Authorization: Bearer KEY`
+    cors_origins: str = ""  # comma-separated origins whose browser pages may call the API ("*": any); "" = CORS off
 
     def validate(self) -> None:
         if not self.host:
@@ -254,7 +292,7 @@ class ServeConfig:
         for key in ("max_tokens_limit", "max_prompt_chars", "max_batch"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"serve.{key}={getattr(self, key)} must be a positive integer")
-        for key in ("max_queue", "request_timeout", "threads"):
+        for key in ("max_queue", "request_timeout", "threads", "body_timeout"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"serve.{key}={getattr(self, key)} must be >= 0")
 
@@ -396,7 +434,7 @@ def list_recipes() -> list[Path]:
 
 
 def find_recipe(name_or_path: str) -> Path:
-    """Resolve a recipe given by name (`kjv-char`) or by path to a YAML file."""
+    """Resolve a recipe given by name (`kjv-bpe`) or by path to a YAML file."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
@@ -410,7 +448,7 @@ def find_recipe(name_or_path: str) -> Path:
 
 
 def load_recipe(name_or_path: Optional[str] = None, overrides: Optional[dict[str, Any]] = None) -> RunConfig:
-    """Load a recipe (default: kjv-char, then named after its data and tokenizer), apply
+    """Load a recipe (default: kjv-bpe, then named after its data and tokenizer), apply
     `{"section.key": value}` overrides, validate."""
     path = find_recipe(name_or_path or DEFAULT_RECIPE)
     if path.stat().st_size > MAX_RECIPE_BYTES:  # parsing megabytes of YAML takes seconds for nothing
@@ -435,7 +473,7 @@ def load_recipe(name_or_path: Optional[str] = None, overrides: Optional[dict[str
 
 
 def run_name(cfg: RunConfig) -> str:
-    """The name of a run given no recipe: its data and tokenizer, e.g. `kjv-char` or `sotu-bpe`."""
+    """The name of a run given no recipe: its data and tokenizer, e.g. `kjv-bpe` or `sotu-char`."""
     from .data.sources import source_label  # the source kinds name their data
 
     return f"{source_label(cfg.data.source)}-{cfg.tokenizer.kind}"
