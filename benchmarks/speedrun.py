@@ -1,12 +1,13 @@
 """The CPU speedrun (issue 18): the real nanoGPT against our recipes, side by side in one invocation.
 
 Each round runs, one after the other and as whole processes: nanoGPT's own train.py with its README's
-CPU command (on a temporary copy of ../shared/peers/nanoGPT), `slm train` on recipes/speedrun-baseline.yaml
-and on recipes/speedrun-cpu.yaml (stop_at_val_loss off, so we also get the loss at the end). The order
+CPU command (on a temporary copy of ../shared/peers/nanoGPT), `slm train` on recipes/speedrun-baseline.yaml,
+speedrun-cpu.yaml and speedrun-cpu-long.yaml (stop_at_val_loss off unless --stop, so we also get the loss at
+the end; `--recipes recipe.yaml@section.key=value,...` races variants, --no-nanogpt leaves nanoGPT out). The order
 flips every round. For each run: wall (process start to exit), time to the first val <= --target (the
 moment its evaluation line was printed, counted from process start), the val at nanoGPT's wall of the same
-round, the val at the end on the whole val split, ms/step (median, steps without an evaluation), tokens/s,
-MFU (model FLOPs/s over the fp32 matmul peak measured here, same thread count) and peak RSS.
+round, the best weights' val on the whole val split (the final report's), ms/step (median, steps without an evaluation), tokens/s,
+MFU (model FLOPs/s over the fp32 matmul peak measured here, same thread count), peak RSS and CPU seconds.
 
 nanoGPT's checkpoint is scored in a subprocess that imports nanoGPT's own model.py from the copy and
 hands it to slmkit.evaluate.mean_loss, the function `slm eval` uses, on our val shard: every window of
