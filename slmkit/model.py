@@ -79,14 +79,16 @@ class _CacheStep:
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the new k, v (B, nh, T, hs) of `layer`; return every key and value the rows see (B, nh, keys, hs)."""
         ck, cv = self.cache.k[layer], self.cache.v[layer]  # (slots, nh, block_size, hs)
-        if self.contiguous and self.start is not None:  # views, no copies (one sequence, or a batch in step)
-            rows = slice(self.slots[0], self.slots[0] + len(self.slots))
-            ck[rows, :, self.start : self.start + self.T] = k
-            cv[rows, :, self.start : self.start + self.T] = v
-            return ck[rows, :, : self.keys], cv[rows, :, : self.keys]
-        rows = self.rows[:, None]  # (B, 1) with positions (B, T): element [b, t] -> (B, T, nh, hs)
-        ck[rows, :, self.positions] = k.transpose(1, 2)
-        cv[rows, :, self.positions] = v.transpose(1, 2)
+        span = slice(self.slots[0], self.slots[0] + len(self.slots))
+        if self.contiguous and self.start is not None:  # one sequence, or a batch in step: slices
+            ck[span, :, self.start : self.start + self.T] = k
+            cv[span, :, self.start : self.start + self.T] = v
+        else:
+            rows = self.rows[:, None]  # (B, 1) with positions (B, T): element [b, t] -> (B, T, nh, hs)
+            ck[rows, :, self.positions] = k.transpose(1, 2)
+            cv[rows, :, self.positions] = v.transpose(1, 2)
+        if self.contiguous:  # views, no copies (rows of different lengths: the mask hides the keys past each)
+            return ck[span, :, : self.keys], cv[span, :, : self.keys]
         return ck[:, :, : self.keys].index_select(0, self.rows), cv[:, :, : self.keys].index_select(0, self.rows)
 
 
