@@ -242,13 +242,13 @@ class Batch:
         Sequences with as many pending ids (one each while decoding; new prompts of one length) share a forward,
         their rows in slot order (consecutive slots are read as views, not gathered).
         """
-        logits: list[Optional[torch.Tensor]] = [None] * len(self.active)
         device = self.model.device
+        parts: list[tuple[list[int], torch.Tensor]] = []  # (indices into active, their logits (len, vocab))
         groups: dict[int, list[int]] = {}  # pending length -> indices into active
         for i, seq in enumerate(self.active):
             window = seq.window
             if self.cache is None:  # recompute the whole window
-                logits[i] = self.model(torch.tensor([window.ids[window.start :]], device=device))[0][0, -1]
+                parts.append(([i], self.model(torch.tensor([window.ids[window.start :]], device=device))[0][:, -1]))
                 continue
             if window.fresh():
                 self.cache.reset(seq.slot)
@@ -257,10 +257,17 @@ class Batch:
             rows.sort(key=lambda i: self.active[i].slot)
             idx = torch.tensor([self.active[i].window.pending() for i in rows], device=device)  # (B, T)
             out, _ = self.model(idx, cache=self.cache, slots=[self.active[i].slot for i in rows])
-            for row, i in enumerate(rows):
-                logits[i] = out[row, -1]
+            for i in rows:
                 self.active[i].window.fed = len(self.active[i].window.ids)
-        return torch.stack(logits) if logits else torch.empty(0)
+            parts.append((rows, out[:, -1]))
+        if not parts:
+            return torch.empty(0)
+        if len(parts) == 1 and parts[0][0] == list(range(len(self.active))):
+            return parts[0][1]  # one forward in active order (every decoding step once all have joined)
+        logits = parts[0][1].new_empty(len(self.active), parts[0][1].size(-1))
+        for rows, part in parts:
+            logits[torch.tensor(rows, device=device)] = part
+        return logits
 
     def step(self) -> list[Sequence]:
         """Advance every active sequence by one token; return them (those that ended have left the batch)."""
