@@ -208,7 +208,8 @@ class Batch:
 
     add() a sequence at any time: it joins at the next step(). Each step feeds every sequence its
     pending ids (sequences with as many pending ids share one forward: every one-token decoding
-    step together, new prompts of one length together) and lets each choose its next token with its own sampler; sequences that end
+    step together, new prompts of one length together) and chooses every next token in one
+    choose_tokens call (each sequence draws from its own generator); sequences that end
     leave the batch and free their slot. Each sequence's tokens are the ones it gets alone (the
     batched forward's logits agree with the one-row forward's to fp32 rounding: see README).
     """
