@@ -49,7 +49,7 @@ def main() -> None:
         root = Path(root)
         (root / "corpus.txt").write_text(TINY_TEXT, encoding="utf-8")
         with contextlib.redirect_stdout(io.StringIO()):
-            train(load_recipe("kjv-char", tiny_settings(root / "corpus.txt", root / "shards")), out=root / "run",
+            train(load_recipe("kjv-char-gpt2", tiny_settings(root / "corpus.txt", root / "shards")), out=root / "run",
                   progress_bar=False)  # fmt: skip
         print("| case | command | bad input | exit | message |")
         print("|---|---|---|---|---|")

@@ -1,11 +1,14 @@
-"""Chat fine-tuning's capability, the long version of tests/integration/test_chat_capability.py.
+"""Chat fine-tuning's capability by steps and seeds, the long version of tests/integration/test_chat_capability.py.
 
-    python -P benchmarks/chat.py [--steps 3000] [--examples 6000] [--max-number 99] [--n-embd 128] [--threads 1]
+    python -P benchmarks/chat.py [--steps 200,400,600,1000] [--seeds 0,1,2] [--optimizer muon]
+                                 [--examples 3000] [--max-number 49] [--held-out 400] [--threads 1]
 
-A generated instruction set (additions of numbers up to --max-number, reversals of 3-5 letters),
-a model pretrained for 100 steps on plain text holding the same characters, then chat-fine-tuned
-for --steps steps; prints the greedy accuracy on 400 held-out questions per kind, before and
-after, and the CPU seconds each stage took (the machine is shared: CPU time, not wall time).
+The test's setting: a generated instruction set (additions of numbers up to --max-number, reversals
+of 3-5 letters, --examples training records), a 2-layer, 64-wide rotary char model pretrained 30 steps
+on plain text holding the same characters (per seed), then chat-fine-tuned for each --steps budget
+(the cosine runs to that budget). Prints the greedy exact-match accuracy on --held-out questions none of
+which is in the training set, per kind, and the CPU seconds of each fine-tune (the machine is shared:
+CPU time, not wall time).
 """
 
 from __future__ import annotations
@@ -26,8 +29,11 @@ from slmkit.generate import generate
 from slmkit.runs import load_run
 from slmkit.train import train
 
+MODEL = {"model.n_layer": 2, "model.n_head": 4, "model.n_embd": 64, "model.block_size": 32, "model.pos_embedding": "rotary"}
 
-def plain_text(n_words: int = 20000) -> str:
+
+def plain_text(n_words: int = 4000) -> str:
+    """Text with every character of the instruction set, but no instruction and no answer."""
     rng = random.Random(1)
     words = ["what", "is", "the", "plus", "reverse", "of", "a", "word", "number"]
     pieces = [rng.choice(words + [str(rng.randint(0, 99)), "".join(rng.choices(LETTERS, k=4))]) for _ in range(n_words)]
@@ -35,53 +41,73 @@ def plain_text(n_words: int = 20000) -> str:
 
 
 def accuracy(run_dir: Path, questions: list[dict]) -> dict[str, float]:
+    """Greedy exact-match accuracy per kind (plus, reverse) and over all questions."""
     run = load_run(run_dir)
     right: dict[str, list[bool]] = {"plus": [], "reverse": []}
     for q in questions:
         messages = [{"role": "user", "content": q["prompt"]}]
         if hasattr(run.tokenizer, "encode_chat"):
             answer = generate(run.model, run.tokenizer, messages=messages, max_new_tokens=8, temperature=0)
-        else:
+        else:  # the pretrained run has no chat template: the question as text
             answer = generate(run.model, run.tokenizer, q["prompt"] + "\n", max_new_tokens=8, temperature=0, stop="\n")
         right["plus" if q["prompt"].startswith("What") else "reverse"].append(answer.strip() == q["completion"])
-    return {kind: sum(v) / len(v) for kind, v in right.items()}
+    every = right["plus"] + right["reverse"]
+    return {**{kind: sum(v) / len(v) for kind, v in right.items()}, "all": sum(every) / len(every)}
+
+
+def pretrain(folder: Path, seed: int) -> Path:
+    """The base run: 30 steps on plain text (train.seed `seed`) in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "plain.txt").write_text(plain_text(), encoding="utf-8")
+    train(load_recipe("kjv-char-gpt2", {**MODEL, "data.source": str(folder / "plain.txt"), "data.shard_dir": str(folder / "shards"),
+          "train.max_steps": 30, "train.max_minutes": 0, "train.eval_interval": 30, "train.eval_batches": 2,
+          "train.batch_size": 32, "train.lr": 3e-3, "train.warmup_steps": 5, "train.seed": seed}),
+          out=folder / "base", progress_bar=False)  # fmt: skip
+    return folder / "base"
+
+
+def chat_finetune(base: Path, data: Path, out: Path, steps: int, seed: int, optimizer: str) -> float:
+    """Fine-tune as the test does, for `steps` steps; the CPU seconds it took."""
+    cpu = time.process_time()
+    finetune(base, {
+        "data.format": "chat", "data.source": str(data), "train.max_steps": steps, "train.optimizer": optimizer,
+        "train.muon_lr": 0.02, "train.lr": 3e-3, "train.min_lr": 3e-4, "train.warmup_steps": 30, "train.batch_size": 64,
+        "train.eval_interval": max(steps // 3, 1), "train.eval_batches": 2, "train.early_stop_patience": 0,
+        "train.seed": seed, "data.num_workers": 1, "data.shard_dir": str(base.parent / "chat-shards"),
+    }, out=out, progress_bar=False)  # fmt: skip
+    return time.process_time() - cpu
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--examples", type=int, default=6000)
-    parser.add_argument("--max-number", type=int, default=99)
-    parser.add_argument("--n-embd", type=int, default=128)
+    parser.add_argument("--steps", default="200,400,600,1000", help="fine-tuning budgets, comma-separated")
+    parser.add_argument("--seeds", default="0,1,2", help="train.seed of both stages, comma-separated")
+    parser.add_argument("--optimizer", default="muon", choices=("muon", "adamw"))
+    parser.add_argument("--examples", type=int, default=3000)
+    parser.add_argument("--max-number", type=int, default=49)
+    parser.add_argument("--held-out", type=int, default=400)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     folder = Path(tempfile.mkdtemp(prefix="slm-chat-bench."))
-    (folder / "plain.txt").write_text(plain_text(), encoding="utf-8")
     train_set = arithmetic_reversal_set(args.examples, seed=0, max_number=args.max_number)
-    held_out = arithmetic_reversal_set(800, seed=1, max_number=args.max_number,
+    held_out = arithmetic_reversal_set(args.held_out, seed=1, max_number=args.max_number,
                                        exclude=frozenset(r["prompt"] for r in train_set))  # fmt: skip
     with open(folder / "chat.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r) + "\n" for r in train_set)
-    model = {"model.n_layer": 2, "model.n_head": 4, "model.n_embd": args.n_embd, "model.block_size": 32,
-             "model.pos_embedding": "rotary"}  # fmt: skip
-    cpu = time.process_time()
-    train(load_recipe("kjv-char", {**model, "data.source": str(folder / "plain.txt"), "data.shard_dir": str(folder / "shards"),
-          "train.max_steps": 100, "train.max_minutes": 0, "train.eval_interval": 100, "train.batch_size": 32,
-          "train.lr": 3e-3, "train.warmup_steps": 10}), out=folder / "base", progress_bar=False)  # fmt: skip
-    pretrain = time.process_time() - cpu
-    result = finetune(folder / "base", {
-        "data.format": "chat", "data.source": str(folder / "chat.jsonl"), "data.shard_dir": str(folder / "chat-shards"),
-        "train.max_steps": args.steps, "train.lr": 3e-3, "train.min_lr": 3e-4, "train.warmup_steps": 30,
-        "train.batch_size": 64, "train.eval_interval": max(args.steps // 6, 1), "train.eval_batches": 4,
-        "train.early_stop_patience": 0,
-    }, out=folder / "chat", progress_bar=False)  # fmt: skip
-    tuned = time.process_time() - cpu - pretrain
-    before, after = accuracy(folder / "base", held_out), accuracy(folder / "chat", held_out)
-    print(f"\n| stage | CPU s | held-out plus | held-out reverse |\n|---|---|---|---|")
-    print(f"| pretrained (100 steps) | {pretrain:.0f} | {before['plus']:.1%} | {before['reverse']:.1%} |")
-    print(f"| chat-fine-tuned ({args.steps} steps, masked val loss {result.final_val.metrics['loss']:.3f}) | "
-          f"{tuned:.0f} | {after['plus']:.1%} | {after['reverse']:.1%} |")  # fmt: skip
+    rows = []
+    for seed in map(int, args.seeds.split(",")):
+        base = pretrain(folder / f"seed{seed}", seed)
+        rows.append(("pretrained, question as text", seed, None, accuracy(base, held_out)))
+        for steps in map(int, args.steps.split(",")):
+            out = folder / f"seed{seed}" / f"chat-{steps}"
+            cpu = chat_finetune(base, folder / "chat.jsonl", out, steps, seed, args.optimizer)
+            rows.append((f"chat-fine-tuned {steps} steps ({args.optimizer})", seed, cpu, accuracy(out, held_out)))
+            print(f"seed {seed}, {steps} steps: {rows[-1][3]} in {cpu:.0f} CPU s", flush=True)
+    print("\n| model | seed | fine-tune CPU s | held-out plus | held-out reverse | held-out all |\n|---|---|---|---|---|---|")
+    for name, seed, cpu, acc in rows:
+        cpu_text = f"{cpu:.0f}" if cpu is not None else ""
+        print(f"| {name} | {seed} | {cpu_text} | {acc['plus']:.1%} | {acc['reverse']:.1%} | {acc['all']:.1%} |")
     print(f"(run folders in {folder})")
 
 

@@ -1,16 +1,16 @@
 """Generation speed: tokens/s with the KV cache against recomputing the whole window at every step.
 
-    python -P benchmarks/generate.py [--tokens 500] [--repeats 5] [--run runs/kjv-char]
+    python -P benchmarks/generate.py [--tokens 500] [--repeats 5] [--run runs/kjv-char-gpt2]
     python -P benchmarks/generate.py --peers [--tokens 100] [--repeats 3]
 
 --peers: slmkit (KV cache; fp32 and int8; 1 and 2 threads) against llama.cpp (f32 and q8_0,
 through llama-cpp-python's `Llama.generate`, greedy: top_k=1, n_threads = the row's threads), for
-two models with random weights: the default recipe's shape and nanoGPT's Shakespeare-char shape
+two models with random weights: the GPT-2-style reference kjv-char-gpt2 (the default job's shape) and nanoGPT's Shakespeare-char shape
 (6 layers, 6 heads, 384 wide, block 256: 10.7 M). Each is written as a run folder, quantized
 (`slm quantize`) and exported (`slm export --format gguf`) once; every engine then decodes
 `tokens` new tokens after one token (below both blocks: no sliding), interleaved, medians.
 
-The model is the default recipe's shape (recipes/kjv-char.yaml: 4 layers, 4 heads, 128 wide,
+The model is the GPT-2-style reference recipe's shape (recipes/kjv-char-gpt2.yaml, the default job's size: 4 layers, 4 heads, 128 wide,
 block 128, 65 characters); the trained run's weights when the run folder exists, random weights
 otherwise (speed does not depend on them). 500 new tokens > block 128, so the window slides.
 Both ways run interleaved, `repeats` times each, greedy decoding; the table gives medians.
@@ -43,7 +43,7 @@ def build_model(run: Path) -> tuple[GPT, str]:
     if (run / BEST).is_file():
 
         return load_run(run).model, f"trained weights from {run}"
-    cfg = load_recipe("kjv-char").model
+    cfg = load_recipe("kjv-char-gpt2").model
     cfg.vocab_size = 65
     torch.manual_seed(0)
     return GPT(cfg).eval(), "random weights"
@@ -57,14 +57,14 @@ def tokens_per_second(model: GPT, new_tokens: int, use_cache: bool) -> float:
 
 
 SHAPES = {
-    "default (kjv-char)": {},
+    "kjv-char-gpt2 (default job size)": {},
     "10.7M (nanoGPT shakespeare-char)": {"n_layer": 6, "n_head": 6, "n_embd": 384, "block_size": 256},
 }
 
 
 def make_run(folder: Path, shape: dict) -> Path:
     """A run folder of the default recipe with `shape`'s model options and random weights."""
-    cfg: RunConfig = load_recipe("kjv-char")
+    cfg: RunConfig = load_recipe("kjv-char-gpt2")
     tokenizer = CharTokenizer([chr(c) for c in range(10, 10 + 65)])  # 65 characters, "\n" first
     cfg.model = dataclasses.replace(cfg.model, **shape, vocab_size=tokenizer.vocab_size)
     torch.manual_seed(0)
@@ -124,7 +124,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--run", default="runs/kjv-char")
+    parser.add_argument("--run", default="runs/kjv-char-gpt2")
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
     parser.add_argument("--peers", action="store_true", help="slmkit against llama.cpp instead (needs llama-cpp-python)")
     args = parser.parse_args()

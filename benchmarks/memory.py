@@ -63,7 +63,7 @@ def child(corpus: str, shard_dir: str, run: str, steps: int) -> None:
 
     WindowSampler.next = next_and_measure
     overrides = {**TINY, "data.source": corpus, "data.shard_dir": shard_dir, "train.max_steps": steps}
-    train(load_recipe("kjv-char", overrides), out=run, progress_bar=False)
+    train(load_recipe("kjv-char-gpt2", overrides), out=run, progress_bar=False)
     print(json.dumps(samples))
 
 

@@ -1,7 +1,8 @@
 """Load test of `slm serve`: the batched scheduler against one sequence at a time, in one invocation.
 
-    python -P benchmarks/serve_load.py --run runs/kjv-char [--max-batch 64] [--requests 50] [--max-tokens 64]
+    python -P benchmarks/serve_load.py --run runs/kjv-bpe [--max-batch 64] [--requests 50] [--max-tokens 64]
                                        [--flood 500] [--flood-queue 100] [--threads 1]
+    python -P benchmarks/serve_load.py --run runs/kjv-char --rss 10000 [--concurrency 4] [--max-tokens 8]
 
 For each of `--serve.max_batch=MAX_BATCH` and `--serve.max_batch=1` it starts `slm serve` on the run
 in a subprocess (so its RSS is the server's alone) and measures, from asyncio httpx clients: one
@@ -10,6 +11,10 @@ half plain; every one its own seed): wall, p50, p95, time to first text, aggrega
 tokens/s (serve.max_queue=REQUESTS); then, on a new server with serve.max_queue=FLOOD_QUEUE, FLOOD concurrent requests: status counts (503s
 are the refusals asked for, anything else is an error), the server's RSS before and after, and
 the latency of /health polled during the flood. Compare rows of one invocation only.
+
+--rss N instead: one server (serve.max_batch=MAX_BATCH), N short requests from CONCURRENCY clients at a time
+(plain, streamed, and every 10th a refused one: a 422), the server's VmRSS and RssAnon (/proc) read every
+N/10 requests: whether a long-lived server's memory stays flat. Not timing-sensitive: run it under nice.
 """
 
 from __future__ import annotations
@@ -126,6 +131,56 @@ async def flood(url: str, pid: int, requests: int, max_tokens: int) -> dict[str,
                 health_p50=pct(health, 50), health_max=max(health))
 
 
+def rss_of(pid: int) -> tuple[float, float]:
+    """(VmRSS, RssAnon) of process `pid` in MiB, from /proc."""
+    fields = dict(line.split(":", 1) for line in open(f"/proc/{pid}/status", encoding="utf-8"))
+    return tuple(int(fields[key].split()[0]) / 1024 for key in ("VmRSS", "RssAnon"))
+
+
+async def long_run(url: str, pid: int, requests: int, concurrency: int, max_tokens: int) -> list[tuple]:
+    """`requests` short requests, `concurrency` at a time; rows (requests done, VmRSS, RssAnon, seconds, failures)."""
+    rows, failures, done = [], 0, 0
+    start = time.perf_counter()
+    async with httpx.AsyncClient(base_url=url, timeout=600) as client:
+        await one(client, 0, max_tokens, True)  # warm-up
+        rows.append((0, *rss_of(pid), 0.0, 0))
+
+        async def ask(i: int) -> bool:
+            if i % 10 == 9:  # refused: the error path must not leak either
+                reply = await client.post("/v1/completions", json={"prompt": PROMPT, "temperature": -1})
+                return reply.status_code == 422
+            await one(client, i, max_tokens, i % 2 == 0)
+            return True
+
+        every = max(1, requests // 10)
+        while done < requests:
+            batch = range(done, min(done + concurrency, requests))
+            results = await asyncio.gather(*[ask(i) for i in batch], return_exceptions=True)
+            failures += sum(r is not True for r in results)
+            done += len(batch)
+            if done % every < concurrency or done == requests:
+                rows.append((done, *rss_of(pid), time.perf_counter() - start, failures))
+                print(f"{done:,} requests: VmRSS {rows[-1][1]:.1f} MiB, RssAnon {rows[-1][2]:.1f} MiB, "
+                      f"{rows[-1][3]:.0f} s, {failures} failed", flush=True)
+    return rows
+
+
+def rss_mode(args: argparse.Namespace) -> None:
+    """The --rss table: the server's memory over a long run of short requests."""
+    proc, url = start_server(args.run, args.max_batch, args.max_batch * 4, args.threads)
+    try:
+        rows = asyncio.run(long_run(url, proc.pid, args.rss, args.concurrency, args.max_tokens))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    print(f"\n| requests | VmRSS MiB | RssAnon MiB | elapsed s | failed |\n|---|---|---|---|---|")
+    for done, rss, anon, seconds, failures in rows:
+        print(f"| {done:,} | {rss:.1f} | {anon:.1f} | {seconds:.0f} | {failures} |")
+    first = next(r for r in rows if r[0] >= args.rss // 2)  # from the middle on: after the allocator has settled
+    print(f"\nRssAnon from {first[0]:,} to {rows[-1][0]:,} requests: {first[2]:.1f} -> {rows[-1][2]:.1f} MiB "
+          f"({rows[-1][2] - first[2]:+.1f}); load average {os.getloadavg()[0]:.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True, help="run folder to serve")
@@ -135,8 +190,12 @@ def main() -> None:
     parser.add_argument("--flood", type=int, default=500)
     parser.add_argument("--flood-queue", type=int, default=100, help="serve.max_queue for the flood")
     parser.add_argument("--threads", type=int, default=1, help="serve.threads")
+    parser.add_argument("--rss", type=int, default=0, metavar="N", help="instead: RSS over N short requests")
+    parser.add_argument("--concurrency", type=int, default=4, help="with --rss: requests at a time")
     args = parser.parse_args()
     print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    if args.rss:
+        return rss_mode(args)
     rows = {}
     for max_batch in (args.max_batch, 1):
         for phase, max_queue in (("concurrent", args.requests), ("flood", args.flood_queue)):  # a server each

@@ -1,7 +1,7 @@
 """slmkit: build small language models from scratch.
 
     import slmkit
-    run = slmkit.load_run("runs/kjv-char")
+    run = slmkit.load_run("runs/kjv-bpe")
     print(slmkit.generate(run.model, run.tokenizer, "In the beginning", max_new_tokens=100))
 
 The pipeline, one module per stage, data flowing one way: data/sources/ (where text comes

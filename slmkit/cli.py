@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
 def _training_commands(sub: argparse._SubParsersAction) -> None:
     """train, finetune, prepare."""
     p = sub.add_parser("train", help="prepare data if needed, train, then print a sample", epilog=EPILOG)
-    p.add_argument("--recipe", default=None, help="recipe name in recipes/ or a YAML path (default: kjv-char)")
+    p.add_argument("--recipe", default=None, help="recipe name in recipes/ or a YAML path (default: kjv-bpe)")
     p.add_argument("--out", default=None, help="run folder (default: runs/<recipe>)")
     p.add_argument("--resume", default=None, metavar="DIR", help="continue the run in DIR from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (refused otherwise)")
@@ -55,7 +55,7 @@ def _training_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still print)")
 
     p = sub.add_parser("prepare", help="corpus -> tokenizer -> train/val shards", epilog=EPILOG)
-    p.add_argument("--recipe", default=None, help="recipe name in recipes/ or a YAML path (default: kjv-char)")
+    p.add_argument("--recipe", default=None, help="recipe name in recipes/ or a YAML path (default: kjv-bpe)")
     p.add_argument("--out", default=None, metavar="DIR", help="shard folder to write (= --data.shard_dir)")
     p.add_argument("--force", action="store_true", help="rebuild the shards even if they are complete")
 
@@ -100,7 +100,7 @@ def _experiment_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "sweep", help="train a recipe over a grid of overrides and several seeds, one run folder each", epilog=EPILOG
     )
-    p.add_argument("--recipe", default=None, help="recipe name in recipes/ or a YAML path (default: kjv-char)")
+    p.add_argument("--recipe", default=None, help="recipe name in recipes/ or a YAML path (default: kjv-bpe)")
     p.add_argument("--file", default=None, metavar="SWEEP.yaml", help="a sweep file: recipe, seeds, samples, overrides, grid")
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
                    help="values of a key to sweep (repeatable; with --samples also KEY=LO:HI or KEY=log:LO:HI)")
@@ -135,8 +135,9 @@ def _model_file_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="RUN", help="run folder to write")
 
     p = sub.add_parser(
-        "serve", help="HTTP API (OpenAI-style /v1/completions) and a web page to try a run",
-        epilog="Limits can be overridden: --serve.max_tokens_limit=N, --serve.max_prompt_chars=N",
+        "serve", help="HTTP API (OpenAI-style /v1/completions; /v1/chat/completions on a chat run) and a web page to try a run",
+        epilog="Limits can be overridden: --serve.max_tokens_limit=N, --serve.max_prompt_chars=N; "
+        "SLM_API_KEY=KEY (or --serve.api_key=KEY) asks every client for `Authorization: Bearer KEY`",
     )
     p.add_argument("--run", required=True, metavar="DIR", help="run folder written by `slm train`")
     p.add_argument("--host", default=None, help="address to listen on (default: 127.0.0.1, this machine only)")

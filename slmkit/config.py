@@ -23,7 +23,7 @@ from .atomic import atomic_write_text
 from .errors import ConfigError
 from .sampling import FIELDS, SamplingParams
 
-DEFAULT_RECIPE = "kjv-char"
+DEFAULT_RECIPE = "kjv-bpe"
 MAX_RECIPE_BYTES = 1_000_000  # a recipe is a page of YAML
 
 
@@ -242,6 +242,9 @@ class ServeConfig:
     max_queue: int = 256  # sequences waiting for a batch slot; beyond it requests get HTTP 503 + Retry-After
     request_timeout: float = 600.0  # seconds a request may take, waiting included; 0 = no limit
     threads: int = 1  # torch threads for generation (0 = torch's default); on a busy CPU more can be slower
+    body_timeout: float = 30.0  # seconds a client may take to send a request's body; slower ones get 408; 0 = no limit
+    api_key: str = ""  # when set (or SLM_API_KEY), every request but /health and the page needs `Authorization: Bearer KEY`
+    cors_origins: str = ""  # comma-separated origins whose browser pages may call the API ("*": any); "" = CORS off
 
     def validate(self) -> None:
         if not self.host:
@@ -251,7 +254,7 @@ class ServeConfig:
         for key in ("max_tokens_limit", "max_prompt_chars", "max_batch"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"serve.{key}={getattr(self, key)} must be a positive integer")
-        for key in ("max_queue", "request_timeout", "threads"):
+        for key in ("max_queue", "request_timeout", "threads", "body_timeout"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"serve.{key}={getattr(self, key)} must be >= 0")
 
@@ -393,7 +396,7 @@ def list_recipes() -> list[Path]:
 
 
 def find_recipe(name_or_path: str) -> Path:
-    """Resolve a recipe given by name (`kjv-char`) or by path to a YAML file."""
+    """Resolve a recipe given by name (`kjv-bpe`) or by path to a YAML file."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
@@ -407,7 +410,7 @@ def find_recipe(name_or_path: str) -> Path:
 
 
 def load_recipe(name_or_path: Optional[str] = None, overrides: Optional[dict[str, Any]] = None) -> RunConfig:
-    """Load a recipe (default: kjv-char, then named after its data and tokenizer), apply
+    """Load a recipe (default: kjv-bpe, then named after its data and tokenizer), apply
     `{"section.key": value}` overrides, validate."""
     path = find_recipe(name_or_path or DEFAULT_RECIPE)
     if path.stat().st_size > MAX_RECIPE_BYTES:  # parsing megabytes of YAML takes seconds for nothing
@@ -432,7 +435,7 @@ def load_recipe(name_or_path: Optional[str] = None, overrides: Optional[dict[str
 
 
 def run_name(cfg: RunConfig) -> str:
-    """The name of a run given no recipe: its data and tokenizer, e.g. `kjv-char` or `sotu-bpe`."""
+    """The name of a run given no recipe: its data and tokenizer, e.g. `kjv-bpe` or `sotu-char`."""
     from .data.sources import source_label  # the source kinds name their data
 
     return f"{source_label(cfg.data.source)}-{cfg.tokenizer.kind}"

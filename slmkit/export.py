@@ -28,6 +28,7 @@ from .atomic import atomic_path, atomic_write_text, staged_folder
 from .config import ModelConfig, RunConfig, TokenizerConfig
 from .errors import ExportError, SlmError
 from .model import GPT, RMS_EPS
+from .progress import Bar
 from .runs import BEST, LAST, load_run, save_weights, write_run_files
 from .tokenizer import CharTokenizer, ChatTokenizer, GPT2Tokenizer, Tokenizer, load_tokenizer
 from .tokenizer.bpe import BPETokenizer
@@ -288,13 +289,18 @@ def export_hf(run_dir: Path | str, out: Path | str) -> ExportResult:
     state, config = hf_state_and_config(run.model, run.tokenizer.eot_id)  # raises before anything is written
     if out.exists() and not out.is_dir():
         raise ExportError(f"--out {out} is a file; --format hf writes a folder: give a folder path")
-    with staged_folder(out, last="config.json") as stage:  # a failed export (disk full) leaves `out` as it was
+    # a failed export (disk full) leaves `out` as it was; a bar over the 4 parts written, on a terminal
+    with staged_folder(out, last="config.json") as stage, Bar(4, "export hf", unit="file") as bar:
         with atomic_path(stage / "model.safetensors") as tmp:
             save_file(state, str(tmp), metadata={"format": "pt"})  # transformers wants format=pt
+        bar.update(text="model.safetensors")
         atomic_write_text(stage / "generation_config.json", json.dumps(
             {"bos_token_id": run.tokenizer.eot_id, "eos_token_id": run.tokenizer.eot_id}, indent=2))
+        bar.update(text="generation_config.json")
         note = _write_tokenizer(run.tokenizer, stage, run.config.model.block_size)
+        bar.update(text="tokenizer")
         atomic_write_text(stage / "config.json", json.dumps(config, indent=2))
+        bar.update(text="config.json")
     return ExportResult(out, note)
 
 

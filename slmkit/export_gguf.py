@@ -25,6 +25,7 @@ from .runs import load_run
 from .errors import ExportError
 from .export import LAYER_NORM_EPS, ROPE_THETA, _d_ff, _head_size, gpt2_tensors, hf_architecture, to_llama_state
 from .model import GPT, RMS_EPS
+from .progress import Bar
 from .tokenizer import CharTokenizer, GPT2Tokenizer, Tokenizer
 from .tokenizer.bpe import BPETokenizer
 from .tokenizer.gpt2 import check_files, gpt2_data_dir
@@ -144,7 +145,7 @@ def _bpe_vocab_and_merges(tokenizer: Tokenizer) -> tuple[dict[str, int], list[st
     return tokenizer.backend.get_vocab(), merges
 
 
-def _add_tensors(writer, tensors: dict[str, torch.Tensor], dtype: str, gguf) -> None:
+def _add_tensors(writer, tensors: dict[str, torch.Tensor], dtype: str, gguf, bar: Bar) -> None:
     Q = gguf.GGMLQuantizationType
     for name, tensor in tensors.items():
         data = tensor.detach().float().cpu().numpy()
@@ -156,6 +157,7 @@ def _add_tensors(writer, tensors: dict[str, torch.Tensor], dtype: str, gguf) -> 
             writer.add_tensor(name, data.astype(np.float16))
         else:
             writer.add_tensor(name, gguf.quants.quantize(data, Q.Q8_0), raw_dtype=Q.Q8_0)
+        bar.update(text=name)
 
 
 def export_gguf(run_dir: Path | str, out: Path | str, dtype: str = "f32") -> Path:
@@ -180,9 +182,11 @@ def export_gguf(run_dir: Path | str, out: Path | str, dtype: str = "f32") -> Pat
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         _add_hyperparameters(writer, cfg, arch)
         _add_tokenizer(writer, run.tokenizer, gguf)
-        _add_tensors(writer, tensors, dtype, gguf)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
+        with Bar(len(tensors) + 1, f"export gguf {dtype}", unit="step") as bar:  # each tensor, then the file
+            _add_tensors(writer, tensors, dtype, gguf, bar)
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file()
+            bar.update(text=out.name)
         writer.close()
     return out

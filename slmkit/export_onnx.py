@@ -16,6 +16,7 @@ from .atomic import atomic_path
 from .runs import load_run
 from .errors import ExportError
 from .model import GPT
+from .progress import Bar
 
 OPSET = 17  # onnxruntime >= 1.14 and onnxruntime-web run it
 
@@ -42,8 +43,9 @@ def export_onnx(run_dir: Path | str, out: Path | str) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     example = torch.zeros(1, min(8, run.config.model.block_size), dtype=torch.long)
     axes = {"input_ids": {0: "batch", 1: "sequence"}, "logits": {0: "batch", 1: "sequence"}}
-    with atomic_path(out) as tmp, warnings.catch_warnings():
+    with atomic_path(out) as tmp, warnings.catch_warnings(), Bar(1, "export onnx", unit="file") as bar:
         warnings.simplefilter("ignore")  # the tracer's notes about the Python-side length check
         torch.onnx.export(_Logits(run.model.eval()), (example,), str(tmp), input_names=["input_ids"],
                           output_names=["logits"], dynamic_axes=axes, opset_version=OPSET, dynamo=False)
+        bar.update()
     return out

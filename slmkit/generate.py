@@ -30,6 +30,7 @@ from torch.nn import functional as F
 from .model import GPT
 from .sampling import SamplingParams
 from .chat import SPECIAL_TOKENS
+from .data.sampler import windows
 from .tokenizer import Tokenizer
 from .tokenizer.chat import chat_prompt
 
@@ -295,18 +296,18 @@ def next_logits(model: GPT, ids: list[int], use_cache: bool = True) -> Generator
 @torch.no_grad()
 def prompt_logprobs(model: GPT, ids: list[int], top: int = 0) -> list[tuple[int, float, list[tuple[int, float]]]]:
     """(token, log-probability, the `top` likeliest (id, log-probability)) of each of ids[1:] given the ids
-    before it, read in the windows `slm eval` reads (consecutive block_size windows, each from scratch)."""
-    T = model.config.block_size
+    before it, read in the windows `slm eval` reads (data.sampler.windows: consecutive block_size windows, each
+    from scratch)."""
     out = []
     with eval_mode(model):
-        for start in range(0, len(ids) - 1, T):
-            window = ids[start : start + T + 1]
-            logits, _ = model(torch.tensor([window[:-1]], device=model.device))
+        for window in windows(ids, model.config.block_size, batch_size=1):
+            window = window[0].to(model.device)  # (t + 1,)
+            logits, _ = model(window[None, :-1])
             log_probs = F.log_softmax(logits[0].float(), dim=-1)  # (t, vocab)
-            targets = torch.tensor(window[1:], device=model.device)
+            targets = window[1:]
             chosen = log_probs.gather(1, targets[:, None])[:, 0].tolist()
             best = torch.topk(log_probs, min(top, log_probs.size(-1))) if top else None
-            for k, token in enumerate(window[1:]):
+            for k, token in enumerate(targets.tolist()):
                 pairs = list(zip(best.indices[k].tolist(), best.values[k].tolist())) if best is not None else []
                 out.append((token, chosen[k], pairs))
     return out
@@ -351,17 +352,24 @@ class PieceDecoder:
     an incomplete multi-byte character.
 
     Each piece is decoded after the token before it (the last `context` id at first), so decoders
-    that join tokens (spaces between words, WordPiece's ##) place the boundary right.
+    that join tokens (spaces between words, WordPiece's ##) place the boundary right. The
+    end-of-text token reads as a newline, as the char kind's end of text is: a sample of several
+    documents shows one per line, not `<|endoftext|>` between them.
     """
 
     def __init__(self, tokenizer: Tokenizer, context: Optional[list[int]] = None):
         self.tokenizer = tokenizer
-        self.prev = list(context[-1:]) if context else []
+        self.eot_id = tokenizer.eot_id
+        self.prev = [] if not context or context[-1] == self.eot_id else list(context[-1:])
         self.prev_text = tokenizer.decode(self.prev)
         self.pending: list[int] = []
 
     def push(self, token: int) -> str:
         """The text `token` completes ("" while a character's other bytes are still to come)."""
+        if token == self.eot_id:  # a document ends: what is held, a newline, and a fresh start
+            text = self.flush() + "\n"
+            self.prev, self.prev_text = [], ""
+            return text
         self.pending.append(token)
         text = self.tokenizer.decode(self.prev + self.pending)
         if text.endswith(REPLACEMENT) and len(self.pending) < MAX_CHAR_TOKENS:

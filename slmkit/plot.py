@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 from .atomic import atomic_path
 from .errors import DataError
-from .runs import METRICS, SWEEP
+from .runfiles import METRICS, SWEEP
 from .runtable import Point, find_runs, format_value, group_points, read_metrics, read_run
 
 

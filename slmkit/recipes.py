@@ -10,9 +10,15 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .chat import SPECIAL_TOKENS
-from .config import ModelConfig, RunConfig, list_recipes, load_recipe
+from .config import DataConfig, ModelConfig, RunConfig, list_recipes, load_recipe
 from .data.sources import Corpus, source_kind
 from .tokenizer import get_kind
+
+
+# the data settings under which a source's pinned_chars hold only at their defaults: the pinned texts are valid
+# UTF-8 whose only whitespace is " " and "\n", so the other normalizations leave their characters as they are
+# (lowercase is applied to them; tests/test_recipes.py checks this against what `prepare` fits)
+PINNED_SETTINGS = ("format", "val_fraction")
 
 
 @dataclass
@@ -66,15 +72,20 @@ def recipe_vocab_size(cfg: RunConfig) -> tuple[Optional[int], str]:
         # A trained tokenizer reaches its vocab_size on any real corpus (a tiny one may give fewer).
         return kind.vocab_size(tk.vocab_size), ""
     source = source_kind(cfg.data.source)  # the vocabulary is the characters of its train split
+    if source.pinned_chars and pinned_split(cfg.data):  # lowercasing is the only setting applied to them
+        chars = len({c.lower() if cfg.data.lowercase else c for c in source.pinned_chars})
+        return chars, f"{chars} characters of the pinned {cfg.data.source}"
     if not source.download(cfg.data.source):
         chars = kind.fit(Corpus(cfg.data).texts(), tk.vocab_size, tk.min_frequency).vocab_size
         if cfg.data.format == "chat":  # its markers follow the characters
             return chars + len(SPECIAL_TOKENS), f"{chars} characters of {cfg.data.source} + {len(SPECIAL_TOKENS)} chat markers"
         return chars, f"{chars} characters of {cfg.data.source}"
-    if source.pinned_chars:  # lowercasing is the only normalization that merges characters
-        chars = len({c.lower() if cfg.data.lowercase else c for c in source.pinned_chars})
-        return chars, f"{chars} characters of the pinned {cfg.data.source}"
     return None, f"{tk.kind} vocabulary of {cfg.data.source}: download it with `slm prepare --recipe {cfg.name}`"
+
+
+def pinned_split(data: DataConfig) -> bool:
+    """Whether the train split is the one a source's pinned_chars were counted on (the default settings)."""
+    return all(getattr(data, key) == getattr(DataConfig(), key) for key in PINNED_SETTINGS)
 
 
 def summarize(cfg: RunConfig) -> RecipeSummary:

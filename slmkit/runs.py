@@ -1,22 +1,7 @@
-"""The run folder: the name of every file in it, writing and loading a run, resuming, checkpoints.
+"""The run folder: writing and loading a run, resuming, checkpoints.
 
-    runs/<name>/
-      config.yaml             CONFIG: the resolved recipe
-      tokenizer.json          TOKENIZER: the tokenizer
-      tokenizer.sha256        FINGERPRINT: sha256 of tokenizer.json at creation (`sha256sum -c` reads it);
-                              a run whose tokenizer was replaced since is refused (older runs have none)
-      chat_template.json      CHAT_TEMPLATE: a chat run's markers (special tokens after the vocabulary) and template
-      model.safetensors       BEST: weights of the best evaluation
-      last.safetensors        LAST: weights at the last checkpoint
-      state.pt                STATE: weights, optimizer, step, RNG states, sampler position (torch.load weights_only)
-      metrics.csv  train.log  METRICS, LOG: appended to by training (a resumed run continues them)
-      checkpoints/            CHECKPOINTS: with train.keep_last_k, the last k checkpoints
-      tensorboard/            TENSORBOARD: with train.tensorboard
-      loss.png                PLOT: loss and LR curves drawn at the end of training
-      model-int8.safetensors  INT8: the int8 model of `slm quantize` (quantize.int8_state's tensors)
-
-    runs/<recipe>-sweep/      a folder of run folders written by `slm sweep` (slmkit/sweep.py)
-      sweep.yaml              SWEEP: the recipe, the fixed overrides and every run's overrides
+The files' names are in slmkit/runfiles.py (torch-free); they are imported here, so `from slmkit.runs import
+BEST` works as well.
 
 Everything is written atomically and loaded without unpickling anything.
 """
@@ -40,26 +25,11 @@ from .config import ModelConfig, RunConfig, apply_override, load_config, save_co
 from .errors import CheckpointError, ConfigError, SlmError
 from .model import GPT
 from .quantize import SCHEME, int8_model, int8_state
-from .tokenizer import Tokenizer, load_tokenizer
-from .tokenizer.chat import TEMPLATE_FILE
-
-CONFIG = "config.yaml"
-TOKENIZER = "tokenizer.json"
-FINGERPRINT = "tokenizer.sha256"
-CHAT_TEMPLATE = TEMPLATE_FILE  # written beside tokenizer.json by a ChatTokenizer, read back by load_tokenizer
-BEST = "model.safetensors"
-LAST = "last.safetensors"
-STATE = "state.pt"
-METRICS = "metrics.csv"
-LOG = "train.log"
-INT8 = "model-int8.safetensors"
-CHECKPOINTS = "checkpoints"
-TENSORBOARD = "tensorboard"
-PLOT = "loss.png"
-SWEEP = "sweep.yaml"
-RUN_FILES = (
-    CONFIG, TOKENIZER, FINGERPRINT, CHAT_TEMPLATE, BEST, LAST, STATE, METRICS, LOG, INT8, CHECKPOINTS, TENSORBOARD, PLOT,
+from .runfiles import (  # noqa: F401  (the names, imported by every user of this module)
+    BEST, CHAT_TEMPLATE, CHECKPOINTS, CONFIG, FINGERPRINT, INT8, LAST, LOG, METRICS, PLOT, RUN_FILES, STATE, SWEEP,
+    TENSORBOARD, TOKENIZER,
 )
+from .tokenizer import Tokenizer, load_tokenizer
 
 # keys a resumed run may change: its budget and cadence, never its model or data
 RESUME_KEYS = (

@@ -1,6 +1,6 @@
 """`slm runs`: a table of run folders, one row per run or per sweep point (mean ± std over its seeds).
 
-Everything is read from the run folders themselves, through slmkit/runs.py's names: config.yaml
+Everything is read from the run folders themselves, through slmkit/runfiles.py's names: config.yaml
 (the hyper-parameters), metrics.csv (steps, tokens, val losses, speed, time), train.log (the final
 report's bits/byte, why the run stopped, whether it finished) and model.safetensors's header (the
 parameter count). So it works on any run folder, old or new, finished or not.
@@ -19,7 +19,7 @@ from typing import Any, Optional, Sequence
 
 from .config import LABELS, RunConfig, load_config
 from .errors import ConfigError, DataError
-from .runs import BEST, CONFIG, LOG, METRICS
+from .runfiles import BEST, CONFIG, LOG, METRICS
 from .tokenizer import get_kind
 
 # how a run is carried out, not what it learns: not compared between runs

@@ -31,6 +31,7 @@ import yaml
 from .atomic import atomic_write_text
 from .config import RunConfig, apply_override, load_recipe
 from .errors import CheckpointError, ConfigError, SlmError, TrainingError
+from .progress import Bar
 from .runs import STATE, SWEEP, resume_config
 from .runtable import SEED, finished, format_value, read_run, short_key
 
@@ -274,10 +275,11 @@ def sweep(
     parallel: int = 1,
     overwrite: bool = False,
     file: Optional[Path | str] = None,
-    echo: Callable[[str], None] = print,
+    echo: Optional[Callable[[str], None]] = None,
 ) -> list[RunOutcome]:
     """Train `recipe` over `grid` (`--grid` texts; a sweep `file` gives more) with `seeds` seeds per point
-    into run folders under `out` (default runs/<recipe>-sweep), `parallel` at a time; one line per run."""
+    into run folders under `out` (default runs/<recipe>-sweep), `parallel` at a time; one line per run
+    (printed, above a bar over the runs on a terminal; or given to `echo`)."""
     spec = load_sweep_file(file) if file else {"grid": {}, "overrides": {}}
     recipe = recipe or spec.get("recipe")
     fixed = {**spec["overrides"], **(overrides or {})}
@@ -291,19 +293,20 @@ def sweep(
     _claim(out, _manifest(recipe, fixed, runs), overwrite)
     threads = max(1, (base.train.threads or os.cpu_count() or 1) // parallel) if parallel > 1 else 0
     _prepare(recipe, fixed, runs)
-    echo(f"sweep of {len(runs)} runs into {out}" + (f", {parallel} at a time, {threads} threads each" if threads else ""))
     args = [(recipe, fixed, run, out, threads, overwrite) for run in runs]
     outcomes, failed = [], []
-    for i, outcome in enumerate(_results(args, parallel), 1):
-        if isinstance(outcome, str):
-            failed.append(outcome)
-            echo(f"[{i}/{len(runs)}] {outcome}")
-            continue
-        outcomes.append(outcome)
-        echo(
-            f"[{i}/{len(runs)}] {outcome.name}: {outcome.how}, {outcome.steps} steps, "
-            f"best val loss {outcome.best_val_loss:.4f}, {outcome.seconds:.0f}s"
-        )
+    with Bar(len(runs), "sweep", unit="run", enabled=echo is None) as bar:
+        say = echo or bar.write
+        say(f"sweep of {len(runs)} runs into {out}" + (f", {parallel} at a time, {threads} threads each" if threads else ""))
+        for i, outcome in enumerate(_results(args, parallel), 1):
+            if isinstance(outcome, str):
+                failed.append(outcome)
+                say(f"[{i}/{len(runs)}] {outcome}")
+            else:
+                outcomes.append(outcome)
+                say(f"[{i}/{len(runs)}] {outcome.name}: {outcome.how}, {outcome.steps} steps, "
+                    f"best val loss {outcome.best_val_loss:.4f}, {outcome.seconds:.0f}s")  # fmt: skip
+            bar.update()
     if failed:
         raise TrainingError(
             f"{len(failed)} of {len(runs)} runs stopped ({', '.join(f.split(':')[0] for f in failed)}): see their "
@@ -320,8 +323,7 @@ def _prepare(recipe: Optional[str], fixed: dict[str, Any], runs: list[SweepRun])
     for run in runs:
         cfg = run_config(recipe, fixed, run)
         if shard_dir_for(cfg) not in done:
-            with contextlib.redirect_stdout(io.StringIO()):
-                prepare(cfg)
+            prepare(cfg, log=lambda line: None)  # quiet: the sweep's lines are its record (a bar on a terminal)
             done.add(shard_dir_for(cfg))
 
 

@@ -23,20 +23,20 @@ from typing import Any, Optional
 import numpy as np
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
 from .atomic import atomic_write_text, remove_temp_files
 from .config import RunConfig, SampleConfig, TrainConfig
-from .data.chat import chat_sampler, masked_loss
+from .data.chat import chat_sampler
 from .data.prepare import load_prepared, prepare, shard_dir_for
 from .data.sampler import WindowSampler
 from .data.shards import Shard
 from .errors import CheckpointError, ConfigError, TrainingError
-from .evaluate import EvalResult, evaluate_tokens, mean_loss, report, split_tokens
+from .evaluate import EvalResult, chat_split, evaluate_chat, evaluate_tokens, mean_loss, split_tokens
 from .generate import generate
 from .model import GPT
 from .optim import early_stop_update, lr_multiplier, make_optimizers, plateau_update, warmup_progress
 from .plot import plot_runs
+from .progress import Bar
 from .runtable import tensorboard_hparams
 from .runs import (
     BEST,
@@ -196,10 +196,10 @@ class _Logger:
     """train.log, metrics.csv (appended to, so a resumed run continues them), TensorBoard and the progress bar;
     rank 0 only. `resumed_at`: the step of the checkpoint a resumed run starts from (later rows are dropped)."""
 
-    def __init__(
-        self, run_dir: Path, enabled: bool, tensorboard: bool, bar: bool, resumed_at: Optional[int], bar_total: Optional[int]
-    ):
-        self.enabled, self.tb, self.bar, self.log, self.metrics_file = enabled, None, None, None, None
+    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool, bar: bool, resumed_at: Optional[int]):
+        self.enabled, self.tb, self.log, self.metrics_file = enabled, None, None, None
+        self.bar: Optional[Bar] = None  # made at the first progress update, when the total is known (no 0/? bar)
+        self.want_bar = bar and enabled
         if not enabled:
             return
         if tensorboard:
@@ -218,22 +218,24 @@ class _Logger:
         self.metrics = csv.DictWriter(self.metrics_file, fieldnames=METRICS_FIELDS)
         if new:
             self.metrics.writeheader()
-        if bar:
-            bar_format = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]"
-            self.bar = tqdm(total=bar_total, initial=resumed_at or 0, unit="step", dynamic_ncols=True, bar_format=bar_format)
 
     def info(self, message: str) -> None:
         if not self.enabled:
             return
         self.log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
         self.log.flush()
-        (self.bar.write if self.bar is not None else print)(message)
+        if self.bar is not None:
+            self.bar.write(message)
+        else:
+            print(message, flush=True)  # a pipe (`slm train | tee`) gets each line as it is logged
 
     def progress(self, step: int, total: Optional[int], text: str) -> None:
+        """The bar at `step` of `total` (the steps the budget allows, an estimate under a time budget)."""
         if self.bar is not None:
-            self.bar.total = total
-            self.bar.set_postfix_str(text)
-            self.bar.update(step - self.bar.n)
+            self.bar.move_to(step, total, text)
+        elif self.want_bar and total:
+            bar_format = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]"
+            self.bar = Bar(total, "training", unit="step", initial=step, text=text, bar_format=bar_format)
 
     def row(self, values: dict[str, Any]) -> None:
         if not self.enabled:
@@ -335,6 +337,7 @@ def _build(
     distributed: tuple[int, int, int],
     init_weights: Optional[Path | str],
     tokenizer: Optional[Tokenizer],
+    progress_bar: bool,
 ) -> _Run:
     """This rank's device, shards (rank 0 prepares them), model, optimizers, samplers and budget."""
     tc = cfg.train
@@ -347,7 +350,7 @@ def _build(
         torch.set_num_threads(tc.threads)
     torch.manual_seed(tc.seed)
     if rank == 0:
-        prepare(cfg, tokenizer=tokenizer)
+        prepare(cfg, progress=progress_bar, tokenizer=tokenizer)
     if world > 1:
         dist.barrier()  # the other ranks wait for rank 0's shards
     tokenizer, shards, _ = load_prepared(shard_dir_for(cfg))
@@ -609,8 +612,10 @@ def _fit(run: _Run, state: TrainState, log: _Logger) -> None:
             _save_checkpoint(run, state)  # after its row: a resumed run drops the rows logged after its checkpoint
         if state.stopped:
             log.info(f"stopping at step {state.step}: {state.stopped.replace('_', ' ')}")
-        state.elapsed = _now() - start  # time spent on evaluation and checkpoints counts against the budget
-        last = run.budget.done(state, run.device)
+        if evaluate_now:  # time spent on evaluation and checkpoints counts against the budget (after a step that
+            # only logged, `last` stands: a budget that runs out there still ends with the final evaluation)
+            state.elapsed = _now() - start
+            last = run.budget.done(state, run.device)
 
 
 def _check_replicas(run: _Run, log: _Logger) -> None:
@@ -639,7 +644,8 @@ def _final_report(run: _Run, state: TrainState, log: _Logger) -> tuple[EvalResul
     known = state.best_val_loss if run.val_batches is None and state.best_step else None
     if known is None:
         log.info(f"final evaluation: the best weights on the whole val split ({len(tokens):,} tokens)")
-    final = evaluate_tokens(run.model, run.tokenizer, tokens, text_bytes, "val split", run.cfg.train.batch_size, known)
+    final = evaluate_tokens(run.model, run.tokenizer, tokens, text_bytes, "val split", run.cfg.train.batch_size, known,
+                            progress=log.want_bar)
     best = f" (step {state.best_step})" if state.best_step else ""
     log.info(
         f"done: {state.step} steps, {state.tokens:,} tokens in {state.elapsed:.0f}s; best weights{best} on the "
@@ -654,11 +660,9 @@ def _final_report(run: _Run, state: TrainState, log: _Logger) -> tuple[EvalResul
 
 def _chat_report(run: _Run, state: TrainState, log: _Logger) -> EvalResult:
     """The best weights' masked loss (assistant tokens only) over every val conversation."""
-    val = chat_sampler(shard_dir_for(run.cfg), "val", run.tokenizer, run.sampler.seq_len, run.cfg.train.batch_size, 0)
-    loss, counted = masked_loss(run.model, val.every_conversation())
-    _, _, manifest = load_prepared(shard_dir_for(run.cfg))
-    final = EvalResult("val split, assistant tokens", counted, int(manifest["splits"]["val"]["bytes"]),
-                       report(loss, counted, int(manifest["splits"]["val"]["bytes"])))  # fmt: skip
+    tokens, mask, text_bytes = chat_split(run.cfg, "val")
+    final = evaluate_chat(run.model, run.tokenizer, tokens, mask, text_bytes, "val split", run.sampler.seq_len,
+                          run.cfg.train.batch_size)  # fmt: skip
     log.info(f"done: {state.step} steps, {state.tokens:,} tokens in {state.elapsed:.0f}s; best weights on the {final.summary()}")
     return final
 
@@ -694,7 +698,7 @@ def train(
     distributed = _init_distributed()
     log: Optional[_Logger] = None
     try:
-        run = _build(cfg, run_dir, distributed, init_weights, tokenizer)
+        run = _build(cfg, run_dir, distributed, init_weights, tokenizer, progress_bar)
         if resume is not None:
             state = _restore(run)
         else:
@@ -702,7 +706,7 @@ def train(
             if run.rank == 0:
                 write_run_files(run_dir, cfg, run.tokenizer, overwrite)
         resumed_at = state.step if resume is not None else None
-        log = _Logger(run_dir, run.rank == 0, cfg.train.tensorboard, progress_bar, resumed_at, run.budget.steps or None)
+        log = _Logger(run_dir, run.rank == 0, cfg.train.tensorboard, progress_bar, resumed_at)
         log.info(_start_message(run, state, resumed=resume is not None))
         _fit(run, state, log)
         log.close_bar()

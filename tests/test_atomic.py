@@ -113,7 +113,7 @@ def test_staged_folder_leaves_the_folder_as_it_was_when_a_write_fails(tmp_path):
 @pytest.fixture
 def prepared(tmp_path, tiny_corpus):
     """A complete shard folder of the tiny corpus, and the recipe that made it."""
-    cfg = load_recipe("kjv-char", {"data.source": str(tiny_corpus), "data.shard_dir": str(tmp_path / "shards")})
+    cfg = load_recipe("kjv-char-gpt2", {"data.source": str(tiny_corpus), "data.shard_dir": str(tmp_path / "shards")})
     prepare(cfg, log=lambda _: None)
     return cfg, tmp_path / "shards"
 
@@ -122,7 +122,7 @@ def test_disk_full_during_prepare_keeps_the_earlier_shards(tmp_path, prepared, m
     cfg, shards = prepared
     before = tree(tmp_path)
     monkeypatch.setattr(shards_module, "open", full_disk_open(room=1000), raising=False)  # fills in train.bin
-    args = ["prepare", "--force", f"--data.source={cfg.data.source}", f"--data.shard_dir={shards}"]
+    args = ["prepare", "--recipe", "kjv-char-gpt2", "--force", f"--data.source={cfg.data.source}", f"--data.shard_dir={shards}"]
     assert main(args) == 1
     line = one_line(capsys)
     assert line.startswith(f"slm: error: cannot write {shards}/train.bin: No space left on device; free disk space")

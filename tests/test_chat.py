@@ -4,7 +4,6 @@ import json
 import re
 
 import jinja2.sandbox
-import numpy as np
 import pytest
 import torch
 
@@ -128,17 +127,12 @@ def test_hf_dataset_with_a_messages_column(tmp_path):
     assert len(splits["train"]) == 8 and splits["train"][0][1] == {"role": "assistant", "content": "a0"}
 
 
-class _Shard:
-    def __init__(self, values):
-        self.tokens, self.path = np.asarray(values), "x.bin"
-
-
 def test_sampler_windows_start_at_a_conversation_and_mask_prompt_and_padding():
     tok = char_chat()
     convs = [[{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "ab"[: i % 2 + 1]}] for i in range(5)]
     ids, mask, trained_bytes = encode_conversations(tok, convs)
     assert trained_bytes == 1 + 2 + 1 + 2 + 1
-    sampler = ChatSampler(_Shard(ids), _Shard(mask), seq_len=16, batch_size=4, seed=0, pad_id=tok.eot_id)
+    sampler = ChatSampler(ids, mask, seq_len=16, batch_size=4, seed=0, pad_id=tok.eot_id)
     starts = set(sampler.starts.tolist())
     for x, y in [sampler.next() for _ in range(5)] + sampler.every_conversation():
         for row_x, row_y in zip(x.tolist(), y.tolist()):

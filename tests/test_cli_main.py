@@ -38,6 +38,11 @@ def test_recipes_needs_no_torch():
     assert not {"torch", "numpy", "slmkit.model"} & set(imported_by("recipes"))
 
 
+def test_runs_needs_no_torch(tiny_run):
+    """`slm runs` reads run folders through runfiles.py's names: no torch, no model."""
+    assert not {"torch", "slmkit.model", "slmkit.train"} & set(imported_by("runs", str(tiny_run)))
+
+
 def test_importtime_of_help_shows_no_torch():
     result = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "slmkit", "--help"], env=ENV, capture_output=True, text=True, timeout=120

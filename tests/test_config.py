@@ -18,10 +18,11 @@ from slmkit.config import (
 from slmkit.errors import ConfigError
 
 
-def test_default_recipe_is_kjv_char():
+def test_default_recipe_is_kjv_bpe():
     cfg = load_recipe()
-    assert cfg.name == "kjv-char"
-    assert cfg.data.source == "kjv" and cfg.tokenizer.kind == "char"
+    assert cfg.name == "kjv-bpe"
+    assert cfg.data.source == "kjv" and cfg.tokenizer.kind == "bpe"
+    assert cfg.model.pos_embedding == "rotary" and cfg.train.optimizer == "muon"
     assert cfg.train.max_minutes == 5
 
 
@@ -33,7 +34,7 @@ def test_every_shipped_recipe_loads():
 
 def test_overrides_both_forms_and_types():
     over = parse_overrides(["--train.lr=3e-4", "--model.n_layer", "6", "--data.lowercase=true", "--data.source", "x.txt"])
-    cfg = load_recipe("kjv-char", over)
+    cfg = load_recipe("kjv-char-gpt2", over)
     assert cfg.train.lr == 3e-4 and isinstance(cfg.train.lr, float)
     assert cfg.model.n_layer == 6
     assert cfg.data.lowercase is True
@@ -58,7 +59,7 @@ def test_overrides_both_forms_and_types():
 )
 def test_config_errors_name_the_key(overrides, message):
     with pytest.raises(ConfigError, match=message):
-        load_recipe("kjv-char", overrides)
+        load_recipe("kjv-char-gpt2", overrides)
 
 
 def test_bad_recipe_files(tmp_path):
@@ -79,7 +80,7 @@ def test_bad_recipe_files(tmp_path):
 
 
 def test_config_yaml_round_trip(tmp_path):
-    cfg = load_recipe("kjv-char", {"model.n_layer": 3, "train.lr": 5e-4})
+    cfg = load_recipe("kjv-char-gpt2", {"model.n_layer": 3, "train.lr": 5e-4})
     save_config(cfg, tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml") == cfg
     assert RunConfig().validate() is not None
@@ -133,4 +134,4 @@ def test_random_recipe_files_never_crash(tmp_path, text):
     )
 )
 def test_random_command_lines_never_crash(args):
-    valid_or_config_error(lambda: load_recipe("kjv-char", parse_overrides(args)))
+    valid_or_config_error(lambda: load_recipe("kjv-char-gpt2", parse_overrides(args)))

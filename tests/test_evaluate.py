@@ -72,7 +72,7 @@ def test_evaluate_run_on_val_split_matches_training_report(tiny_run):
 def test_a_lossy_tokenizer_reports_the_bytes_it_could_not_represent(tmp_path, tiny_overrides):
     overrides = dict(tiny_overrides, **{"tokenizer.kind": "word", "tokenizer.vocab_size": 12, "train.max_steps": 4,
                                         "train.eval_interval": 4})  # fmt: skip
-    trained = train(load_recipe("kjv-char", overrides), out=tmp_path / "run", progress_bar=False)
+    trained = train(load_recipe("kjv-char-gpt2", overrides), out=tmp_path / "run", progress_bar=False)
     result = evaluate_run(tmp_path / "run")
     run = load_run(tmp_path / "run")
     # by hand: the bytes of the val text's pieces (words, marks, spaces) that are not in the vocabulary

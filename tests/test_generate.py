@@ -174,6 +174,18 @@ def test_multibyte_characters_come_out_whole_with_byte_level_bpe():
     assert list(decode_pieces(tok, ids, tok.encode("hello"))) == ["h", "i", " ", "🦊", " ", "日", "本"]
 
 
+@pytest.mark.parametrize("kind", ["bpe", "word", "gpt2"])
+def test_end_of_text_reads_as_a_newline_between_documents(kind):
+    from slmkit.config import TokenizerConfig
+    from slmkit.tokenizer import fit_tokenizer
+
+    docs = ["In the beginning God created", "And the earth was without form"] * 10
+    tok = GPT2Tokenizer() if kind == "gpt2" else fit_tokenizer(TokenizerConfig(kind=kind, vocab_size=300), docs)
+    ids = tok.encode(docs[0]) + [tok.eot_id] + tok.encode(docs[1]) + [tok.eot_id]
+    assert "<|endoftext|>" in tok.decode(ids)  # the tokenizer itself keeps the special token
+    assert "".join(decode_pieces(tok, ids, [tok.eot_id])) == docs[0] + "\n" + docs[1] + "\n"
+
+
 def test_generation_puts_the_model_back_in_training_mode():
     model = tiny_model(dropout=0.1).train()
     tokens = sample_ids(model, [1, 2], max_new_tokens=10, temperature=0)

@@ -21,6 +21,8 @@ STAGES = [
     {"sampling"},  # SamplingParams: the recipe's sample section (config) gives one
     {"chat"},  # the chat template and records (no torch): the tokenizer adds its markers
     {"tokenizer"},
+    {"runfiles"},  # the names of the run folder's files (no torch): runs, runtable and plot import them
+    {"progress"},  # the progress bars every stage draws
     {"data.sources"},
     {"config"},
     {"data"},  # prepare, shards, sampler

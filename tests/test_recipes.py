@@ -14,10 +14,12 @@ import torch
 import yaml
 
 from slmkit.config import list_recipes, load_recipe
+from slmkit.data.prepare import fit_on_train
+from slmkit.data.sources import Corpus, source_kind
 from slmkit.data.sources import hf as hf_source
 from slmkit.data.sources import kjv
 from slmkit.model import GPT
-from slmkit.recipes import parameter_count, summarize
+from slmkit.recipes import pinned_split, parameter_count, summarize
 from slmkit.runs import CONFIG
 from slmkit.train import train
 
@@ -27,9 +29,8 @@ RECIPES = [p.stem for p in list_recipes() if not p.stem.startswith("speedrun-")]
 
 # recipe -> (seed system it reproduces, vocab size the full-size model is counted with, exact parameter count)
 EXPECTED = {
-    "kjv-char": ("", 63, 817_792),  # the characters of the train split
-    "kjv-bpe": ("", 1024, 922_752),  # byte-level BPE 1024, SwiGLU, rotary, no bias (issue 21's candidate)
-    "kjv-char-gpt2": ("", 63, 817_792),  # kjv-char under its reference name
+    "kjv-bpe": ("", 1024, 922_752),  # the default: byte-level BPE 1024, SwiGLU, rotary, no bias (issue 21)
+    "kjv-char-gpt2": ("", 63, 817_792),  # the GPT-2-style reference; 63 characters of the train split
     "chat-arithmetic": ("", 46, 402_688),  # 42 characters of the generated set + 4 chat markers
     "shakespeare-char": ("002", 65, 818_048),
     "shakespeare-char-nodecay": ("002", 65, 818_048),
@@ -114,9 +115,9 @@ def test_seed_numbers():
 
 
 def test_default_job_numbers():
-    """The candidate default (issue 21) and the GPT-2-style reference: same shape and budget, the schedule
+    """The default (issue 21) and the GPT-2-style reference: same shape and budget, the schedule
     a fraction of the budget."""
-    new, old = load_recipe("kjv-bpe"), load_recipe("kjv-char-gpt2")
+    new, old = load_recipe(), load_recipe("kjv-char-gpt2")
     shape = lambda c: (c.model.n_layer, c.model.n_head, c.model.n_embd, c.model.block_size, c.train.batch_size)
     assert shape(new) == shape(old) == (4, 4, 128, 128, 32) and new.train.max_minutes == old.train.max_minutes == 5
     assert (new.tokenizer.kind, new.tokenizer.vocab_size) == ("bpe", 1024)
@@ -138,6 +139,36 @@ def test_char_vocab_is_counted_from_the_corpus_or_reported_missing(tmp_path, mon
     (tmp_path / "shakes.txt").write_text("abc\nab", encoding="utf-8")
     row = summarize(load_recipe("shakespeare-char", {"data.source": str(tmp_path / "shakes.txt")}))
     assert row.vocab_size == 4 and row.parameters == by_hand(load_recipe("shakespeare-char").model, 4)
+
+
+PINNED = [  # (source, data settings): the defaults, and every normalization pinned_chars are said to survive
+    (source, settings)
+    for source in ("kjv", "tinyshakespeare")
+    for settings in ({}, {"data.lowercase": True, "data.collapse_whitespace": True, "data.drop_empty_lines": True,
+                          "data.keep_crlf": True, "data.errors": "replace"})
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("source, settings", PINNED)
+def test_pinned_characters_are_what_prepare_fits(source, settings):
+    """The stored characters of a pinned text (what `slm recipes` counts without reading it) are the
+    vocabulary `prepare` fits on its train split."""
+    if source_kind(source).download(source):
+        pytest.skip(f"{source} is not on this machine")
+    cfg = load_recipe("kjv-char-gpt2", {"data.source": source, **settings})
+    fitted = fit_on_train(cfg, Corpus(cfg.data))
+    row = summarize(cfg)
+    assert "pinned" in row.vocab_note and row.vocab_size == fitted.vocab_size
+    if not settings:
+        assert "".join(fitted.chars) == source_kind(source).pinned_chars
+
+
+def test_pinned_characters_are_not_used_for_another_split(tmp_path, monkeypatch):
+    assert pinned_split(load_recipe("kjv-char-gpt2").data)
+    assert not pinned_split(load_recipe("kjv-char-gpt2", {"data.val_fraction": 0.5}).data)  # another train split: read it
+    monkeypatch.setenv("SLMKIT_CACHE", str(tmp_path))
+    row = summarize(load_recipe("shakespeare-char", {"data.val_fraction": 0.5}))  # not here: unknown
+    assert row.vocab_size is None and "download it" in row.vocab_note
 
 
 # ---------------------------------------------------------------- a few training steps on local slices
@@ -220,4 +251,4 @@ def test_slm_recipes_prints_every_recipe_with_its_count(tmp_path, monkeypatch, c
         # tinyshakespeare is not downloaded here: its pinned file's characters are counted (issue 20.5)
         assert f"{params:,} params" in lines[name] and f"vocab {vocab:,}" in lines[name]
     assert "(65 characters of the pinned tinyshakespeare; downloads 1.1 MB)" in lines["shakespeare-char"]
-    assert "downloads 13 MB" in lines["wikitext2-word"] and "downloads" not in lines["kjv-char"]
+    assert "downloads 13 MB" in lines["wikitext2-word"] and "downloads" not in lines["kjv-bpe"]

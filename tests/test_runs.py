@@ -204,15 +204,15 @@ def test_a_new_run_may_go_into_a_missing_or_empty_folder_only(tmp_path):
 @pytest.mark.parametrize("command", ["train", "finetune", "train-default-folder"])
 def test_an_existing_run_is_refused_untouched(tmp_path, trained_run, tiny_overrides, monkeypatch, capsys, command):
     monkeypatch.chdir(tmp_path)
-    # without a recipe the run is named after its data and tokenizer: corpus.txt, char (issue 23.9)
-    run = tmp_path / ("runs/corpus-char" if command == "train-default-folder" else "run")
+    # without a recipe the run is named after its data and the default's tokenizer: corpus.txt, bpe (issue 23.9)
+    run = tmp_path / ("runs/corpus-bpe" if command == "train-default-folder" else "run")
     shutil.copytree(trained_run, run)
     before = snapshot(run)
     overrides = [f"--{k}={v}" for k, v in tiny_overrides.items()]
     args = {
         "train": ["train", "--out", str(run), *overrides],
         "finetune": ["finetune", "--from", str(trained_run), "--out", str(run), "--train.max_steps=2"],
-        "train-default-folder": ["train", *overrides],  # a second `slm train` into runs/corpus-char
+        "train-default-folder": ["train", *overrides],  # a second `slm train` into runs/corpus-bpe
     }[command]
     assert main(args) == 1
     line = one_line_error(capsys)
@@ -231,7 +231,7 @@ def test_overwrite_replaces_the_old_run_and_keeps_other_files(tmp_path, trained_
     (run / "notes.txt").write_text("mine")
     old_best = (run / BEST).read_bytes()
     result = train(
-        load_recipe("kjv-char", dict(tiny_overrides, **{"train.max_steps": 4, "train.eval_interval": 2})),
+        load_recipe("kjv-char-gpt2", dict(tiny_overrides, **{"train.max_steps": 4, "train.eval_interval": 2})),
         out=run, progress_bar=False, overwrite=True,
     )  # fmt: skip
     assert result.steps == 4

@@ -123,7 +123,7 @@ def test_tensorboard_hparams_hold_the_config_and_the_final_metrics(tmp_path, tin
     from slmkit.train import train
 
     overrides = {**tiny_overrides, "train.tensorboard": True, "train.max_steps": 10, "train.lr": 2e-3}
-    result = train(load_recipe("kjv-char", overrides), out=tmp_path / "run", progress_bar=False)
+    result = train(load_recipe("kjv-char-gpt2", overrides), out=tmp_path / "run", progress_bar=False)
     events = EventAccumulator(str(tmp_path / "run" / TENSORBOARD))
     events.Reload()
     for name, value in [("best_val_loss", result.best_val_loss), ("steps", 10)]:

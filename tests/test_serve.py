@@ -1,6 +1,7 @@
 """`slm serve`: the API (plain and streamed), its limits and errors, the openai client, 50 concurrent
 requests, a client that hangs up, the web page in headless Chromium, and the CLI. Loopback only."""
 
+import contextlib
 import json
 import os
 import signal
@@ -46,7 +47,7 @@ def run_dir(tmp_path_factory):
         "train.eval_interval": 10, "train.eval_batches": 2, "train.log_interval": 5,
         "sample.max_new_tokens": 5,
     }
-    train(load_recipe("kjv-char", overrides), out=root / "run", progress_bar=False)
+    train(load_recipe("kjv-char-gpt2", overrides), out=root / "run", progress_bar=False)
     return root / "run"
 
 
@@ -126,6 +127,26 @@ def batch_empties(app, timeout=10.0):
     while batch.active and time.monotonic() < deadline:
         time.sleep(0.01)
     return not batch.active
+
+
+@contextlib.contextmanager
+def chromium_driver(tmp_path):
+    """Headless Chromium driven through chromedriver (selenium), with a fresh profile; the test is skipped when
+    Debian's chromium/chromium-driver or selenium are absent."""
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        pytest.skip("Debian's chromium/chromium-driver absent")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=str(CHROMEDRIVER)))
+    try:
+        yield driver
+    finally:
+        driver.quit()
 
 
 def test_health_models_and_page(client, run_dir):
@@ -421,21 +442,12 @@ def test_missing_fastapi_names_the_extra(monkeypatch):
         import slmkit.serve  # noqa: F401
 
 
-@pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()), reason="Debian's chromium/chromium-driver absent")
 def test_page_in_headless_chromium(live, run, slow_stream, tmp_path):
     """Type a prompt, see text stream in while it is generating, stop it; then a full run with a seed."""
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
+    with chromium_driver(tmp_path) as driver:
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support.ui import WebDriverWait
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=str(CHROMEDRIVER)))
-    try:
         driver.get(live.url + "/")
         wait = WebDriverWait(driver, 30, poll_frequency=0.01)
         wait.until(lambda d: d.find_element(By.ID, "model").text == "run")
@@ -463,8 +475,6 @@ def test_page_in_headless_chromium(live, run, slow_stream, tmp_path):
         text = driver.find_element(By.ID, "completion").get_attribute("textContent")
         assert text == direct(run, "And God", 30, temperature=0.8, seed=4)
         assert driver.find_element(By.ID, "prompt").get_attribute("value") == "And God"
-    finally:
-        driver.quit()
 
 
 def test_cli_serves_and_checks_its_options(run_dir, tmp_path):

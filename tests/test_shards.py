@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -12,7 +13,7 @@ from slmkit.data import prepare as prepare_module
 from slmkit.data import sources
 from slmkit.data.shards import HEADER_SIZE, MAGIC, SPLITS, Shard, ShardWriter, describe
 from slmkit.data.prepare import load_prepared, prepare
-from slmkit.data.sampler import WindowSampler
+from slmkit.data.sampler import WindowSampler, windows
 from slmkit.errors import DataError
 from slmkit.tokenizer import CharTokenizer
 
@@ -84,6 +85,18 @@ def test_sampler_windows_are_shifted_and_resume_exactly(tmp_path):
     assert (expected[0] == again[0]).all()
     with pytest.raises(DataError, match="fewer than one window"):
         WindowSampler(shard, seq_len=500, batch_size=1, seed=0)
+
+
+@given(length=st.integers(0, 200), block_size=st.integers(1, 40), batch_size=st.integers(1, 5))
+def test_consecutive_windows_predict_every_token_once(length, block_size, batch_size):
+    tokens = np.arange(length) * 7 % 101  # as a shard's memmapped array; a list of ids (serve's prompt) too
+    batches = list(windows(tokens, block_size, batch_size))
+    rows = [row for batch in batches for row in batch.tolist()]
+    assert all(b.dtype == torch.int64 and b.shape[0] <= batch_size for b in batches)
+    assert all(len(row) == block_size + 1 for row in rows[:-1])  # only the last window may be shorter
+    assert [t for row in rows for t in row[1:]] == tokens[1:].tolist()  # every target once, in order
+    assert [row[0] for row in rows] == tokens[: max(length - 1, 0) : block_size].tolist()  # each from scratch
+    assert [b.tolist() for b in windows(tokens.tolist(), block_size, batch_size)] == [b.tolist() for b in batches]
 
 
 def test_prepare_splits_kjv_by_verse(tmp_path):
@@ -330,7 +343,7 @@ def test_folder_and_glob_forms_of_one_source_share_a_shard_folder(tmp_path, monk
     cfgs = [load_recipe(None, {"data.source": s, "tokenizer.kind": "bpe"}) for s in ("sotu", "sotu/", "sotu/*.txt")]
     assert len({shard_dir_for(cfg) for cfg in cfgs}) == 1 and shard_dir_for(cfgs[0]).name.startswith("sotu-bpe-")
     assert {cfg.name for cfg in cfgs} == {"sotu-bpe"}
-    assert load_recipe(None).name == "kjv-char" and load_recipe("shakespeare-char").name == "shakespeare-char"
+    assert load_recipe(None).name == "kjv-bpe" and load_recipe("shakespeare-char").name == "shakespeare-char"
     (tmp_path / "sotu" / "notes.md").write_text("not a speech\n", encoding="utf-8")  # now the forms differ
     assert shard_dir_for(load_recipe(None, {"data.source": "sotu"})) != shard_dir_for(
         load_recipe(None, {"data.source": "sotu/*.txt"})

@@ -45,7 +45,7 @@ def swept(tmp_path_factory):
     """The uninterrupted sweep: 2 x 2 grid x 2 seeds of tiny runs, trained in this process."""
     root = tmp_path_factory.mktemp("sweep")
     lines: list[str] = []
-    outcomes = sweep("kjv-char", GRID, seeds=2, overrides=settings(root), out=root / "out", echo=lines.append)
+    outcomes = sweep("kjv-char-gpt2", GRID, seeds=2, overrides=settings(root), out=root / "out", echo=lines.append)
     return root, outcomes, lines
 
 
@@ -111,7 +111,7 @@ def test_a_killed_sweep_resumes_trains_nothing_twice_and_ends_with_the_same_tabl
     root, _, _ = swept
     out = tmp_path / "out"
     overrides = settings(tmp_path)
-    argv = [sys.executable, "-m", "slmkit", "sweep", "--recipe", "kjv-char", "--seeds", "2", "--out", str(out)]
+    argv = [sys.executable, "-m", "slmkit", "sweep", "--recipe", "kjv-char-gpt2", "--seeds", "2", "--out", str(out)]
     argv += [f"--grid={g}" for g in GRID] + [f"--{k}={v}" for k, v in overrides.items()]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
     process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -128,7 +128,7 @@ def test_a_killed_sweep_resumes_trains_nothing_twice_and_ends_with_the_same_tabl
     before = {name: _digests(out / name) for name in NAMES[:2]}
 
     lines: list[str] = []
-    outcomes = sweep("kjv-char", GRID, seeds=2, overrides=overrides, out=out, echo=lines.append)
+    outcomes = sweep("kjv-char-gpt2", GRID, seeds=2, overrides=overrides, out=out, echo=lines.append)
     assert [o.how for o in outcomes] == ["done earlier"] * 2 + ["resumed"] + ["trained"] * 5
     assert {name: _digests(out / name) for name in NAMES[:2]} == before  # the finished runs were not touched
     log = (third / LOG).read_text()
@@ -140,7 +140,7 @@ def test_a_killed_sweep_resumes_trains_nothing_twice_and_ends_with_the_same_tabl
     assert [{c: row[c] for c in EXACT} for row in again] == [{c: row[c] for c in EXACT} for row in expected]
     assert all(math.isfinite(row["best_val_loss"]) for row in again)
     # and once more: everything is done, nothing trains
-    assert [o.how for o in sweep("kjv-char", GRID, seeds=2, overrides=overrides, out=out, echo=lines.append)] == [
+    assert [o.how for o in sweep("kjv-char-gpt2", GRID, seeds=2, overrides=overrides, out=out, echo=lines.append)] == [
         "done earlier"
     ] * 8
 
@@ -150,7 +150,7 @@ def test_parallel_runs_give_the_same_numbers(swept, tmp_path):
     root, _, _ = swept
     lines: list[str] = []
     grid = ["train.lr=1e-3,3e-3", "model.n_layer=2"]
-    outcomes = sweep("kjv-char", grid, overrides={**settings(tmp_path), "train.threads": 2}, out=tmp_path / "out",
+    outcomes = sweep("kjv-char-gpt2", grid, overrides={**settings(tmp_path), "train.threads": 2}, out=tmp_path / "out",
                      parallel=2, echo=lines.append)  # fmt: skip
     assert sorted(o.name for o in outcomes) == ["lr=1e-3,n_layer=2,seed=1337", "lr=3e-3,n_layer=2,seed=1337"]
     assert lines[0].endswith("2 at a time, 1 threads each")
@@ -164,7 +164,7 @@ def test_parallel_runs_give_the_same_numbers(swept, tmp_path):
 
 
 def test_grid_values_are_checked_before_anything_trains(tmp_path):
-    base = load_recipe("kjv-char")
+    base = load_recipe("kjv-char-gpt2")
     with pytest.raises(ConfigError, match="model.n_layer=0 must be a positive integer"):
         sweep_runs(base, dict([parse_grid("model.n_layer=2,0")]))
     with pytest.raises(ConfigError, match="should look like KEY=V1,V2"):
@@ -178,7 +178,7 @@ def test_grid_values_are_checked_before_anything_trains(tmp_path):
 
 
 def test_random_search_draws_the_same_points_each_time():
-    base = load_recipe("kjv-char")
+    base = load_recipe("kjv-char-gpt2")
     grid = dict(parse_grid(g) for g in ["train.lr=log:1e-4:1e-2", "model.n_layer=1:4", "train.schedule=cosine,constant"])
     assert grid["train.lr"] == Range(1e-4, 1e-2, log=True)
     runs = sweep_runs(base, grid, seeds=2, samples=5)
@@ -195,13 +195,13 @@ def test_random_search_draws_the_same_points_each_time():
 
 def test_a_sweep_file_gives_the_grid(tmp_path):
     path = tmp_path / "sweep.yaml"
-    path.write_text("recipe: kjv-char\nseeds: 2\ngrid:\n  train.lr: [1.0e-3, 3.0e-3]\n  model.dropout: {low: 0, high: 0.2}\n")
+    path.write_text("recipe: kjv-char-gpt2\nseeds: 2\ngrid:\n  train.lr: [1.0e-3, 3.0e-3]\n  model.dropout: {low: 0, high: 0.2}\n")
     with pytest.raises(ConfigError, match="add --samples K"):
         sweep(file=path, out=tmp_path / "out")
-    path.write_text("recipe: kjv-char\ngrid:\n  train.lr: [1.0e-3]\n  train.warmup_steps: [-1]\n")
+    path.write_text("recipe: kjv-char-gpt2\ngrid:\n  train.lr: [1.0e-3]\n  train.warmup_steps: [-1]\n")
     with pytest.raises(ConfigError, match="train.warmup_steps=-1 must be >= 0"):
         sweep(file=path, out=tmp_path / "out")
-    path.write_text("recipe: kjv-char\ngird: {}\n")
+    path.write_text("recipe: kjv-char-gpt2\ngird: {}\n")
     with pytest.raises(ConfigError, match="should be a mapping of recipe, seeds, samples, overrides, grid"):
         sweep(file=path, out=tmp_path / "out")
     assert not (tmp_path / "out").exists()
@@ -211,11 +211,11 @@ def test_a_folder_holding_something_else_is_refused_untouched(swept, tmp_path):
     root, _, _ = swept
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(CheckpointError, match="is not empty and holds no sweep; give a new --out, or add --overwrite"):
-        sweep("kjv-char", GRID, overrides=settings(root), out=tmp_path)
+        sweep("kjv-char-gpt2", GRID, overrides=settings(root), out=tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
     manifest = (root / "out" / SWEEP).read_bytes()
     with pytest.raises(CheckpointError, match="holds another sweep"):
-        sweep("kjv-char", ["train.lr=1e-2"], overrides=settings(root), out=root / "out")
+        sweep("kjv-char-gpt2", ["train.lr=1e-2"], overrides=settings(root), out=root / "out")
     assert (root / "out" / SWEEP).read_bytes() == manifest
 
 
@@ -223,6 +223,6 @@ def test_a_diverged_run_does_not_stop_the_others(tmp_path):
     lines: list[str] = []
     overrides = {**settings(tmp_path), "train.max_steps": 10, "train.max_nonfinite_steps": 1, "train.grad_clip": 0}
     with pytest.raises(TrainingError, match=r"1 of 2 runs stopped \(lr=1e9,seed=1337\): see their train.log"):
-        sweep("kjv-char", ["train.lr=1e9,1e-3"], overrides=overrides, out=tmp_path / "out", echo=lines.append)
+        sweep("kjv-char-gpt2", ["train.lr=1e9,1e-3"], overrides=overrides, out=tmp_path / "out", echo=lines.append)
     assert lines[1].startswith("[1/2] lr=1e9,seed=1337: stopped: 1 steps in a row had a NaN/inf loss")
     assert lines[2].startswith("[2/2] lr=1e-3,seed=1337: trained, 10 steps")

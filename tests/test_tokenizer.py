@@ -264,13 +264,13 @@ def test_word_round_trips_text_of_its_vocabulary(trained, data):
 @pytest.mark.parametrize("kind, least", [("word", 3), ("wordpiece", 3), ("bpe", 257)])
 def test_vocab_size_too_small_for_special_tokens(kind, least):
     with pytest.raises(ConfigError, match=f"tokenizer.vocab_size={least - 1} .*at least {least}"):
-        load_recipe("kjv-char", {"tokenizer.kind": kind, "tokenizer.vocab_size": least - 1})
+        load_recipe("kjv-char-gpt2", {"tokenizer.kind": kind, "tokenizer.vocab_size": least - 1})
     with pytest.raises(ConfigError, match="tokenizer.vocab_size"):
         fit_tokenizer(TokenizerConfig(kind=kind, vocab_size=2), CORPUS)
     with pytest.raises(ConfigError, match="gpt2's vocabulary is fixed at 50257"):
-        load_recipe("kjv-char", {"tokenizer.kind": "gpt2", "tokenizer.vocab_size": 1000})
+        load_recipe("kjv-char-gpt2", {"tokenizer.kind": "gpt2", "tokenizer.vocab_size": 1000})
     with pytest.raises(ConfigError, match="tokenizer.min_frequency=-1"):
-        load_recipe("kjv-char", {"tokenizer.min_frequency": -1})
+        load_recipe("kjv-char-gpt2", {"tokenizer.min_frequency": -1})
 
 
 def test_tokenizer_file_of_wrong_kind_or_corrupt(trained, tmp_path):
@@ -346,8 +346,8 @@ def test_config_validates_against_the_registry(monkeypatch):
     )  # fmt: skip
     declared = {**registry.kinds(), "toy": toy}
     monkeypatch.setattr(registry, "kinds", lambda: declared)
-    assert load_recipe("kjv-char", {"tokenizer.kind": "toy"}).tokenizer.kind == "toy"
+    assert load_recipe("kjv-char-gpt2", {"tokenizer.kind": "toy"}).tokenizer.kind == "toy"
     with pytest.raises(ConfigError, match="at least 50"):
-        load_recipe("kjv-char", {"tokenizer.kind": "toy", "tokenizer.vocab_size": 10})
+        load_recipe("kjv-char-gpt2", {"tokenizer.kind": "toy", "tokenizer.vocab_size": 10})
     with pytest.raises(ConfigError, match="tokenizer.kind='nope' is not known; valid: .*toy"):
-        load_recipe("kjv-char", {"tokenizer.kind": "nope"})
+        load_recipe("kjv-char-gpt2", {"tokenizer.kind": "nope"})

@@ -11,6 +11,7 @@ import yaml
 from safetensors.torch import load_file
 from tqdm import tqdm
 
+from slmkit import progress
 from slmkit.config import ModelConfig, TrainConfig, load_recipe
 from slmkit.errors import ConfigError, TrainingError
 from slmkit.model import GPT
@@ -134,7 +135,7 @@ def test_precision_auto_is_fp32_on_cpu():
 )
 def test_bad_train_keys(key, value, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("]", r"\]")):
-        load_recipe("kjv-char", {"model.block_size": 32, key: value})
+        load_recipe("kjv-char-gpt2", {"model.block_size": 32, key: value})
 
 
 # --- the loop, end to end on the tiny corpus -------------------------------------------------------------
@@ -142,9 +143,9 @@ def test_bad_train_keys(key, value, message):
 
 def test_accumulation_equals_a_bigger_batch(tmp_path, tiny_overrides):
     one = dict(tiny_overrides, **{"train.max_steps": 3, "train.warmup_steps": 0, "train.grad_clip": 0})
-    big = train(load_recipe("kjv-char", dict(one, **{"train.batch_size": 16})), out=tmp_path / "big", progress_bar=False)
+    big = train(load_recipe("kjv-char-gpt2", dict(one, **{"train.batch_size": 16})), out=tmp_path / "big", progress_bar=False)
     acc = train(
-        load_recipe("kjv-char", dict(one, **{"train.batch_size": 8, "train.grad_accum_steps": 2})),
+        load_recipe("kjv-char-gpt2", dict(one, **{"train.batch_size": 8, "train.grad_accum_steps": 2})),
         out=tmp_path / "acc",
         progress_bar=False,
     )
@@ -160,7 +161,7 @@ def test_epochs_seq_len_and_exponential_decay(tmp_path, tiny_overrides):
         **{"train.max_steps": 0, "train.max_epochs": 2, "train.seq_len": 16, "train.batch_size": 32, "train.schedule": "exponential",
            "train.gamma": 0.5, "train.warmup_steps": 0, "train.log_interval": 1, "train.lr": 1e-3},
     )  # fmt: skip
-    result = train(load_recipe("kjv-char", overrides), out=tmp_path / "run", progress_bar=False)
+    result = train(load_recipe("kjv-char-gpt2", overrides), out=tmp_path / "run", progress_bar=False)
     rows = metrics(tmp_path / "run")
     per_epoch = len(rows) // 2
     assert result.steps == 2 * per_epoch and float(rows[-1]["epoch"]) == pytest.approx(2.0)
@@ -172,7 +173,7 @@ def test_epochs_seq_len_and_exponential_decay(tmp_path, tiny_overrides):
 def test_early_stop_and_stop_at_val_loss(tmp_path, tiny_overrides):
     overrides = dict(tiny_overrides, **{"train.max_steps": 200, "train.eval_interval": 2, "train.lr": 1e-6})
     stopped = train(
-        load_recipe("kjv-char", dict(overrides, **{"train.early_stop_patience": 2, "train.early_stop_min_delta": 1.0})),
+        load_recipe("kjv-char-gpt2", dict(overrides, **{"train.early_stop_patience": 2, "train.early_stop_min_delta": 1.0})),
         out=tmp_path / "early",
         progress_bar=False,
     )
@@ -181,7 +182,7 @@ def test_early_stop_and_stop_at_val_loss(tmp_path, tiny_overrides):
     assert metrics(tmp_path / "early")[-1]["event"] == "early_stop"
 
     reached = train(
-        load_recipe("kjv-char", dict(overrides, **{"train.lr": 3e-3, "train.stop_at_val_loss": 3.5})),
+        load_recipe("kjv-char-gpt2", dict(overrides, **{"train.lr": 3e-3, "train.stop_at_val_loss": 3.5})),
         out=tmp_path / "reached",
         progress_bar=False,
     )
@@ -193,7 +194,7 @@ def test_early_stop_and_stop_at_val_loss(tmp_path, tiny_overrides):
 
 def test_nonfinite_steps_are_skipped_then_the_run_stops(tmp_path, tiny_overrides):
     run = tmp_path / "run"
-    train(load_recipe("kjv-char", tiny_overrides), out=run, progress_bar=False)
+    train(load_recipe("kjv-char-gpt2", tiny_overrides), out=run, progress_bar=False)
     good = load_file(run / LAST)
     config = yaml.safe_load((run / CONFIG).read_text())
     config["train"]["lr"] = 1e30  # absurd: the first update makes every later loss NaN
@@ -208,7 +209,7 @@ def test_nonfinite_steps_are_skipped_then_the_run_stops(tmp_path, tiny_overrides
 
 def test_keep_last_k(tmp_path, tiny_overrides):
     overrides = dict(tiny_overrides, **{"train.eval_interval": 5, "train.keep_last_k": 2})
-    train(load_recipe("kjv-char", overrides), out=tmp_path / "run", progress_bar=False)
+    train(load_recipe("kjv-char-gpt2", overrides), out=tmp_path / "run", progress_bar=False)
     kept = sorted(p.name for p in (tmp_path / "run" / CHECKPOINTS).iterdir())
     assert kept == [
         "step-0000015.safetensors", "step-0000015.state.pt", "step-0000020.safetensors", "step-0000020.state.pt",
@@ -223,7 +224,7 @@ def test_muon_adam_full_eval_and_samples_train(tmp_path, tiny_overrides):
         **{"train.optimizer": "muon", "train.eval_batches": 0, "train.sample_interval": 10, "model.dropout": 0.1,
            "sample.prompt": "And"},
     )  # fmt: skip
-    result = train(load_recipe("kjv-char", overrides), out=tmp_path / "muon", progress_bar=False)
+    result = train(load_recipe("kjv-char-gpt2", overrides), out=tmp_path / "muon", progress_bar=False)
     rows = metrics(tmp_path / "muon")
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
     # eval_batches=0: evaluations use the whole val split, as the final report does (same best weights)
@@ -234,8 +235,8 @@ def test_muon_adam_full_eval_and_samples_train(tmp_path, tiny_overrides):
 def test_compile_trains_like_eager(tmp_path, tiny_overrides):
     """train.compile runs the real torch.compile; its weights match eager training and save under plain names."""
     overrides = dict(tiny_overrides, **{"train.max_steps": 3, "train.eval_interval": 3})
-    eager = train(load_recipe("kjv-char", overrides), out=tmp_path / "eager", progress_bar=False)
-    compiled = train(load_recipe("kjv-char", dict(overrides, **{"train.compile": True})), out=tmp_path / "compiled",
+    eager = train(load_recipe("kjv-char-gpt2", overrides), out=tmp_path / "eager", progress_bar=False)
+    compiled = train(load_recipe("kjv-char-gpt2", dict(overrides, **{"train.compile": True})), out=tmp_path / "compiled",
                      progress_bar=False)  # fmt: skip
     a, b = load_file(tmp_path / "eager" / LAST), load_file(tmp_path / "compiled" / LAST)
     assert a.keys() == b.keys()  # no "_orig_mod." prefixes
@@ -251,7 +252,7 @@ def test_plateau_halves_the_lr_when_the_val_loss_stalls(tmp_path, tiny_overrides
         **{"train.optimizer": "adam", "train.lr": 1e-12, "train.min_lr": 0, "train.warmup_steps": 0,
            "train.schedule": "plateau", "train.plateau_patience": 0, "train.eval_interval": 5, "train.max_steps": 15},
     )  # fmt: skip
-    train(load_recipe("kjv-char", overrides), out=tmp_path / "run", progress_bar=False)
+    train(load_recipe("kjv-char-gpt2", overrides), out=tmp_path / "run", progress_bar=False)
     rows = metrics(tmp_path / "run")
     assert [(r["step"], float(r["lr"]), r["event"]) for r in rows] == [
         ("5", 1e-12, ""), ("10", 1e-12, "lr_reduced"), ("15", 5e-13, "lr_reduced"),
@@ -260,7 +261,7 @@ def test_plateau_halves_the_lr_when_the_val_loss_stalls(tmp_path, tiny_overrides
 
 def test_fp16_uses_a_grad_scaler_whose_state_is_checkpointed(tmp_path, tiny_overrides):
     overrides = dict(tiny_overrides, **{"train.precision": "fp16", "train.max_steps": 4, "train.eval_interval": 4})
-    result = train(load_recipe("kjv-char", overrides), out=tmp_path / "run", progress_bar=False)
+    result = train(load_recipe("kjv-char-gpt2", overrides), out=tmp_path / "run", progress_bar=False)
     assert math.isfinite(result.best_val_loss)
     scaler = load_state(tmp_path / "run" / STATE)["scaler"]
     assert scaler["scale"] == 65536.0 and scaler["_growth_tracker"] == 4  # four steps without overflow
@@ -297,12 +298,14 @@ def fake_clock(monkeypatch, seconds_per_step: float) -> None:
     monkeypatch.setattr(engine, "_now", lambda: now[0])
 
 
-def test_a_resumed_run_logs_each_step_once(tmp_path, tiny_overrides, monkeypatch):
+def test_a_resumed_run_logs_each_step_once(tmp_path, tiny_overrides, monkeypatch, capsys):
     """Killed after logging step 15 (its checkpoint is step 10), resumed: metrics.csv as if never killed."""
-    full = train(load_recipe("kjv-char", tiny_overrides), out=tmp_path / "full", progress_bar=False)
+    full = train(load_recipe("kjv-char-gpt2", tiny_overrides), out=tmp_path / "full", progress_bar=False)
     kill_before_step(monkeypatch, 15)
+    monkeypatch.setattr(progress, "on_terminal", lambda: True)  # a real bar, as on a terminal
     with pytest.raises(KeyboardInterrupt):
-        train(load_recipe("kjv-char", tiny_overrides), out=tmp_path / "killed", progress_bar=True)
+        train(load_recipe("kjv-char-gpt2", tiny_overrides), out=tmp_path / "killed", progress_bar=True)
+    assert "training: " in capsys.readouterr().err  # the bar was drawn
     assert not tqdm._instances  # teardown ran in `finally`: the progress bar (and the log files) closed
     assert [r["step"] for r in metrics(tmp_path / "killed")] == ["5", "10", "15"]
     monkeypatch.undo()
@@ -318,11 +321,11 @@ def test_tensorboard_holds_the_logged_scalars_once_per_step(tmp_path, tiny_overr
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     except ImportError:
         with pytest.raises(ConfigError, match="pip install tensorboard"):
-            train(load_recipe("kjv-char", overrides), out=tmp_path / "run", progress_bar=False)
+            train(load_recipe("kjv-char-gpt2", overrides), out=tmp_path / "run", progress_bar=False)
         return
     kill_before_step(monkeypatch, 15)
     with pytest.raises(KeyboardInterrupt):
-        train(load_recipe("kjv-char", overrides), out=tmp_path / "run", progress_bar=False)
+        train(load_recipe("kjv-char-gpt2", overrides), out=tmp_path / "run", progress_bar=False)
     monkeypatch.undo()
     train(resume=tmp_path / "run", progress_bar=False)
     events = EventAccumulator(str(tmp_path / "run" / TENSORBOARD))
@@ -352,7 +355,7 @@ def test_a_time_budget_reaches_its_peak_lr_and_decays_whatever_its_speed(
         "train.min_lr": 1e-4, "train.schedule": "cosine", "train.log_interval": 1, "train.eval_interval": 1000, **extra,
     }  # fmt: skip
     fake_clock(monkeypatch, seconds_per_step)
-    result = train(load_recipe("kjv-char", overrides), out=tmp_path / "run", progress_bar=False)
+    result = train(load_recipe("kjv-char-gpt2", overrides), out=tmp_path / "run", progress_bar=False)
     assert result.steps == 30 / seconds_per_step
     lrs = [float(r["lr"]) for r in metrics(tmp_path / "run")]
     peak = lrs.index(max(lrs))
@@ -372,9 +375,9 @@ def whole_split_passes(monkeypatch) -> list[int]:
     for module in (engine, slmkit.evaluate):
         original = module.mean_loss
 
-        def counted(model, tokens, batch_size=32, original=original):
+        def counted(model, tokens, *args, original=original, **kwargs):
             passes.append(len(tokens))
-            return original(model, tokens, batch_size=batch_size)
+            return original(model, tokens, *args, **kwargs)
 
         monkeypatch.setattr(module, "mean_loss", counted)
     return passes
@@ -384,7 +387,7 @@ def test_an_evaluation_bigger_than_the_split_covers_it_once(tmp_path, tiny_overr
     # 20 batches x 8 x 32 = 5,120 tokens: more than the 785-token val split holds
     overrides = dict(tiny_overrides, **{"train.eval_batches": 20})
     passes = whole_split_passes(monkeypatch)
-    result = train(load_recipe("kjv-char", overrides), out=tmp_path / "run", progress_bar=False)
+    result = train(load_recipe("kjv-char-gpt2", overrides), out=tmp_path / "run", progress_bar=False)
     val_tokens = result.final_val.tokens + 1
     assert passes == [val_tokens, val_tokens]  # the evaluations at steps 10 and 20, and no pass after them
     assert result.final_val.metrics["loss"] == result.best_val_loss
@@ -395,7 +398,7 @@ def test_an_evaluation_bigger_than_the_split_covers_it_once(tmp_path, tiny_overr
 
 def test_sampled_evaluations_are_followed_by_one_whole_split_pass(tmp_path, tiny_overrides, monkeypatch):
     passes = whole_split_passes(monkeypatch)  # tiny_overrides: 2 fixed batches of 8 x 32 tokens
-    result = train(load_recipe("kjv-char", tiny_overrides), out=tmp_path / "run", progress_bar=False)
+    result = train(load_recipe("kjv-char-gpt2", tiny_overrides), out=tmp_path / "run", progress_bar=False)
     assert passes == [result.final_val.tokens + 1]
     log = (tmp_path / "run" / LOG).read_text()
     assert "step 20: end of the budget, final evaluation on 2 fixed val batches" in log
@@ -405,7 +408,7 @@ def test_sampled_evaluations_are_followed_by_one_whole_split_pass(tmp_path, tiny
 def test_a_state_file_of_the_previous_version_still_resumes(tmp_path, tiny_overrides):
     """state.pt files written before TrainState had epoch and best_step resume as the new ones do."""
     overrides = dict(tiny_overrides, **{"train.schedule": "constant"})
-    train(load_recipe("kjv-char", overrides), out=tmp_path / "new", progress_bar=False)
+    train(load_recipe("kjv-char-gpt2", overrides), out=tmp_path / "new", progress_bar=False)
     shutil.copytree(tmp_path / "new", tmp_path / "old")
     state = load_state(tmp_path / "old" / STATE)
     assert {"epoch", "best_step"} <= state.keys()

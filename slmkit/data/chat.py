@@ -81,22 +81,48 @@ def _hf_conversations(source: str, val_fraction: float) -> dict[str, Iterator[li
     return {"train": every_kth(False), "val": every_kth(True)}
 
 
+def _generated_records(source: str) -> Optional[list[dict]]:
+    """The records of a generated set (sources/instructions.py), None for any other source."""
+    return getattr(source_kind(source).open(DataConfig(source=source)), "chat_records", None)
+
+
+def is_chat_source(source: str) -> bool:
+    """Whether a chat run reads `source` as conversations: `hf:` datasets, a generated set, `.jsonl` files
+    (a file, or a folder or glob holding some); other files are plain text."""
+    if source.startswith("hf:") or _generated_records(source) is not None:
+        return True
+    return any(path.suffix == ".jsonl" for path in resolve_files(source))
+
+
+def _local_conversations(source: str) -> list[list[Message]]:
+    records = _generated_records(source)
+    if records is not None:
+        return [parse_record(r, f"{source} record {i}") for i, r in enumerate(records)]
+    files = resolve_files(source)
+    if Path(source).is_dir():
+        files = [p for p in files if p.suffix == ".jsonl"] or files  # a folder's .jsonl files
+    return [c for path in files for c in _file_conversations(path)]
+
+
 def read_conversations(source: str, val_fraction: float = 0.1) -> dict[str, list[list[Message]]]:
     """The train and val conversations of a chat `data.source`; DataError naming the file:line of a bad record."""
     if source.startswith("hf:"):
         return {split: list(convs) for split, convs in _hf_conversations(source, val_fraction).items()}
-    records = getattr(source_kind(source).open(DataConfig(source=source)), "chat_records", None)
-    if records is not None:  # a generated set (sources/instructions.py)
-        conversations = [parse_record(r, f"{source} record {i}") for i, r in enumerate(records)]
-    else:
-        files = resolve_files(source)
-        if Path(source).is_dir():
-            files = [p for p in files if p.suffix == ".jsonl"] or files  # a folder's .jsonl files
-        conversations = [c for path in files for c in _file_conversations(path)]
+    conversations = _local_conversations(source)
     if len(conversations) < 2:
         raise DataError(f"data.source {source!r} has {len(conversations)} conversation(s); chat data needs at least 2")
     cut = min(max(1, int(len(conversations) * (1 - val_fraction))), len(conversations) - 1)
     return {"train": conversations[:cut], "val": conversations[cut:]}
+
+
+def all_conversations(source: str) -> list[list[Message]]:
+    """Every conversation of a chat `data.source` (an `hf:` dataset's splits one after another), to evaluate."""
+    if source.startswith("hf:"):
+        return [c for convs in _hf_conversations(source, 0.1).values() for c in convs]
+    conversations = _local_conversations(source)
+    if not conversations:
+        raise DataError(f"data.source {source!r} has no conversation to evaluate")
+    return conversations
 
 
 # ---------------------------------------------------------------- shards with a mask
@@ -120,6 +146,30 @@ def encode_conversations(
     return np.asarray(ids, dtype=np.int64), np.asarray(mask, dtype=np.int64), trained_bytes
 
 
+def check_unknown(tokenizer: Tokenizer, conversations: list[list[Message]], where: str, unknown: str) -> bool:
+    """Whether the conversations hold characters the tokenizer lacks (to drop: `unknown` is "drop");
+    DataError naming `where` and them otherwise."""
+    found = sorted({ch for c in conversations for m in c for ch in tokenizer.unknown_chars(m["content"])})
+    if found and unknown != "drop":
+        shown = ", ".join(repr(ch) for ch in found[:10])
+        raise DataError(
+            f"{where} has characters the tokenizer lacks ({shown}); set --data.unknown=drop to leave them out"
+        )
+    return bool(found)
+
+
+def encode_source(
+    tokenizer: ChatTokenizer, source: str, unknown: str = "error"
+) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Every conversation of a chat `source` as tokens and mask (see encode_conversations), the UTF-8 bytes
+    of the trained text, and the characters the tokenizer lacks that were dropped (`unknown="drop"`)."""
+    conversations = all_conversations(source)
+    drop = check_unknown(tokenizer, conversations, f"--data.source {source}", unknown)
+    dropped = sum(tokenizer.drop_unknown(m["content"])[1] for c in conversations for m in c) if drop else 0
+    ids, mask, trained_bytes = encode_conversations(tokenizer, conversations, drop=drop)
+    return ids, mask, trained_bytes, dropped
+
+
 def prepare_chat(cfg: RunConfig, shard_dir: Path, tokenizer: Optional[Tokenizer] = None, log=print) -> Path:
     """Conversations -> tokens and masks in `shard_dir` (written into a staging folder, renamed into place).
 
@@ -140,14 +190,9 @@ def prepare_chat(cfg: RunConfig, shard_dir: Path, tokenizer: Optional[Tokenizer]
         splits: dict[str, Any] = {}
         for split in SPLITS:
             texts = conversations[split]
-            unknown = sorted({ch for c in texts for m in c for ch in chat_tokenizer.unknown_chars(m["content"])})
-            if unknown and cfg.data.unknown != "drop":
-                shown = ", ".join(repr(ch) for ch in unknown[:10])
-                raise DataError(
-                    f"data.source {cfg.data.source!r} ({split}) has characters the tokenizer lacks ({shown}); "
-                    "set --data.unknown=drop to leave them out"
-                )
-            ids, mask, trained_bytes = encode_conversations(chat_tokenizer, texts, drop=bool(unknown))
+            where = f"data.source {cfg.data.source!r} ({split})"
+            unknown = check_unknown(chat_tokenizer, texts, where, cfg.data.unknown)
+            ids, mask, trained_bytes = encode_conversations(chat_tokenizer, texts, drop=unknown)
             for path, values, vocab in ((staging / f"{split}.bin", ids, chat_tokenizer.vocab_size),
                                         (mask_path(staging, split), mask, START + 1)):  # fmt: skip
                 with ShardWriter(path, vocab) as writer:
@@ -179,13 +224,14 @@ class ChatSampler:
     """Random (x, y) windows of `seq_len` tokens, each starting at a conversation; y is IGNORE where
     the loss must not count (prompt tokens, padding). Same interface as WindowSampler."""
 
-    def __init__(self, shard: Shard, mask: Shard, seq_len: int, batch_size: int, seed: int, pad_id: int):
-        self.tokens, self.mask = shard.tokens, mask.tokens
+    def __init__(self, tokens: np.ndarray, mask: np.ndarray, seq_len: int, batch_size: int, seed: int, pad_id: int,
+                 where: str = "the chat data"):  # fmt: skip
+        self.tokens, self.mask = tokens, mask
         if len(self.mask) != len(self.tokens):
-            raise DataError(f"{mask.path} does not match {shard.path}; re-run `slm prepare --force`")
+            raise DataError(f"{where}: its loss mask does not match its tokens; re-run `slm prepare --force`")
         self.starts = np.flatnonzero(np.asarray(self.mask) == START)
         if not len(self.starts):
-            raise DataError(f"{shard.path} holds no conversation; re-run `slm prepare --force`")
+            raise DataError(f"{where} holds no conversation; re-run `slm prepare --force`")
         self.seq_len, self.batch_size, self.pad_id = seq_len, batch_size, pad_id
         self.rng = np.random.default_rng(seed)
 
@@ -218,7 +264,8 @@ class ChatSampler:
 def chat_sampler(shard_dir: Path | str, split: str, tokenizer: Tokenizer, seq_len: int, batch_size: int, seed: int) -> ChatSampler:
     """The ChatSampler of a split of a chat shard folder."""
     shard = Shard(Path(shard_dir) / f"{split}.bin")
-    return ChatSampler(shard, Shard(mask_path(shard_dir, split)), seq_len, batch_size, seed, tokenizer.eot_id)
+    mask = Shard(mask_path(shard_dir, split)).tokens
+    return ChatSampler(shard.tokens, mask, seq_len, batch_size, seed, tokenizer.eot_id, where=str(shard.path))
 
 
 @torch.no_grad()

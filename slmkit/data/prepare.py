@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import numpy as np
-from tqdm import tqdm
 
 from ..atomic import atomic_write_text, current_umask, write_failure
 from ..config import RunConfig
 from ..errors import DataError, WriteError
+from ..progress import Bar
 from ..tokenizer import Tokenizer, fit_tokenizer, get_kind, load_tokenizer
 from .shards import SPLITS, VERSION, Shard, ShardWriter, dtype_for, read_manifest, token_array
 from .sources import Corpus, Piece, source_kind
@@ -154,14 +154,14 @@ def prepare(
     cfg: RunConfig,
     force: bool = False,
     log=print,
-    progress: Optional[bool] = None,
+    progress: bool = True,
     tokenizer: Optional[Tokenizer] = None,
 ) -> Path:
     """Corpus -> tokenizer -> train/val shards, streamed and in parallel; returns the shard folder.
 
     A complete folder is reused. The shards are written into a hidden staging folder that is
     renamed into place when complete (manifest last), so a killed run leaves nothing that looks
-    complete. `progress`: show a bar (None: only on a terminal). `tokenizer`: encode with this one
+    complete. `progress`: a bar over the bytes on a terminal (False: none). `tokenizer`: encode with this one
     (fine-tuning) instead of fitting one on the train split; characters it refuses are an error
     unless data.unknown=drop. A fitted tokenizer drops (and counts) val characters the train split lacks.
     """
@@ -210,7 +210,7 @@ def prepare(
 
 
 def _write_staging(
-    staging: Path, cfg: RunConfig, corpus: Corpus, tokenizer: Tokenizer, drop: tuple[str, ...], progress: Optional[bool]
+    staging: Path, cfg: RunConfig, corpus: Corpus, tokenizer: Tokenizer, drop: tuple[str, ...], progress: bool
 ) -> dict[str, Any]:
     """tokenizer.json, the two shards and (last) manifest.json into `staging`; returns the manifest."""
     tokenizer.save(staging / "tokenizer.json")
@@ -227,10 +227,8 @@ def _write_staging(
     if pool is None:
         _init_worker(str(staging / "tokenizer.json"))
     try:
-        disable = None if progress is None else not progress  # None: a bar only on a terminal
-        with tqdm(
-            total=corpus.size_hint(), unit="B", unit_scale=True, unit_divisor=1000, disable=disable, desc="tokenizing"
-        ) as bar:
+        # a bar over the bytes read (a counter for a source of unknown size), on a terminal
+        with Bar(corpus.size_hint(), "tokenizing", "B", progress, unit_scale=True, unit_divisor=1000) as bar:
             manifest["splits"] = write_splits(staging, corpus, tokenizer.vocab_size, pool, workers, bar, drop)
     finally:
         if pool is not None:

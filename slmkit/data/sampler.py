@@ -1,8 +1,9 @@
-"""Random training windows from a shard: the batches `slm train` draws."""
+"""The windows a model reads: random ones from a shard (the batches `slm train` draws), and the consecutive
+ones that predict every token of a text once (`slm eval`, serve's prompt log-probabilities)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -37,3 +38,17 @@ class WindowSampler:
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.rng.bit_generator.state = state
+
+
+def windows(tokens: Sequence[int] | np.ndarray, block_size: int, batch_size: int) -> Iterator[torch.Tensor]:
+    """The consecutive, non-overlapping windows of `tokens` that predict every token after the first exactly
+    once: (B, block_size + 1) int64 tensors of up to `batch_size` windows (input window[:, :-1], targets
+    window[:, 1:]), then the remainder as one shorter (1, r + 1) window."""
+    tokens = np.asarray(tokens)
+    n = max(len(tokens) - 1, 0)  # tokens that have a target
+    full = n // block_size
+    for first in range(0, full, batch_size):
+        starts = np.arange(first, min(first + batch_size, full)) * block_size
+        yield torch.from_numpy(np.asarray(tokens[starts[:, None] + np.arange(block_size + 1)], dtype=np.int64))
+    if n % block_size:
+        yield torch.from_numpy(np.asarray(tokens[full * block_size :], dtype=np.int64))[None]

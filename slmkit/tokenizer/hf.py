@@ -43,6 +43,7 @@ def train_backend(
     backend: HFBackend, trainer, texts: Iterable[str], kind: str, cls: Optional[type["HFTokenizer"]] = None
 ) -> "HFTokenizer":
     """Train `backend` with `trainer` on `texts` and wrap it as a tokenizer of `kind` (class `cls`)."""
+    trainer.show_progress = False  # its four bars on a terminal; prepare draws one, over the tokenizing
     backend.train_from_iterator(texts, trainer)
     return (cls or HFTokenizer)(backend, "trained tokenizer", kind)
 

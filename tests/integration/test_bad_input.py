@@ -202,7 +202,7 @@ CASES = [
          damage=state_of_another_model),
     Case("resume-config-binary", ["train", "--resume", "{run}"], "config.yaml is not valid YAML",
          damage=replace(CONFIG, bytes(range(256)))),
-    Case("resume-with-recipe", ["train", "--resume", "{run}", "--recipe", "kjv-char"], "drop --recipe"),
+    Case("resume-with-recipe", ["train", "--resume", "{run}", "--recipe", "kjv-char-gpt2"], "drop --recipe"),
     Case("resume-changes-model", ["train", "--resume", "{run}", "--model.n_layer=3"], "cannot change when resuming"),
     Case("resume-with-overwrite", ["train", "--resume", "{run}", "--overwrite"], "drop --overwrite"),
     # an existing run folder given as the --out of a new run

@@ -2,9 +2,10 @@
 
 A generated instruction set ("What is 17 plus 25?" -> "42", "Reverse: abc" -> "cba"), a small model
 pretrained briefly on plain text, then chat-fine-tuned for a bounded number of steps on the CPU:
-its greedy answers to held-out questions of the same kinds are right far more often than the
-pretrained model's. The issue asks for 90% within ~60 CPU seconds; this budget (1,200 steps, ~64 s
-of CPU) reaches 26% (under 10% before): not there yet. benchmarks/chat.py is the longer version (BENCHMARKS.md).
+its greedy answers to held-out questions of the same kinds (none of them in the training set) are
+right at least 90% of the time; the pretrained model's are not. What makes it learn within the
+budget is Muon on the hidden matrices (AdamW alone: 1% after 600 steps, 54% after 1,200). BENCHMARKS.md has the
+accuracy by step and seed; benchmarks/chat.py is the longer version.
 """
 
 import json
@@ -21,9 +22,9 @@ from slmkit.train import train
 
 MAX_NUMBER = 49
 MODEL = {"model.n_layer": 2, "model.n_head": 4, "model.n_embd": 64, "model.block_size": 32, "model.pos_embedding": "rotary"}
-CHAT = {"data.format": "chat", "train.max_steps": 1200, "train.lr": 3e-3, "train.min_lr": 3e-4, "train.warmup_steps": 30,
-        "train.batch_size": 64, "train.eval_interval": 400, "train.eval_batches": 2, "train.early_stop_patience": 0,
-        "data.num_workers": 1}  # fmt: skip
+CHAT = {"data.format": "chat", "train.max_steps": 600, "train.optimizer": "muon", "train.muon_lr": 0.02,
+        "train.lr": 3e-3, "train.min_lr": 3e-4, "train.warmup_steps": 30, "train.batch_size": 64,
+        "train.eval_interval": 200, "train.eval_batches": 2, "train.early_stop_patience": 0, "data.num_workers": 1}  # fmt: skip
 
 
 def plain_text(n_words: int = 4000) -> str:
@@ -47,18 +48,26 @@ def accuracy(run_dir, questions) -> float:
     return right / len(questions)
 
 
+def held_out_accuracy(folder, seed: int = 0) -> tuple[float, float]:
+    """Pretrain, chat-fine-tune (train.seed `seed`) in `folder`; the held-out accuracy before and after."""
+    (folder / "plain.txt").write_text(plain_text(), encoding="utf-8")
+    train_set = arithmetic_reversal_set(3000, seed=0, max_number=MAX_NUMBER)
+    held_out = arithmetic_reversal_set(200, seed=1, max_number=MAX_NUMBER, exclude=frozenset(r["prompt"] for r in train_set))
+    with open(folder / "chat.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in train_set)
+    base = {**MODEL, "data.source": str(folder / "plain.txt"), "data.shard_dir": str(folder / "shards"),
+            "train.max_steps": 30, "train.max_minutes": 0, "train.eval_interval": 30, "train.eval_batches": 2,
+            "train.batch_size": 32, "train.lr": 3e-3, "train.warmup_steps": 5, "sample.max_new_tokens": 5,
+            "train.seed": seed}  # fmt: skip
+    train(load_recipe("kjv-char-gpt2", base), out=folder / "base", progress_bar=False)
+    chat = {**CHAT, "data.source": str(folder / "chat.jsonl"), "train.seed": seed}
+    finetune(folder / "base", chat, out=folder / "chat", progress_bar=False)
+    return accuracy(folder / "base", held_out), accuracy(folder / "chat", held_out)
+
+
 def test_chat_finetune_learns_held_out_arithmetic_and_reversal(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     torch.set_num_threads(1)
-    (tmp_path / "plain.txt").write_text(plain_text(), encoding="utf-8")
-    train_set = arithmetic_reversal_set(3000, seed=0, max_number=MAX_NUMBER)
-    held_out = arithmetic_reversal_set(100, seed=1, max_number=MAX_NUMBER, exclude=frozenset(r["prompt"] for r in train_set))
-    with open(tmp_path / "chat.jsonl", "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r) + "\n" for r in train_set)
-    base = {**MODEL, "data.source": str(tmp_path / "plain.txt"), "data.shard_dir": str(tmp_path / "shards"),
-            "train.max_steps": 30, "train.max_minutes": 0, "train.eval_interval": 30, "train.eval_batches": 2,
-            "train.batch_size": 32, "train.lr": 3e-3, "train.warmup_steps": 5, "sample.max_new_tokens": 5}  # fmt: skip
-    train(load_recipe("kjv-char", base), out=tmp_path / "base", progress_bar=False)
-    finetune(tmp_path / "base", {**CHAT, "data.source": str(tmp_path / "chat.jsonl")}, out=tmp_path / "chat", progress_bar=False)
-    assert accuracy(tmp_path / "base", held_out) < 0.1
-    assert accuracy(tmp_path / "chat", held_out) >= 0.2  # 0.26 measured (CPU training is deterministic); the goal is 0.9
+    before, after = held_out_accuracy(tmp_path)
+    assert before < 0.1
+    assert after >= 0.9  # seeds 0, 1, 2 measured in BENCHMARKS.md (CPU training is deterministic)

@@ -4,6 +4,7 @@ import csv
 import importlib
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -12,6 +13,7 @@ from slmkit.chat import SPECIAL_TOKENS, arithmetic_reversal_set
 from slmkit.config import load_recipe
 from slmkit.data.chat import IGNORE, chat_sampler, masked_loss
 from slmkit.data.prepare import shard_dir_for
+from slmkit.data.shards import Shard
 from slmkit.finetune import finetune
 from slmkit.runs import BEST, CHAT_TEMPLATE, LAST, METRICS, load_run
 from slmkit.tokenizer import ChatTokenizer
@@ -26,7 +28,7 @@ def base_and_chat(tmp_path, tiny_overrides, monkeypatch):
     monkeypatch.chdir(tmp_path)  # fine-tuning writes shards/ under the working folder
     (tmp_path / "plain.txt").write_text(PLAIN, encoding="utf-8")
     overrides = {**tiny_overrides, "data.source": str(tmp_path / "plain.txt"), "train.max_steps": 6}
-    train(load_recipe("kjv-char", overrides), out=tmp_path / "base", progress_bar=False)
+    train(load_recipe("kjv-char-gpt2", overrides), out=tmp_path / "base", progress_bar=False)
     with open(tmp_path / "chat.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r) + "\n" for r in arithmetic_reversal_set(200, seed=0))
     return tmp_path / "base", tmp_path / "chat.jsonl"
@@ -78,3 +80,38 @@ def test_chat_finetune_resumes_exactly(tmp_path, base_and_chat, monkeypatch):
     for name in (LAST, BEST):
         a, b = load_file(tmp_path / "full" / name), load_file(tmp_path / "crashed" / name)
         assert all(a[k].equal(b[k]) for k in a), name
+
+
+def test_eval_of_a_chat_run_is_the_masked_loss_on_chat_data_and_every_token_on_text(tmp_path, base_and_chat, capsys):
+    from slmkit.cli import main
+    from slmkit.data.chat import ChatSampler, encode_conversations, read_conversations
+    from slmkit.evaluate import CHAT_LOSS, TEXT_LOSS, evaluate_run, mean_loss, text_tokens
+
+    base, data = base_and_chat
+    result = finetune(base, {**FAST, "data.source": str(data)}, out=tmp_path / "chat", progress_bar=False)
+    run = load_run(tmp_path / "chat")
+    # its own val split: the masked loss the training reported, and the output says which loss it is
+    split = evaluate_run(tmp_path / "chat")
+    assert split.source == f"val split {CHAT_LOSS}"
+    assert split.metrics["loss"] == pytest.approx(result.final_val.metrics["loss"])
+    assert split.tokens == result.final_val.tokens
+    capsys.readouterr()
+    assert main(["eval", "--run", str(tmp_path / "chat")]) == 0
+    assert capsys.readouterr().out.startswith("val split (chat: the loss on the assistant's tokens only): ")
+    # a .jsonl of conversations: the masked loss over every conversation in it (train and val alike)
+    whole = evaluate_run(tmp_path / "chat", source=str(data))
+    conversations = sum(read_conversations(str(data)).values(), [])
+    ids, mask, trained_bytes = encode_conversations(run.tokenizer, conversations)
+    windows = ChatSampler(ids, mask, 32, 8, 0, run.tokenizer.eot_id).every_conversation()
+    assert whole.source == f"{data} {CHAT_LOSS}" and whole.text_bytes == trained_bytes
+    assert whole.metrics["loss"] == pytest.approx(masked_loss(run.model, windows)[0])
+    assert abs(whole.metrics["loss"] - mean_loss(run.model, ids)) > 0.05  # not the loss on every token
+    # plain text on a chat run: every token, and said so; a base run's eval is unchanged
+    text = evaluate_run(tmp_path / "chat", source=str(tmp_path / "plain.txt"))
+    tokens, _, _ = text_tokens(run.config, run.tokenizer, str(tmp_path / "plain.txt"))
+    assert text.source == f"{tmp_path / 'plain.txt'} {TEXT_LOSS}"
+    assert text.metrics["loss"] == pytest.approx(mean_loss(run.model, tokens))
+    base_eval = evaluate_run(base)
+    assert base_eval.source == "val split" and base_eval.metrics["loss"] == pytest.approx(
+        mean_loss(load_run(base).model, np.asarray(Shard(shard_dir_for(load_run(base).config) / "val.bin").tokens))
+    )

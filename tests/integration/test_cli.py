@@ -79,7 +79,7 @@ def model_greedy(run_dir: Path, prompt: str, n: int) -> str:
 
 def test_resume_is_bitwise_identical(tmp_path, tiny_overrides, monkeypatch):
     """A run that crashes after its step-10 checkpoint and is resumed ends exactly as an uninterrupted one."""
-    cfg = load_recipe("kjv-char", tiny_overrides)
+    cfg = load_recipe("kjv-char-gpt2", tiny_overrides)
     full = train(cfg, out=tmp_path / "full", progress_bar=False)
 
     calls = {"n": 0}
@@ -93,7 +93,7 @@ def test_resume_is_bitwise_identical(tmp_path, tiny_overrides, monkeypatch):
 
     monkeypatch.setattr(WindowSampler, "next", crash_at_step_15)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train(load_recipe("kjv-char", tiny_overrides), out=tmp_path / "crashed", progress_bar=False)
+        train(load_recipe("kjv-char-gpt2", tiny_overrides), out=tmp_path / "crashed", progress_bar=False)
     monkeypatch.setattr(WindowSampler, "next", original)
 
     resumed = train(resume=tmp_path / "crashed", progress_bar=False)
@@ -140,7 +140,7 @@ BAD_INPUTS = [
     (["prepare", "--data.source=latin1.txt"], "latin1.txt is not UTF-8 text (bad byte at offset 3)"),
     (["train", "--data.source=short.txt", "--model.block_size=64"], "fewer than one window of 64 + 1"),
     (["prepare", "--data.source=corpus.txt", "--tokenizer.kind=bpe", "--tokenizer.vocab_size=100"], "too small"),
-    (["train", "--data.source=corpus.txt", "--data.shard_dir=swapped"], "holds a 'gpt2' tokenizer, expected 'char'"),
+    (["train", "--data.source=corpus.txt", "--data.shard_dir=swapped"], "holds a 'gpt2' tokenizer, expected 'bpe'"),
     (["data", "info", "bad.bin"], "bad.bin is not an slmkit shard (bad magic)"),
 ]
 

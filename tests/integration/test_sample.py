@@ -18,7 +18,7 @@ def slm(*args: str, cwd: Path, stdin: str = "") -> subprocess.CompletedProcess:
 
 def test_sample_flags_and_interactive_loop(tmp_path, tiny_overrides):
     run = tmp_path / "run"
-    train(load_recipe("kjv-char", dict(tiny_overrides, **{"train.max_steps": 5})), out=run, progress_bar=False)
+    train(load_recipe("kjv-char-gpt2", dict(tiny_overrides, **{"train.max_steps": 5})), out=run, progress_bar=False)
     common = ["sample", "--run", str(run), "--max-new-tokens", "30", "--seed", "3", "--top-p", "0.9",
               "--repetition-penalty", "1.2", "--top-k", "10"]
 
@@ -67,7 +67,7 @@ def head(argv: list[str], cwd: Path, read: int, stdin: bytes = b"") -> tuple[int
 def test_a_reader_that_stops_early_ends_the_output_quietly(tmp_path, tiny_overrides):
     """`slm sample ... | head -c 20` (and the other commands that print a lot): no traceback, cat's exit status."""
     run = str(tmp_path / "run")
-    train(load_recipe("kjv-char", dict(tiny_overrides, **{"train.max_steps": 5})), out=run, progress_bar=False)
+    train(load_recipe("kjv-char-gpt2", dict(tiny_overrides, **{"train.max_steps": 5})), out=run, progress_bar=False)
     overrides = [f"--{k}={v}" for k, v in tiny_overrides.items()]
     cases = [
         (["sample", "--run", run, "--max-new-tokens", "20000"], 20, b""),

@@ -40,7 +40,7 @@ def test_resume_is_bitwise_identical_for_every_schedule(tmp_path, tiny_overrides
     """A run killed right after a mid-run checkpoint and resumed ends exactly as an uninterrupted one."""
     fast = {"train.schedule": schedule, "train.eval_interval": 4, "train.batch_size": 16, "train.max_steps": 12}
     overrides = {**tiny_overrides, **fast, "sample.max_new_tokens": 5, **extra}
-    full = train(load_recipe("kjv-char", overrides), out=tmp_path / "full", progress_bar=False)
+    full = train(load_recipe("kjv-char-gpt2", overrides), out=tmp_path / "full", progress_bar=False)
     crash_step = full.steps // 2 // 4 * 4  # an evaluation step near the middle
 
     original = engine.save_checkpoint
@@ -52,7 +52,7 @@ def test_resume_is_bitwise_identical_for_every_schedule(tmp_path, tiny_overrides
 
     monkeypatch.setattr(engine, "save_checkpoint", checkpoint_then_crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train(load_recipe("kjv-char", overrides), out=tmp_path / "crashed", progress_bar=False)
+        train(load_recipe("kjv-char-gpt2", overrides), out=tmp_path / "crashed", progress_bar=False)
     monkeypatch.setattr(engine, "save_checkpoint", original)
 
     resumed = train(resume=tmp_path / "crashed", progress_bar=False)
@@ -100,7 +100,7 @@ def test_finetune_on_text_with_characters_the_tokenizer_lacks(tmp_path, tiny_ove
     from slmkit.finetune import finetune
 
     base = tmp_path / "base"
-    train(load_recipe("kjv-char", {**tiny_overrides, "train.max_steps": 4}), out=base, progress_bar=False)
+    train(load_recipe("kjv-char-gpt2", {**tiny_overrides, "train.max_steps": 4}), out=base, progress_bar=False)
     new_text = tmp_path / "new.txt"
     new_text.write_text("Let the earth bring forth grass \u263a.\n" * 60, encoding="utf-8")  # 60 unknown characters
     fast = {"data.source": str(new_text), "train.max_steps": 2, "train.eval_interval": 2, "data.num_workers": 1}
@@ -129,7 +129,7 @@ def test_ddp_two_cpu_processes(tmp_path, tiny_overrides):
     assert len(samplers) == 2 and samplers[0] != samplers[1]  # each rank drew its own batches
     assert "all 2 ranks hold identical weights" in result.stdout  # checked across ranks at the end
     # rank 1 did work: the weights differ from rank 0 training alone on its own batches
-    alone = train(load_recipe("kjv-char", overrides), out=tmp_path / "alone", progress_bar=False)
+    alone = train(load_recipe("kjv-char-gpt2", overrides), out=tmp_path / "alone", progress_bar=False)
     assert alone.steps == 10
     a, b = load_file(out / LAST), load_file(tmp_path / "alone" / LAST)
     assert any(not a[k].equal(b[k]) for k in a)

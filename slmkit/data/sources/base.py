@@ -51,7 +51,9 @@ class SourceKind:
     identity: Callable[[str], str] = str  # equal for data.source strings naming the same text (shard folder key)
     fallback: bool = False  # tried after every other kind (local paths)
     download: Callable[[str], str] = lambda source: ""  # what its first use downloads ("" = nothing, or it is here)
-    pinned_chars: str = ""  # the characters of its train split, when the text is pinned by its hash
+    # the characters of its train split under the default data settings, when the text is fixed (by its hash, or
+    # shipped in a package): `slm recipes` counts a char vocabulary without reading (or downloading) the text
+    pinned_chars: str = ""
 
 
 # ---------------------------------------------------------------- normalization
