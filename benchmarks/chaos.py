@@ -1,4 +1,4 @@
-"""Kill tests: SIGKILL `slm train`, `prepare`, `export`, `quantize` and `finetune` at random moments; nothing is lost.
+"""Kill tests: SIGKILL `slm train`, `prepare`, `export` (hf, gguf), `quantize`, `finetune` and `sweep` at random moments; nothing is lost.
 
 For each trial of `slm train`: start a tiny run that checkpoints every few steps (so many
 kills land during checkpoint writes), kill it after a random delay, then check that
@@ -11,10 +11,13 @@ wholly valid, then that a new prepare completes and removes the killed run's sta
 For `slm export` / `slm quantize` (a 13M-parameter model, so kills land mid-write) and `slm finetune`:
 kill it at a random moment of its usual duration; every file present must load (a complete-looking
 export, with config.json, loads in transformers), and rerunning it (finetune: resuming, or starting
-again with --overwrite before its first checkpoint) succeeds and leaves no temp file.
+again with --overwrite before its first checkpoint) succeeds and leaves no temp file. `slm export
+--format gguf`: a GGUF file present reads whole with gguf-py. `slm sweep` (3 tiny runs): every file
+present loads, and the same command again finishes all three (finished runs skipped, a killed one resumed).
 
     python -P benchmarks/chaos.py --trials 20 --prepare-trials 10
     python -P benchmarks/chaos.py --trials 0 --prepare-trials 4 --export-trials 6 --quantize-trials 6 --finetune-trials 6
+    python -P benchmarks/chaos.py --trials 0 --prepare-trials 0 --gguf-trials 6 --sweep-trials 6
 Prints a table; RELIABILITY.md records the results.
 """
 
@@ -147,7 +150,7 @@ PREPARE_SECONDS: dict[str, float] = {}  # a whole prepare's duration ("all") and
 def prepare_trial(work: Path, corpus: Path, rng: random.Random, megabytes: int) -> tuple[bool, str]:
     shard_dir = work / "pshards"
     big = big_corpus(work.parent, corpus, megabytes)
-    args = ["prepare", "--force", f"--data.source={big}", f"--data.shard_dir={shard_dir}"]
+    args = ["prepare", "--force", "--recipe", "kjv-char-gpt2", f"--data.source={big}", f"--data.shard_dir={shard_dir}"]
     if not PREPARE_SECONDS:  # one whole prepare first: how long it takes, and when its shards start being written
         proc, started = slm(args, cwd=work), time.perf_counter()
         while proc.poll() is None and not shard_temp_files(shard_dir):
@@ -223,10 +226,11 @@ def medium_run(root: Path, corpus: Path) -> Path:
     return run
 
 
-def kill_during(args: list[str], work: Path, rng: random.Random, seconds: float) -> float:
-    """Start `slm args`, SIGKILL it after a random time in [0.5, seconds]; returns when it was killed."""
+def kill_during(args: list[str], work: Path, rng: random.Random, seconds: float, late: float = 0.0) -> float:
+    """Start `slm args`, SIGKILL it after a random time in [0.5, seconds] (with `late`, in the last
+    `late` share of it: the writing of a short export comes after seconds of start-up); returns when."""
     proc = slm(args, cwd=work)
-    delay = rng.uniform(0.5, seconds)
+    delay = rng.uniform(max(0.5, seconds * (1 - late)) if late else 0.5, seconds)
     time.sleep(delay)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -269,6 +273,7 @@ def hidden_leftovers(folder: Path) -> list[str]:
 
 
 DURATION: dict[str, float] = {}
+LATE = 0.4  # exports and quantize: kill in the last 40% of the usual duration, where the files are written
 
 
 def export_trial(work: Path, corpus: Path, rng: random.Random) -> tuple[bool, str]:
@@ -278,7 +283,7 @@ def export_trial(work: Path, corpus: Path, rng: random.Random) -> tuple[bool, st
     if "export" not in DURATION:
         DURATION["export"] = timed(args, work)[1]
         shutil.rmtree(out)
-    delay = kill_during(args, work, rng, DURATION["export"])
+    delay = kill_during(args, work, rng, DURATION["export"], late=LATE)
     left = hidden_leftovers(out) if out.exists() else []
     complete = (out / "config.json").is_file()
     if complete:
@@ -302,6 +307,62 @@ def export_trial(work: Path, corpus: Path, rng: random.Random) -> tuple[bool, st
     return True, f"killed at {delay:.1f}s of {DURATION['export']:.1f}s: {state}{', staging left' if left else ''}; next export completed"
 
 
+def gguf_trial(work: Path, corpus: Path, rng: random.Random) -> tuple[bool, str]:
+    """Kill `slm export --format gguf`: a GGUF file present must read whole (gguf-py), the rerun completes."""
+    from gguf import GGUFReader
+
+    run = medium_run(work.parent, corpus)
+    out = work / "model.gguf"
+    args = ["export", "--run", str(run), "--format", "gguf", "--out", str(out)]
+    if "gguf" not in DURATION:
+        DURATION["gguf"] = timed(args, work)[1]
+        out.unlink()
+    delay = kill_during(args, work, rng, DURATION["gguf"], late=LATE)
+    left = sorted(p.name for p in work.glob(".*.tmp"))
+    present = out.is_file()
+    if present:
+        try:
+            reader = GGUFReader(out)
+            for tensor in reader.tensors:
+                tensor.data.sum()  # every tensor's bytes are there
+        except Exception as e:
+            return False, f"{out.name} is present but does not read: {str(e).splitlines()[0][:120]}"
+    result, _ = timed(args, work)
+    if result.returncode != 0 or not out.is_file():
+        return False, f"export after the kill failed: {result.stderr.strip().splitlines()[-1:]}"
+    if sorted(p.name for p in work.glob(".*.tmp")):
+        return False, f"the next export left {sorted(p.name for p in work.glob('.*.tmp'))}"
+    state = "complete and reads" if present else "absent"
+    return True, f"killed at {delay:.1f}s of {DURATION['gguf']:.1f}s: {state}{', temp file left' if left else ''}; next export completed"
+
+
+SWEEP_GRID = "train.lr=1e-3,2e-3,3e-3"
+
+
+def sweep_trial(work: Path, corpus: Path, rng: random.Random) -> tuple[bool, str]:
+    """Kill `slm sweep` (3 runs): every file present loads, the same command again finishes every run."""
+    out = work / "sweep"
+    args = ["sweep", "--recipe", "kjv-char-gpt2", "--grid", SWEEP_GRID, "--out", str(out), f"--data.source={corpus}",
+            f"--data.shard_dir={work.parent / 'sweep-shards'}", *TINY, "--train.max_steps=30",
+            f"--train.eval_interval={CHECKPOINT_EVERY}"]  # fmt: skip
+    if "sweep" not in DURATION:
+        result, DURATION["sweep"] = timed(args, work)
+        assert result.returncode == 0, result.stderr
+        shutil.rmtree(out)
+    delay = kill_during(args, work, rng, DURATION["sweep"])
+    finished = sorted(p.parent.name for p in out.glob(f"*/{BEST}")) if out.exists() else []
+    problem = loads_all(out) if out.exists() else None
+    if problem:
+        return False, f"after the kill: {problem}"
+    result, _ = timed(args, work)
+    if result.returncode != 0:
+        return False, f"the sweep after the kill failed: {result.stderr.strip().splitlines()[-1:]}"
+    runs = sorted(p.parent.name for p in out.glob(f"*/{BEST}"))
+    if len(runs) != len(SWEEP_GRID.split(",")) or loads_all(out):
+        return False, f"the rerun left {len(runs)} finished runs: {loads_all(out) or runs}"
+    return True, f"killed at {delay:.1f}s of {DURATION['sweep']:.1f}s with {len(finished)} runs finished; the rerun finished all 3"
+
+
 def quantize_trial(work: Path, corpus: Path, rng: random.Random) -> tuple[bool, str]:
     run = work / "run"
     shutil.copytree(medium_run(work.parent, corpus), run)
@@ -309,7 +370,7 @@ def quantize_trial(work: Path, corpus: Path, rng: random.Random) -> tuple[bool, 
     if "quantize" not in DURATION:
         DURATION["quantize"] = timed(args, work)[1]
         (run / INT8).unlink()
-    delay = kill_during(args, work, rng, DURATION["quantize"])
+    delay = kill_during(args, work, rng, DURATION["quantize"], late=LATE)
     left = hidden_leftovers(run)
     present = (run / INT8).is_file()
     if present:
@@ -375,6 +436,8 @@ def main() -> None:
     parser.add_argument("--export-trials", type=int, default=0)
     parser.add_argument("--quantize-trials", type=int, default=0)
     parser.add_argument("--finetune-trials", type=int, default=0)
+    parser.add_argument("--gguf-trials", type=int, default=0)
+    parser.add_argument("--sweep-trials", type=int, default=0)
     parser.add_argument("--medium-run", type=Path, default=None, help="reuse this trained run for export/quantize")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -388,6 +451,8 @@ def main() -> None:
         ("export", export_trial, args.export_trials),
         ("quantize", quantize_trial, args.quantize_trials),
         ("finetune", finetune_trial, args.finetune_trials),
+        ("export gguf", gguf_trial, args.gguf_trials),
+        ("sweep", sweep_trial, args.sweep_trials),
     ]
     results = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -129,10 +129,14 @@ def _model_file_commands(sub: argparse._SubParsersAction) -> None:
                         "llama.cpp; onnx: the logits graph for onnxruntime")
     p.add_argument("--out", required=True, metavar="OUT", help="folder (hf), FILE.gguf or FILE.onnx to write")
     p.add_argument("--dtype", default="f32", choices=["f32", "f16", "q8_0"], help="gguf weight type (default: f32)")
+    p.add_argument("--kv-cache", action="store_true",
+                   help="onnx: the decoding graph with past keys/values in and out (see slmkit/export_onnx.py)")
 
     p = sub.add_parser("import-hf", help="turn a local Hugging Face GPT-2, Llama or Qwen3 folder into a run folder")
     p.add_argument("folder", metavar="DIR", help="folder with config.json, model.safetensors and tokenizer files")
     p.add_argument("--out", required=True, metavar="RUN", help="run folder to write")
+    p.add_argument("--block-size", type=int, default=0, metavar="N",
+                   help="the run's context in tokens, at most the checkpoint's (rotary models; default: the checkpoint's)")
 
     p = sub.add_parser(
         "serve", help="HTTP API (OpenAI-style /v1/completions; /v1/chat/completions on a chat run) and a web page to try a run",
@@ -322,7 +326,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
     if args.format == "onnx":
         from .export_onnx import export_onnx
 
-        print(export_onnx(args.run, args.out))
+        print(export_onnx(args.run, args.out, args.kv_cache))
         return
     result = export_hf(args.run, args.out)
     print(result.out)
@@ -333,7 +337,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
 def _cmd_import_hf(args: argparse.Namespace) -> None:
     from .export import import_hf
 
-    print(import_hf(args.folder, args.out))
+    print(import_hf(args.folder, args.out, args.block_size))
 
 
 def _cmd_recipes(args: argparse.Namespace) -> None:

@@ -98,16 +98,37 @@ class ModelConfig:
     qk_norm: bool = False  # RMS-normalize q and k per head (no weight) before attention
     zero_init_proj: bool = False  # attention and MLP output projections start at zero (modded-nanogpt)
     tie_embeddings: bool = True  # lm_head shares the token embedding matrix (GPT-2)
+    # The options pretrained Llama/Qwen3 checkpoints need (slm import-hf sets them from config.json):
+    n_kv_head: int = 0  # key/value heads (grouped-query attention: each serves n_head / n_kv_head queries); 0 = n_head
+    head_dim: int = 0  # size of each attention head; 0 = n_embd / n_head (Qwen3-0.6B: 128 with n_embd 1024, 16 heads)
+    rope_theta: float = 10000.0  # rotary base (SmolLM2 100000, Qwen3 1000000)
+    norm_eps: float = 0.0  # epsilon of every norm; 0 = the norm's default: 1e-5 layernorm, 1e-6 rmsnorm and qk_norm
+    qk_norm_gain: bool = False  # qk_norm with a learned gain per head dimension, shared by the heads (Qwen3's q/k_norm)
+
+    @property
+    def head_size(self) -> int:
+        """Size of each attention head."""
+        return self.head_dim or self.n_embd // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        """Number of key/value heads (n_head unless grouped-query attention)."""
+        return self.n_kv_head or self.n_head
+
+    def eps(self, norm: str) -> float:
+        """Epsilon of a `norm` ('layernorm' or 'rmsnorm', which QK-norm is too)."""
+        return self.norm_eps or (1e-5 if norm == "layernorm" else 1e-6)
 
     def validate(self) -> None:
         for key in ("n_layer", "n_head", "n_embd", "block_size"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"model.{key}={getattr(self, key)} must be a positive integer")
-        if self.n_embd % self.n_head:
+        if self.n_embd % self.n_head and not self.head_dim:
             raise ConfigError(
                 f"model.n_embd={self.n_embd} is not divisible by model.n_head={self.n_head}; "
-                "pick sizes where n_embd is a multiple of n_head"
+                "pick sizes where n_embd is a multiple of n_head (or set model.head_dim)"
             )
+        self._validate_attention()
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout={self.dropout} must be in [0, 1)")
         if self.vocab_size < 0:
@@ -117,11 +138,25 @@ class ModelConfig:
                 raise ConfigError(f"model.{key}={getattr(self, key)!r} is not known; valid: {', '.join(valid)}")
         if self.d_ff < 0:
             raise ConfigError(f"model.d_ff={self.d_ff} must be >= 0 (0 = 4 * n_embd)")
-        if self.pos_embedding == "rotary" and (self.n_embd // self.n_head) % 2:
+        if self.pos_embedding == "rotary" and self.head_size % 2:
             raise ConfigError(
-                f"model.pos_embedding=rotary needs an even head size, got n_embd/n_head={self.n_embd // self.n_head}; "
-                "change model.n_embd or model.n_head"
+                f"model.pos_embedding=rotary needs an even head size, got {self.head_size}; "
+                "change model.n_embd, model.n_head or model.head_dim"
             )
+
+    def _validate_attention(self) -> None:
+        """The options of pretrained Llama/Qwen3 checkpoints (n_kv_head, head_dim, rope_theta, norm_eps, qk_norm_gain)."""
+        for key in ("n_kv_head", "head_dim"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"model.{key}={getattr(self, key)} must be >= 0 (0 = the default)")
+        if self.n_head % self.kv_heads:
+            raise ConfigError(f"model.n_kv_head={self.n_kv_head} must divide model.n_head={self.n_head}")
+        if self.rope_theta <= 0:
+            raise ConfigError(f"model.rope_theta={self.rope_theta} must be > 0 (10000 is RoPE's usual base)")
+        if not 0.0 <= self.norm_eps < 1.0:
+            raise ConfigError(f"model.norm_eps={self.norm_eps} must be in [0, 1) (0 = the norm's default)")
+        if self.qk_norm_gain and not self.qk_norm:
+            raise ConfigError("model.qk_norm_gain=true needs model.qk_norm=true")
 
 
 @dataclass

@@ -5,7 +5,8 @@ our parameter names are GPT-2's, so the mapping is the identity except that HF's
 layers (c_attn, c_proj, c_fc) store their weights transposed, as (in, out); a model without
 biases gets zero biases, which GPT-2 computes exactly as none. Rotary + RMSNorm + SwiGLU
 export as LlamaForCausalLM, or Qwen3ForCausalLM with QK-norm (our weightless per-head RMSNorm
-is Qwen3's q_norm/k_norm with a gain of ones). Our rotary pairs x[i] with x[i + hs/2], as
+is Qwen3's q_norm/k_norm with a gain of ones; model.qk_norm_gain holds learned ones), with their
+grouped k/v heads (n_kv_head), head_dim, rotary base and norm epsilon. Our rotary pairs x[i] with x[i + hs/2], as
 HF's rotate_half does, so q and k need no permutation. Anything else is an ExportError
 naming the option and the nearest exportable value. Writing a folder needs only safetensors
 and JSON; `transformers` is needed to load it, not to write it.
@@ -13,6 +14,7 @@ and JSON; `transformers` is needed to load it, not to write it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -27,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from .atomic import atomic_path, atomic_write_text, staged_folder
 from .config import ModelConfig, RunConfig, TokenizerConfig
 from .errors import ExportError, SlmError
-from .model import GPT, RMS_EPS
+from .model import GPT
 from .progress import Bar
 from .runs import BEST, LAST, load_run, save_weights, write_run_files
 from .tokenizer import CharTokenizer, ChatTokenizer, GPT2Tokenizer, Tokenizer, load_tokenizer
@@ -36,8 +38,6 @@ from .tokenizer.gpt2 import ENCODER_JSON, VOCAB_SIZE, check_files, gpt2_data_dir
 
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 GPT2_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")  # GPT-2's tanh GELU, the one our model uses
-LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, used by our model
-ROPE_THETA = 10000.0  # our rotary base (slmkit.model)
 # The options each Hugging Face family fixes; any other value has no equivalent there.
 GPT2_OPTIONS = {"pos_embedding": ("learned", "sinusoidal"), "norm": ("layernorm",), "mlp": ("gelu",), "qk_norm": (False,)}
 LLAMA_OPTIONS = {"pos_embedding": ("rotary",), "norm": ("rmsnorm",), "mlp": ("swiglu",)}
@@ -45,10 +45,6 @@ LLAMA_OPTIONS = {"pos_embedding": ("rotary",), "norm": ("rmsnorm",), "mlp": ("sw
 
 def _d_ff(cfg: ModelConfig) -> int:
     return cfg.d_ff or 4 * cfg.n_embd
-
-
-def _head_size(cfg: ModelConfig) -> int:
-    return cfg.n_embd // cfg.n_head
 
 
 def hf_architecture(cfg: ModelConfig) -> str:
@@ -66,6 +62,9 @@ def hf_architecture(cfg: ModelConfig) -> str:
                 f"choice is model.{key}={values[0]!r} ({family}), or use the run's safetensors directly"
             )
     if not modern:
+        if cfg.kv_heads != cfg.n_head or cfg.head_size * cfg.n_head != cfg.n_embd:
+            raise ExportError("model.n_kv_head / model.head_dim have no GPT-2 equivalent; the nearest exportable "
+                              "choice is model.n_kv_head=0 and model.head_dim=0 (GPT-2), or rotary+rmsnorm+swiglu (Llama)")
         return "gpt2"
     if cfg.qk_norm and cfg.bias:
         raise ExportError(
@@ -90,7 +89,7 @@ def gpt2_config(cfg: ModelConfig, eot_id: int) -> dict:
         "resid_pdrop": cfg.dropout,
         "embd_pdrop": cfg.dropout,
         "attn_pdrop": cfg.dropout,
-        "layer_norm_epsilon": LAYER_NORM_EPS,
+        "layer_norm_epsilon": cfg.eps("layernorm"),
         "initializer_range": 0.02,
         "scale_attn_weights": True,
         "scale_attn_by_inverse_layer_idx": False,
@@ -113,13 +112,13 @@ def llama_config(cfg: ModelConfig, eot_id: int, arch: str) -> dict:
         "intermediate_size": _d_ff(cfg),
         "num_hidden_layers": cfg.n_layer,
         "num_attention_heads": cfg.n_head,
-        "num_key_value_heads": cfg.n_head,
-        "head_dim": _head_size(cfg),  # explicit: Qwen3's default is 128, not hidden_size / heads
+        "num_key_value_heads": cfg.kv_heads,
+        "head_dim": cfg.head_size,  # explicit: Qwen3's default is 128, not hidden_size / heads
         "hidden_act": "silu",
         "max_position_embeddings": cfg.block_size,
-        "rms_norm_eps": RMS_EPS,
-        "rope_theta": ROPE_THETA,  # transformers < 5 reads this key, 5 reads rope_parameters
-        "rope_parameters": {"rope_type": "default", "rope_theta": ROPE_THETA},
+        "rms_norm_eps": cfg.eps("rmsnorm"),
+        "rope_theta": cfg.rope_theta,  # transformers < 5 reads this key, 5 reads rope_parameters
+        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
         "attention_bias": cfg.bias,
         "attention_dropout": cfg.dropout,
         "tie_word_embeddings": cfg.tie_embeddings,
@@ -166,7 +165,8 @@ def to_gpt2_state(model: GPT) -> dict[str, torch.Tensor]:
 def llama_names(i: int) -> dict[str, str]:
     """Our tensor name -> Llama/Qwen3's, for layer `i` (c_attn is split into q, k, v separately)."""
     ours, theirs = f"transformer.h.{i}.", f"model.layers.{i}."
-    names = {"ln_1.weight": "input_layernorm.weight", "ln_2.weight": "post_attention_layernorm.weight"}
+    names = {"ln_1.weight": "input_layernorm.weight", "ln_2.weight": "post_attention_layernorm.weight",
+             "attn.q_norm.weight": "self_attn.q_norm.weight", "attn.k_norm.weight": "self_attn.k_norm.weight"}
     for p in ("weight", "bias"):
         names.update({f"attn.c_proj.{p}": f"self_attn.o_proj.{p}", f"mlp.c_gate.{p}": f"mlp.gate_proj.{p}",
                       f"mlp.c_fc.{p}": f"mlp.up_proj.{p}", f"mlp.c_proj.{p}": f"mlp.down_proj.{p}"})
@@ -178,7 +178,7 @@ LLAMA_TOP = {"transformer.wte.weight": "model.embed_tokens.weight", "transformer
 
 
 def to_llama_state(model: GPT) -> dict[str, torch.Tensor]:
-    """Llama/Qwen3 tensors of `model`: c_attn split into q/k/v, QK-norm as weights of ones."""
+    """Llama/Qwen3 tensors of `model`: c_attn split into q/k/v, a weightless QK-norm as gains of ones."""
     cfg = model.config
     arch = hf_architecture(cfg)
     state = _our_state(model)
@@ -192,11 +192,12 @@ def to_llama_state(model: GPT) -> dict[str, torch.Tensor]:
     for i in range(cfg.n_layer):
         attn = f"model.layers.{i}.self_attn."
         for p in ("weight", "bias") if cfg.bias else ("weight",):
-            q, k, v = state[f"transformer.h.{i}.attn.c_attn.{p}"].chunk(3, dim=0)  # (3C, ...) -> 3 x (C, ...)
+            sizes = (cfg.n_head * cfg.head_size, cfg.kv_heads * cfg.head_size, cfg.kv_heads * cfg.head_size)
+            q, k, v = state[f"transformer.h.{i}.attn.c_attn.{p}"].split(sizes, dim=0)  # rows: q, then k, then v
             out.update({f"{attn}q_proj.{p}": q.clone(), f"{attn}k_proj.{p}": k.clone(), f"{attn}v_proj.{p}": v.clone()})
-        if arch == "qwen3":  # our QK-norm has no weight: Qwen3's per-head RMSNorm with a gain of ones
-            out[f"{attn}q_norm.weight"] = torch.ones(_head_size(cfg))
-            out[f"{attn}k_norm.weight"] = torch.ones(_head_size(cfg))
+        if arch == "qwen3":  # a weightless QK-norm is Qwen3's per-head RMSNorm with a gain of ones
+            out.setdefault(f"{attn}q_norm.weight", torch.ones(cfg.head_size))
+            out.setdefault(f"{attn}k_norm.weight", torch.ones(cfg.head_size))
     return out
 
 
@@ -325,8 +326,6 @@ def model_config_from_gpt2(hf: dict, origin: str) -> ModelConfig:
     checks = [
         (hf.get("activation_function", "gelu_new") in GPT2_ACTIVATIONS,
          f"activation_function {hf.get('activation_function')!r} (slmkit uses GPT-2's tanh GELU, 'gelu_new')"),
-        (float(hf.get("layer_norm_epsilon", LAYER_NORM_EPS)) == LAYER_NORM_EPS,
-         f"layer_norm_epsilon {hf.get('layer_norm_epsilon')} (slmkit uses {LAYER_NORM_EPS})"),
         (hf.get("scale_attn_weights", True), "scale_attn_weights false"),
         (not hf.get("scale_attn_by_inverse_layer_idx", False), "scale_attn_by_inverse_layer_idx true"),
     ]
@@ -343,6 +342,7 @@ def model_config_from_gpt2(hf: dict, origin: str) -> ModelConfig:
         vocab_size=int(hf.get("vocab_size", VOCAB_SIZE)),
         d_ff=0 if hf.get("n_inner") in (None, 4 * n_embd) else int(hf["n_inner"]),
         tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
+        norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
     )
     cfg.validate()
     return cfg
@@ -359,8 +359,15 @@ def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
             return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - torch raises many kinds for a bad file
             raise ExportError(f"{folder}/pytorch_model.bin cannot be loaded as plain tensors ({type(e).__name__})") from None
-    if (folder / "model.safetensors.index.json").is_file():
-        raise ExportError(f"{folder} holds a sharded checkpoint; save it unsharded (max_shard_size='10GB') first")
+    if (folder / "model.safetensors.index.json").is_file():  # sharded (Qwen3-1.7B and larger): every shard's tensors
+        files = sorted(set(_read_json(folder / "model.safetensors.index.json").get("weight_map", {}).values()))
+        state: dict[str, torch.Tensor] = {}
+        for name in files:
+            try:
+                state.update(load_file(str(folder / name)))
+            except (SafetensorError, OSError) as e:
+                raise ExportError(f"{folder / name} is not readable ({e})") from None
+        return state
     raise ExportError(f"{folder} has no model.safetensors or pytorch_model.bin")
 
 
@@ -391,62 +398,65 @@ def _load_into(model: GPT, state: dict[str, torch.Tensor], origin: str) -> GPT:
     return model.eval()
 
 
-def _rope_theta(hf: dict) -> Optional[float]:
-    """The rotary base of a Llama/Qwen3 config.json, None when it scales positions (YaRN, linear, ...)."""
-    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-    if rope.get("rope_type", rope.get("type", "default")) != "default":
-        return None
-    return float(rope.get("rope_theta", hf.get("rope_theta", ROPE_THETA)))
+def _rope_theta(hf: dict, origin: str) -> float:
+    """The rotary base of a Llama/Qwen3 config.json; ExportError for position scaling slmkit does not implement."""
+    for key in ("rope_parameters", "rope_scaling"):  # transformers 5 writes rope_parameters, 4 rope_scaling
+        rope = hf.get(key) or {}
+        kind = rope.get("rope_type", rope.get("type", "default"))
+        if kind != "default":
+            raise ExportError(f"{origin}: {key} type {kind!r} (position scaling) is not implemented in slmkit; "
+                              "only default RoPE imports")
+        if float(rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))) != 1.0:
+            raise ExportError(f"{origin}: partial_rotary_factor is not implemented in slmkit (it rotates every dimension)")
+    return float((hf.get("rope_parameters") or {}).get("rope_theta", hf.get("rope_theta", 10000.0)))
 
 
-def model_config_from_llama(hf: dict, origin: str) -> ModelConfig:
+def model_config_from_llama(hf: dict, origin: str, learned_qk_gains: bool = False) -> ModelConfig:
     """Our ModelConfig for a Llama or Qwen3 config.json, or an ExportError naming what cannot map."""
     n_embd, n_head = int(hf["hidden_size"]), int(hf["num_attention_heads"])
     n_kv = int(hf.get("num_key_value_heads") or n_head)
-    head_dim = int(hf.get("head_dim") or n_embd // n_head)
     checks = [
         (hf.get("hidden_act", "silu") == "silu", f"hidden_act {hf.get('hidden_act')!r} (slmkit's SwiGLU uses 'silu')"),
-        (float(hf.get("rms_norm_eps", RMS_EPS)) == RMS_EPS, f"rms_norm_eps {hf.get('rms_norm_eps')} (slmkit uses {RMS_EPS})"),
-        (_rope_theta(hf) == ROPE_THETA, f"rotary settings {hf.get('rope_parameters') or hf.get('rope_scaling')} "
-                                        f"(slmkit uses default RoPE with base {ROPE_THETA:g})"),
-        (head_dim * n_head == n_embd, f"head_dim {head_dim} x {n_head} heads != hidden_size {n_embd}"),
         (n_head % n_kv == 0, f"{n_kv} key/value heads for {n_head} heads"),
         (not hf.get("use_sliding_window", False), "use_sliding_window true"),
+        (all(t == "full_attention" for t in hf.get("layer_types") or []), "layer_types other than full_attention"),
+        (not hf.get("rope_interleaved", False), "rope_interleaved true (slmkit rotates x[i] with x[i + hs/2])"),
     ]
     for ok, what in checks:
         if not ok:
             raise ExportError(f"{origin}: {what} cannot be represented by an slmkit model")
+    qwen3 = hf.get("model_type") == "qwen3"
     cfg = ModelConfig(
         n_layer=int(hf["num_hidden_layers"]), n_head=n_head, n_embd=n_embd,
         block_size=int(hf.get("max_position_embeddings", 2048)), dropout=float(hf.get("attention_dropout", 0.0)),
         bias=bool(hf.get("attention_bias", False) or hf.get("mlp_bias", False)), vocab_size=int(hf["vocab_size"]),
         pos_embedding="rotary", norm="rmsnorm", mlp="swiglu", d_ff=int(hf["intermediate_size"]),
-        qk_norm=hf.get("model_type") == "qwen3", tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        qk_norm=qwen3, tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        n_kv_head=n_kv, head_dim=int(hf.get("head_dim") or n_embd // n_head), rope_theta=_rope_theta(hf, origin),
+        norm_eps=float(hf.get("rms_norm_eps", 1e-6)), qk_norm_gain=qwen3 and learned_qk_gains,
     )
     cfg.validate()
     return cfg
 
 
-def from_llama_state(hf_state: dict[str, torch.Tensor], cfg: ModelConfig, n_kv: int, origin: str) -> GPT:
-    """A GPT filled from Llama/Qwen3 tensors: q/k/v joined into c_attn, grouped k/v heads repeated."""
+def _learned_qk_gains(hf_state: dict[str, torch.Tensor]) -> bool:
+    """Whether any q_norm / k_norm gain of a Qwen3 state is not 1 (all ones: our weightless QK-norm)."""
+    return any(not torch.all(t == 1) for k, t in hf_state.items() if k.endswith(("q_norm.weight", "k_norm.weight")))
+
+
+def from_llama_state(hf_state: dict[str, torch.Tensor], cfg: ModelConfig, origin: str) -> GPT:
+    """A GPT filled from Llama/Qwen3 tensors: q/k/v joined into c_attn (k, v keep their n_kv_head heads)."""
     names = {v: k for k, v in LLAMA_TOP.items()}
     for i in range(cfg.n_layer):
         names.update({v: k for k, v in llama_names(i).items()})
+    if not cfg.qk_norm_gain:  # gains of ones: the weightless QK-norm computes the same
+        hf_state = {k: t for k, t in hf_state.items() if not k.endswith(("q_norm.weight", "k_norm.weight"))}
     state = {names[k]: v for k, v in hf_state.items() if k in names}
-    hs, repeat = _head_size(cfg), cfg.n_head // n_kv
     for i in range(cfg.n_layer):
         attn = f"model.layers.{i}.self_attn."
-        for norm in ("q_norm", "k_norm"):
-            gain = hf_state.pop(f"{attn}{norm}.weight", None)
-            if gain is not None and not torch.equal(gain, torch.ones_like(gain)):
-                raise ExportError(f"{origin}: layer {i}'s {norm} has a learned gain; slmkit's QK-norm has none")
         for p in ("weight", "bias"):
-            if f"{attn}q_proj.{p}" not in hf_state:
-                continue
-            q, k, v = (hf_state[f"{attn}{x}_proj.{p}"] for x in "qkv")
-            # HF's repeat_kv: query head j reads key/value head j // repeat
-            k, v = (t.unflatten(0, (n_kv, hs)).repeat_interleave(repeat, 0).flatten(0, 1) for t in (k, v))
-            state[f"transformer.h.{i}.attn.c_attn.{p}"] = torch.cat((q, k, v), 0)
+            if f"{attn}q_proj.{p}" in hf_state:
+                state[f"transformer.h.{i}.attn.c_attn.{p}"] = torch.cat([hf_state[f"{attn}{x}_proj.{p}"] for x in "qkv"], 0)
     joined = re.compile(r"model\.layers\.\d+\.self_attn\.(q|k|v)_proj\.(weight|bias)$|.*rotary_emb\.inv_freq$")
     unread = sorted(k for k in hf_state if k not in names and not joined.match(k))
     if unread:
@@ -459,17 +469,34 @@ def from_llama_state(hf_state: dict[str, torch.Tensor], cfg: ModelConfig, n_kv: 
     return _load_into(model, state, origin)
 
 
-def read_hf_model(folder: Path) -> GPT:
-    """The GPT a GPT-2, Llama or Qwen3 folder's config.json and weights describe."""
+def _drop_padded_rows(hf_state: dict[str, torch.Tensor], hf: dict, vocab_size: int) -> None:
+    """Keep the first `vocab_size` rows of the embedding and head: the rest are padding no text maps to
+    (Qwen3's config.json has 151,936 rows for a 151,669-token tokenizer)."""
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        if name in hf_state:
+            hf_state[name] = hf_state[name][:vocab_size]
+    hf["vocab_size"] = vocab_size
+
+
+def hf_model(hf: dict, state: dict[str, torch.Tensor], folder: Path, tokenizer_vocab: Optional[int] = None) -> GPT:
+    """The GPT a GPT-2, Llama or Qwen3 folder's config.json `hf` and weights `state` describe (Llama/Qwen3
+    rows past `tokenizer_vocab` dropped)."""
     origin = str(folder / "config.json")
-    hf = _read_json(folder / "config.json")
+    if check_hf_config(hf, origin).pos_embedding != "rotary":
+        return from_gpt2_state(state, model_config_from_gpt2(hf, origin), str(folder))
+    if tokenizer_vocab is not None and tokenizer_vocab < int(hf["vocab_size"]):
+        _drop_padded_rows(state, hf, tokenizer_vocab)
+    cfg = model_config_from_llama(hf, origin, _learned_qk_gains(state))
+    return from_llama_state(state, cfg, str(folder))
+
+
+def check_hf_config(hf: dict, origin: str) -> ModelConfig:
+    """The ModelConfig of a GPT-2, Llama or Qwen3 config.json (before its weights are read), else ExportError."""
     kind = hf.get("model_type")
     if kind == "gpt2":
-        return from_gpt2_state(_read_weights(folder), model_config_from_gpt2(hf, origin), str(folder))
+        return model_config_from_gpt2(hf, origin)
     if kind in ("llama", "qwen3"):
-        cfg = model_config_from_llama(hf, origin)
-        n_kv = int(hf.get("num_key_value_heads") or cfg.n_head)
-        return from_llama_state(_read_weights(folder), cfg, n_kv, str(folder))
+        return model_config_from_llama(hf, origin)
     raise ExportError(f"{origin}: model_type {kind!r} does not import; slmkit reads 'gpt2', 'llama' and 'qwen3' folders")
 
 
@@ -499,7 +526,28 @@ def _exported_chars(path: Path) -> Optional[list[str]]:
     return chars
 
 
+def _eos_token(folder: Path, path: Path) -> Optional[str]:
+    """The text of the end-of-text token config.json (else generation_config.json) names by `eos_token_id`
+    (the first of a list), looked up in tokenizer.json `path`; None when neither names one."""
+    for name in ("config.json", "generation_config.json"):
+        eos = _read_json(folder / name).get("eos_token_id") if (folder / name).is_file() else None
+        eos = eos[0] if isinstance(eos, list) and eos else eos
+        if isinstance(eos, int):
+            break
+    else:
+        return None
+    data = _read_json(path)
+    tokens = {t.get("id"): t.get("content") for t in data.get("added_tokens") or []}
+    vocab = (data.get("model") or {}).get("vocab")
+    if eos not in tokens and isinstance(vocab, dict):
+        tokens.update({i: t for t, i in vocab.items() if i == eos})
+    if eos not in tokens:
+        raise ExportError(f"{folder / name}: eos_token_id {eos} is not a token of {path}; fix eos_token_id")
+    return tokens[eos]
+
+
 def _read_tokenizer(folder: Path) -> Tokenizer:
+    """The folder's tokenizer; a tokenizer.json's end-of-text is the token config.json's eos_token_id names."""
     vocab, merges = folder / "vocab.json", folder / "merges.txt"
     if vocab.is_file() and merges.is_file() and _is_gpt2_vocab(vocab, merges):
         return GPT2Tokenizer()
@@ -507,7 +555,7 @@ def _read_tokenizer(folder: Path) -> Tokenizer:
         chars = _exported_chars(folder / "tokenizer.json")
         if chars is not None:
             return CharTokenizer(chars)
-        tokenizer = load_tokenizer(folder / "tokenizer.json")
+        tokenizer = load_tokenizer(folder / "tokenizer.json", eot_token=_eos_token(folder, folder / "tokenizer.json"))
         if tokenizer.vocab_size == VOCAB_SIZE and isinstance(tokenizer, BPETokenizer):
             try:
                 if tokenizer.backend.get_vocab() == json.loads(
@@ -528,19 +576,41 @@ def _read_tokenizer(folder: Path) -> Tokenizer:
     raise ExportError(f"{folder} has no tokenizer (tokenizer.json, or vocab.json + merges.txt); add one and retry")
 
 
-def import_hf(folder: Path | str, out: Path | str) -> Path:
-    """Turn a local GPT-2, Llama or Qwen3 folder (config.json + weights + tokenizer) into an slmkit run folder."""
+def _shorter_context(model: GPT, block_size: int) -> GPT:
+    """The same rotary model with a `block_size` context (its weights do not depend on the context)."""
+    cfg = dataclasses.replace(model.config, block_size=block_size)
+    short = GPT(cfg)
+    short.load_state_dict(model.state_dict())
+    return short.eval()
+
+
+def import_hf(folder: Path | str, out: Path | str, block_size: int = 0) -> Path:
+    """Turn a local GPT-2, Llama or Qwen3 folder (config.json + weights + tokenizer) into an slmkit run folder.
+
+    `block_size` > 0: the run's context, at most the checkpoint's (Qwen3's 40,960 positions would make
+    every KV cache 9 GB and every fine-tuning window 40,960 tokens); 0 = the checkpoint's.
+    """
     folder, out = Path(folder), Path(out)
     if not folder.is_dir():
         raise ExportError(f"{folder} is not a folder; give a local folder saved by save_pretrained")
-    model = read_hf_model(folder)
-    cfg_model = model.config
+    hf = _read_json(folder / "config.json")
+    check_hf_config(hf, str(folder / "config.json"))  # config.json's errors first, then the weights', then the tokenizer's
+    state = _read_weights(folder)
     tokenizer = _read_tokenizer(folder)
+    model = hf_model(hf, state, folder, tokenizer.vocab_size)
+    cfg_model = model.config
     if tokenizer.vocab_size != cfg_model.vocab_size:
         raise ExportError(
             f"{folder}: the tokenizer has {tokenizer.vocab_size} tokens but config.json's vocab_size is "
             f"{cfg_model.vocab_size}; slmkit needs them equal"
         )
+    if block_size < 0 or block_size > cfg_model.block_size:
+        raise ExportError(f"--block-size {block_size} must be between 1 and the checkpoint's {cfg_model.block_size}")
+    if block_size and cfg_model.pos_embedding == "learned":
+        raise ExportError("--block-size needs rotary positions; a GPT-2 checkpoint keeps its learned position table")
+    if block_size:
+        model = _shorter_context(model, block_size)
+        cfg_model = model.config
     cfg = RunConfig(name=out.name, model=cfg_model, tokenizer=TokenizerConfig(kind=tokenizer.kind))
     cfg.sample.prompt = ""
     write_run_files(out, cfg.validate(), tokenizer)

@@ -1,12 +1,14 @@
 """GGUF files for llama.cpp (and ollama, LM Studio, ...), written with gguf-py, the writer llama.cpp uses.
 
 GPT-2 shapes become llama.cpp's `gpt2` architecture (it needs every bias: zeros where the model
-has none); rotary + RMSNorm + SwiGLU become `qwen3` with QK-norm (gains of ones) and `llama`
-without. llama.cpp's `llama` rotary pairs x[2i] with x[2i+1] while ours pairs x[i] with
-x[i + hs/2] (as Qwen3's does), so q and k rows (and biases) are reordered within each head for
-it; llama.cpp applies `llama`'s optional q/k/v/output and feed-forward biases.
+has none); rotary + RMSNorm + SwiGLU become `qwen3` with QK-norm (its gains, or ones) and `llama`
+without, with their key/value heads, rotary base and epsilon. llama.cpp's `llama` rotary pairs
+x[2i] with x[2i+1] while ours pairs x[i] with x[i + hs/2] (as Qwen3's does), so q and k rows (and
+biases) are reordered within each head (k's n_kv_head heads) for it; llama.cpp applies `llama`'s
+optional q/k/v/output and feed-forward biases.
 
-Tokenizers: gpt2 and bpe are byte-level BPE with merges (`gpt2` model, `gpt-2` pre-tokenizer);
+Tokenizers: gpt2 and bpe are byte-level BPE with merges (`gpt2` model; pre-tokenizer `gpt-2`, or
+`smollm` / `qwen2` for those checkpoints' splits, anything else refused; special tokens as control);
 char is a SentencePiece-style vocabulary of single characters (no merges exist between them,
 so llama.cpp splits text into characters, as we do); word and wordpiece have no llama.cpp
 equivalent and are refused.
@@ -23,8 +25,8 @@ import torch
 from .atomic import atomic_path
 from .runs import load_run
 from .errors import ExportError
-from .export import LAYER_NORM_EPS, ROPE_THETA, _d_ff, _head_size, gpt2_tensors, hf_architecture, to_llama_state
-from .model import GPT, RMS_EPS
+from .export import _d_ff, gpt2_tensors, hf_architecture, to_llama_state
+from .model import GPT
 from .progress import Bar
 from .tokenizer import CharTokenizer, GPT2Tokenizer, Tokenizer
 from .tokenizer.bpe import BPETokenizer
@@ -32,6 +34,8 @@ from .tokenizer.gpt2 import check_files, gpt2_data_dir
 
 DTYPES = ("f32", "f16", "q8_0")
 SPACE = "\u2581"  # SentencePiece's visible space: llama.cpp writes " " as it before looking tokens up
+# Qwen2/Qwen3's split before byte-level BPE (its tokenizer.json's Split regex): llama.cpp's `qwen2` pre-tokenizer
+QWEN2_SPLIT = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 
 
 def _gguf():
@@ -80,7 +84,8 @@ def _llama_gguf_tensors(model: GPT, arch: str) -> dict[str, torch.Tensor]:
     state = to_llama_state(model)
     if arch == "llama":
         for name in [n for n in state if ".self_attn.q_proj." in n or ".self_attn.k_proj." in n]:
-            state[name] = interleave_rotary_rows(state[name], model.config.n_head)
+            heads = model.config.n_head if ".q_proj." in name else model.config.kv_heads
+            state[name] = interleave_rotary_rows(state[name], heads)
     return _gguf_names(state, LLAMA_TOP, LLAMA_NAMES)
 
 
@@ -90,15 +95,15 @@ def _add_hyperparameters(writer, cfg, arch: str) -> None:
     writer.add_block_count(cfg.n_layer)
     writer.add_feed_forward_length(_d_ff(cfg))
     writer.add_head_count(cfg.n_head)
-    writer.add_head_count_kv(cfg.n_head)
+    writer.add_head_count_kv(cfg.kv_heads)
     if arch == "gpt2":
-        writer.add_layer_norm_eps(LAYER_NORM_EPS)
+        writer.add_layer_norm_eps(cfg.eps("layernorm"))
         return
-    writer.add_layer_norm_rms_eps(RMS_EPS)
-    writer.add_rope_dimension_count(_head_size(cfg))
-    writer.add_rope_freq_base(ROPE_THETA)
-    writer.add_key_length(_head_size(cfg))
-    writer.add_value_length(_head_size(cfg))
+    writer.add_layer_norm_rms_eps(cfg.eps("rmsnorm"))
+    writer.add_rope_dimension_count(cfg.head_size)
+    writer.add_rope_freq_base(cfg.rope_theta)
+    writer.add_key_length(cfg.head_size)
+    writer.add_value_length(cfg.head_size)
 
 
 def _add_tokenizer(writer, tokenizer: Tokenizer, gguf) -> None:
@@ -120,9 +125,10 @@ def _add_tokenizer(writer, tokenizer: Tokenizer, gguf) -> None:
         if [vocab[t] for t in tokens] != list(range(tokenizer.vocab_size)):
             raise ExportError("the BPE vocabulary's ids are not 0..vocab_size-1; it cannot be written to GGUF")
         writer.add_tokenizer_model("gpt2")
-        writer.add_tokenizer_pre("gpt-2")  # GPT-2's split regex, which both kinds use
+        writer.add_tokenizer_pre(_pre_tokenizer(tokenizer))
         writer.add_token_list(tokens)
-        writer.add_token_types([T.CONTROL if i == tokenizer.eot_id else T.NORMAL for i in range(len(tokens))])
+        control = {tokenizer.eot_id} | _special_ids(tokenizer)
+        writer.add_token_types([T.CONTROL if i in control else T.NORMAL for i in range(len(tokens))])
         writer.add_token_merges(merges)  # never empty: GGUFWriter silently drops empty arrays
     else:
         raise ExportError(f"tokenizer.kind={tokenizer.kind!r} has no llama.cpp equivalent; "
@@ -131,6 +137,31 @@ def _add_tokenizer(writer, tokenizer: Tokenizer, gguf) -> None:
     writer.add_eos_token_id(tokenizer.eot_id)
     writer.add_add_bos_token(False)  # we never prepend one
     writer.add_add_eos_token(False)
+
+
+def _pre_tokenizer(tokenizer: Tokenizer) -> str:
+    """llama.cpp's name for the byte-level BPE's split: GPT-2's (ours), SmolLM's (digits apart) or Qwen2/3's."""
+    if isinstance(tokenizer, GPT2Tokenizer):
+        return "gpt-2"
+    pre = json.loads(tokenizer.backend.to_str()).get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+    # (type, use_regex of ByteLevel or individual_digits of Digits, regex of Split); a prefix space is never known
+    shape = tuple((s.get("type"), s.get("use_regex", s.get("individual_digits")), (s.get("pattern") or {}).get("Regex"))
+                  for s in steps if not s.get("add_prefix_space"))
+    known = {(("ByteLevel", True, None),): "gpt-2", (("Digits", True, None), ("ByteLevel", True, None)): "smollm",
+             (("Split", None, QWEN2_SPLIT), ("ByteLevel", False, None)): "qwen2"}
+    if len(shape) == len(steps) and shape in known:
+        return known[shape]
+    raise ExportError(f"the bpe tokenizer's pre-tokenizer {[s.get('type') for s in steps]} has no llama.cpp "
+                      "equivalent slmkit knows (GPT-2's, SmolLM's, Qwen2/3's); export --format hf")
+
+
+def _special_ids(tokenizer: Tokenizer) -> set[int]:
+    """Ids of the tokenizer's special added tokens (a pretrained tokenizer's <|im_start|>, ...)."""
+    if isinstance(tokenizer, GPT2Tokenizer):
+        return set()
+    added = json.loads(tokenizer.backend.to_str()).get("added_tokens") or []
+    return {t["id"] for t in added if t.get("special")}
 
 
 def _bpe_vocab_and_merges(tokenizer: Tokenizer) -> tuple[dict[str, int], list[str]]:

@@ -2,7 +2,8 @@
 
 The defaults are GPT-2's (learned positions, LayerNorm, tanh-GELU MLP 4x wide, biases, tied
 embeddings); `model.pos_embedding`, `norm`, `mlp`, `d_ff`, `qk_norm`, `zero_init_proj` and
-`tie_embeddings` choose the alternatives (see ModelConfig).
+`tie_embeddings` choose the alternatives (see ModelConfig); `n_kv_head`, `head_dim`, `rope_theta`,
+`norm_eps` and `qk_norm_gain` are what pretrained Llama/Qwen3 checkpoints add.
 
 Parameter names follow Hugging Face GPT-2 (`transformer.wte`, `transformer.h.0.attn.c_attn`,
 `transformer.ln_f`, `lm_head`) so weights convert without a table (only HF's Conv1D
@@ -33,8 +34,8 @@ class KVCache:
     """
 
     def __init__(self, config: GPTConfig, batch_size: int = 1, device=None, dtype=torch.float32):
-        hs = config.n_embd // config.n_head
-        shape = (config.n_layer, batch_size, config.n_head, config.block_size, hs)  # (L, slots, nh, T, hs)
+        # (L, slots, n_kv, T, hs): with grouped-query attention only the key/value heads are stored
+        shape = (config.n_layer, batch_size, config.kv_heads, config.block_size, config.head_size)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.lengths = [0] * batch_size
@@ -78,21 +79,22 @@ class _CacheStep:
             self.mask = mask[:, None]
 
     def flat_rows(self, shape: torch.Size) -> torch.Tensor:
-        """(B * nh * T,) row of each new key in a layer's cache seen as (slots * nh * block_size, hs), in k's (B, nh, T) order."""
+        """(B * n_kv * T,) row of each new key in a layer's cache seen as (slots * n_kv * block_size, hs),
+        in k's (B, n_kv, T) order."""
         if self._flat is None:
-            _, nh, block, _ = shape
-            heads = torch.arange(nh, device=self.rows.device)[None, :, None]
-            self._flat = ((self.rows[:, None, None] * nh + heads) * block + self.positions[:, None, :]).reshape(-1)
+            _, n_kv, block, _ = shape
+            heads = torch.arange(n_kv, device=self.rows.device)[None, :, None]
+            self._flat = ((self.rows[:, None, None] * n_kv + heads) * block + self.positions[:, None, :]).reshape(-1)
         return self._flat
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store the new k, v (B, nh, T, hs) of `layer`; return every key and value the rows see (B, nh, keys, hs)."""
-        ck, cv = self.cache.k[layer], self.cache.v[layer]  # (slots, nh, block_size, hs)
+        """Store the new k, v (B, n_kv, T, hs) of `layer`; return every key and value the rows see (B, n_kv, keys, hs)."""
+        ck, cv = self.cache.k[layer], self.cache.v[layer]  # (slots, n_kv, block_size, hs)
         span = slice(self.slots[0], self.slots[0] + len(self.slots))
         if self.contiguous and self.start is not None:  # one sequence, or a batch in step: slices
             ck[span, :, self.start : self.start + self.T] = k
             cv[span, :, self.start : self.start + self.T] = v
-        else:  # one index_copy_ into the (slots * nh * block_size, hs) rows: an indexed put on dims 0 and 2 is ~10x slower
+        else:  # one index_copy_ into the (slots * n_kv * block_size, hs) rows (an indexed put on dims 0 and 2: ~10x slower)
             where = self.flat_rows(ck.shape)
             ck.view(-1, ck.size(-1)).index_copy_(0, where, k.reshape(-1, k.size(-1)))
             cv.view(-1, cv.size(-1)).index_copy_(0, where, v.reshape(-1, v.size(-1)))
@@ -160,8 +162,8 @@ class RMSNorm(nn.Module):
 
 def _norm(config: GPTConfig) -> nn.Module:
     if config.norm == "rmsnorm":
-        return RMSNorm(config.n_embd)  # weight only: RMSNorm has no bias
-    return nn.LayerNorm(config.n_embd, bias=config.bias)
+        return RMSNorm(config.n_embd, config.eps("rmsnorm"))  # weight only: RMSNorm has no bias
+    return nn.LayerNorm(config.n_embd, eps=config.eps("layernorm"), bias=config.bias)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -171,16 +173,20 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention through scaled_dot_product_attention."""
+    """Multi-head causal self-attention through scaled_dot_product_attention (grouped-query with n_kv_head)."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.n_head = config.n_head
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v at once
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.n_head, self.n_kv_head, self.head_size = config.n_head, config.kv_heads, config.head_size
+        q_size, kv_size = self.n_head * self.head_size, self.n_kv_head * self.head_size
+        self.sizes = (q_size, kv_size, kv_size)
+        self.c_attn = nn.Linear(config.n_embd, sum(self.sizes), bias=config.bias)  # q, k, v at once
+        self.c_proj = nn.Linear(q_size, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
-        self.qk_norm = config.qk_norm
+        self.qk_norm, self.qk_norm_gain, self.eps = config.qk_norm, config.qk_norm_gain, config.eps("rmsnorm")
+        if self.qk_norm_gain:  # Qwen3's q_norm / k_norm: one gain per head dimension, shared by the heads
+            self.q_norm, self.k_norm = RMSNorm(self.head_size, self.eps), RMSNorm(self.head_size, self.eps)
 
     def forward(
         self,
@@ -190,25 +196,29 @@ class CausalSelfAttention(nn.Module):
         layer: int = 0,
     ) -> torch.Tensor:
         B, T, C = x.shape
-        hs = C // self.n_head
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        # (B, T, C) -> (B, nh, T, hs)
+        hs = self.head_size
+        q, k, v = self.c_attn(x).split(self.sizes, dim=2)
+        # (B, T, nh * hs) -> (B, nh, T, hs); k, v have n_kv heads
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)
-        k = k.view(B, T, self.n_head, hs).transpose(1, 2)
-        v = v.view(B, T, self.n_head, hs).transpose(1, 2)
-        if self.qk_norm:
-            q, k = rms_norm(q), rms_norm(k)  # no weight
+        k = k.view(B, T, self.n_kv_head, hs).transpose(1, 2)
+        v = v.view(B, T, self.n_kv_head, hs).transpose(1, 2)
+        if self.qk_norm_gain:
+            q, k = self.q_norm(q), self.k_norm(k)
+        elif self.qk_norm:
+            q, k = rms_norm(q, eps=self.eps), rms_norm(k, eps=self.eps)  # no weight
         if rope is not None:
             q, k = _rotate(q, *rope), _rotate(k, *rope)
         mask, causal = None, True
         if cache is not None:
             step = cache._step
-            k, v = step.update(layer, k, v)  # (B, nh, keys, hs): this row's cached keys, then the new ones
+            k, v = step.update(layer, k, v)  # (B, n_kv, keys, hs): this row's cached keys, then the new ones
             mask, causal = step.mask, step.causal
+        if self.n_kv_head != self.n_head:  # query head j reads k/v head j // (nh / n_kv) (SDPA's enable_gqa: no ONNX)
+            k, v = (t.repeat_interleave(self.n_head // self.n_kv_head, dim=1) for t in (k, v))  # (B, nh, keys, hs)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=causal
         )  # (B, nh, T, hs)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * hs)
         return self.resid_dropout(self.c_proj(y))
 
 
@@ -290,8 +300,8 @@ class GPT(nn.Module):
             table = sinusoidal_table(config.block_size, config.n_embd) / math.sqrt(config.n_embd)
             self.register_buffer("pos_table", table, persistent=False)
         if config.pos_embedding == "rotary":
-            hs = config.n_embd // config.n_head
-            inv_freq = 1.0 / (10000.0 ** (torch.arange(0, hs, 2, dtype=torch.float32) / hs))
+            hs = config.head_size
+            inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, hs, 2, dtype=torch.float32) / hs))
             angles = torch.outer(torch.arange(config.block_size, dtype=torch.float32), inv_freq)  # (T, hs/2)
             self.register_buffer("rope_cos", angles.cos(), persistent=False)
             self.register_buffer("rope_sin", angles.sin(), persistent=False)

@@ -7,6 +7,7 @@ folders without importing it; slmkit/runs.py writes and loads them).
       tokenizer.sha256        FINGERPRINT: sha256 of tokenizer.json at creation (`sha256sum -c` reads it);
                               a run whose tokenizer was replaced since is refused (older runs have none)
       chat_template.json      CHAT_TEMPLATE: a chat run's markers (special tokens after the vocabulary) and template
+      special_tokens_map.json SPECIAL_TOKENS: an imported tokenizer's end-of-text token when it is not <|endoftext|>
       model.safetensors       BEST: weights of the best evaluation
       last.safetensors        LAST: weights at the last checkpoint
       state.pt                STATE: weights, optimizer, step, RNG states, sampler position (torch.load weights_only)
@@ -23,11 +24,13 @@ folders without importing it; slmkit/runs.py writes and loads them).
 from __future__ import annotations
 
 from .tokenizer.chat import TEMPLATE_FILE
+from .tokenizer.hf import SPECIAL_TOKENS_FILE
 
 CONFIG = "config.yaml"
 TOKENIZER = "tokenizer.json"
 FINGERPRINT = "tokenizer.sha256"
 CHAT_TEMPLATE = TEMPLATE_FILE  # written beside tokenizer.json by a ChatTokenizer, read back by load_tokenizer
+SPECIAL_TOKENS = SPECIAL_TOKENS_FILE  # written beside tokenizer.json by an HFTokenizer whose end-of-text is not EOT
 BEST = "model.safetensors"
 LAST = "last.safetensors"
 STATE = "state.pt"
@@ -39,5 +42,6 @@ TENSORBOARD = "tensorboard"
 PLOT = "loss.png"
 SWEEP = "sweep.yaml"
 RUN_FILES = (
-    CONFIG, TOKENIZER, FINGERPRINT, CHAT_TEMPLATE, BEST, LAST, STATE, METRICS, LOG, INT8, CHECKPOINTS, TENSORBOARD, PLOT,
+    CONFIG, TOKENIZER, FINGERPRINT, CHAT_TEMPLATE, SPECIAL_TOKENS, BEST, LAST, STATE, METRICS, LOG, INT8, CHECKPOINTS,
+    TENSORBOARD, PLOT,
 )

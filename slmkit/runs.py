@@ -26,8 +26,8 @@ from .errors import CheckpointError, ConfigError, SlmError
 from .model import GPT
 from .quantize import SCHEME, int8_model, int8_state
 from .runfiles import (  # noqa: F401  (the names, imported by every user of this module)
-    BEST, CHAT_TEMPLATE, CHECKPOINTS, CONFIG, FINGERPRINT, INT8, LAST, LOG, METRICS, PLOT, RUN_FILES, STATE, SWEEP,
-    TENSORBOARD, TOKENIZER,
+    BEST, CHAT_TEMPLATE, CHECKPOINTS, CONFIG, FINGERPRINT, INT8, LAST, LOG, METRICS, PLOT, RUN_FILES, SPECIAL_TOKENS,
+    STATE, SWEEP, TENSORBOARD, TOKENIZER,
 )
 from .tokenizer import Tokenizer, load_tokenizer
 

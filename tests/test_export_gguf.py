@@ -216,3 +216,22 @@ def test_q8_0_perplexity_within_2_percent_of_f32(tmp_path, trained, arch):
         ours = torch.nn.functional.cross_entropy(run.model(x)[0][0, :-1], x[0, 1:]).item()
     assert f32 == pytest.approx(ours, rel=1e-4)  # f32 in llama.cpp is our model
     assert abs(torch.tensor(q8 - f32).exp().item() - 1) < 0.02  # perplexity ratio
+
+
+@needs_llama_cpp
+@pytest.mark.parametrize("name", ["smollm2", "qwen3"])
+def test_llama_cpp_runs_an_imported_grouped_query_checkpoint_as_slm_sample(tmp_path, name):
+    from slmkit.export import import_hf
+    from test_export_pretrained import pretrained_folder
+
+    pretrained_folder(tmp_path / "hf", name)  # GQA, rope_theta, eps; qwen3: learned q/k-norm gains, head_dim 16
+    run = load_run(import_hf(tmp_path / "hf", tmp_path / "run"))
+    out = export_gguf(tmp_path / "run", tmp_path / "m.gguf")
+    fields, _ = read(out)
+    assert fields["tokenizer.ggml.pre"] == {"smollm2": "smollm", "qwen3": "qwen2"}[name]  # the checkpoints' own splits
+    assert fields[f"{fields['general.architecture']}.attention.head_count_kv"] == 2
+    llm = llama(out)
+    assert_same_tokens(llm, run.tokenizer, "And the earth was without form, 1234 times; it's void.\nLet there be light.")
+    prompt = run.tokenizer.encode(PROMPT)
+    ours = list(sample_ids(run.model, prompt, max_new_tokens=50, temperature=0))
+    assert llama_greedy(llm, prompt, 50) == ours

@@ -110,6 +110,9 @@ OPTIONS = [
     dict(tie_embeddings=False),
     dict(bias=False),
     dict(pos_embedding="rotary", norm="rmsnorm", mlp="swiglu", qk_norm=True, bias=False, tie_embeddings=False),
+    # a pretrained Qwen3's: grouped k/v heads, a head size apart from n_embd / n_head, learned QK-norm gains
+    dict(pos_embedding="rotary", norm="rmsnorm", mlp="swiglu", qk_norm=True, qk_norm_gain=True, n_kv_head=1,
+         head_dim=24, rope_theta=1e6, norm_eps=1e-5, bias=False),
 ]
 
 
@@ -139,9 +142,11 @@ def test_every_option_is_causal_and_saves_and_loads(options, tmp_path):
     assert torch.equal(model(idx)[0], other(idx)[0])
 
 
-@pytest.mark.parametrize("pos_embedding", ["learned", "sinusoidal", "rotary", "none"])
+@pytest.mark.parametrize("pos_embedding", ["learned", "sinusoidal", "rotary", "none", "rotary-gqa"])
 def test_cached_forward_in_chunks_matches_the_full_forward(pos_embedding):
-    model = _randomize(GPT(tiny_config(pos_embedding=pos_embedding, qk_norm=pos_embedding == "rotary")))
+    gqa = dict(n_head=4, n_kv_head=2, head_dim=12) if pos_embedding == "rotary-gqa" else {}
+    pos_embedding = pos_embedding.split("-")[0]
+    model = _randomize(GPT(tiny_config(pos_embedding=pos_embedding, qk_norm=pos_embedding == "rotary", **gqa)))
     idx = torch.randint(0, 50, (2, 16))
     with torch.no_grad():
         full, _ = model(idx)
@@ -294,3 +299,68 @@ def test_rmsnorm_module_loads_torch_rmsnorm_state():
     ours.load_state_dict(theirs.state_dict())
     x = torch.randn(2, 7, 16)
     torch.testing.assert_close(ours(x), theirs(x))
+
+
+def test_rope_theta_is_the_rotary_base():
+    hs, p = 16, torch.arange(16.0)[:, None]
+    for theta in (10000.0, 1e6):
+        model = GPT(tiny_config(pos_embedding="rotary", **({} if theta == 10000.0 else {"rope_theta": theta})))
+        angles = p * theta ** (-torch.arange(0, hs, 2) / hs)  # (T, hs/2)
+        torch.testing.assert_close(model.rope_cos, angles.cos())
+        torch.testing.assert_close(model.rope_sin, angles.sin())
+
+
+def test_norm_eps_reaches_every_norm():
+    default_rms, default_ln = GPT(tiny_config(norm="rmsnorm", qk_norm=True)), GPT(tiny_config())
+    assert default_rms.transformer.ln_f.eps == default_rms.transformer.h[0].attn.eps == 1e-6
+    assert default_ln.transformer.h[0].ln_1.eps == 1e-5
+    model = GPT(tiny_config(norm="rmsnorm", qk_norm=True, qk_norm_gain=True, norm_eps=1e-2))
+    norms = [m for m in model.modules() if isinstance(m, RMSNorm)]
+    assert len(norms) == 2 * 2 + 2 * 2 + 1 and all(m.eps == 1e-2 for m in norms)  # ln_1/2, q/k_norm per layer, ln_f
+    x = torch.randn(3, 32) * 0.05  # small: the epsilon shows
+    torch.testing.assert_close(norms[-1](x), torch.nn.functional.rms_norm(x, (32,), norms[-1].weight, eps=1e-2))
+    assert GPT(tiny_config(norm_eps=1e-3)).transformer.ln_f.eps == 1e-3
+
+
+def test_learned_qk_norm_gains_scale_the_normalized_queries_and_keys():
+    weightless = _randomize(GPT(tiny_config(pos_embedding="rotary", qk_norm=True)))
+    gains = GPT(tiny_config(pos_embedding="rotary", qk_norm=True, qk_norm_gain=True)).eval()
+    state = gains.state_dict()
+    assert state["transformer.h.0.attn.q_norm.weight"].shape == (16,)  # one gain per head dimension
+    missing, unexpected = gains.load_state_dict(weightless.state_dict(), strict=False)
+    assert sorted(missing) == [f"transformer.h.{i}.attn.{n}_norm.weight" for i in range(2) for n in "kq"] and not unexpected
+    idx = torch.randint(0, 50, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(gains(idx)[0], weightless(idx)[0])  # gains of ones: the weightless QK-norm
+        gains.transformer.h[0].attn.q_norm.weight.mul_(3.0)
+        assert not torch.allclose(gains(idx)[0], weightless(idx)[0], atol=1e-3)
+    with pytest.raises(ConfigError, match="qk_norm_gain=true needs model.qk_norm=true"):
+        tiny_config(qk_norm_gain=True).validate()
+
+
+def test_grouped_query_attention_equals_heads_sharing_repeated_keys_and_values():
+    gqa = _randomize(GPT(tiny_config(pos_embedding="rotary", n_head=4, n_kv_head=2)))
+    mha = GPT(tiny_config(pos_embedding="rotary", n_head=4)).eval()
+    state = gqa.state_dict()
+    for name in [n for n in state if ".attn.c_attn." in n]:  # weight and bias rows: q, then k, then v
+        q, k, v = state[name].split((32, 16, 16))
+        k, v = (t.unflatten(0, (2, 8)).repeat_interleave(2, 0).flatten(0, 1) for t in (k, v))  # query head j reads j // 2
+        state[name] = torch.cat((q, k, v))
+    mha.load_state_dict(state)
+    idx = torch.randint(0, 50, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(gqa(idx)[0], mha(idx)[0], atol=1e-5, rtol=0)
+    assert gqa.new_cache(3).k.shape == (2, 3, 2, 16, 8)  # (L, slots, n_kv, T, hs): only the k/v heads are cached
+    assert gqa.transformer.h[0].attn.c_attn.weight.shape == (32 + 2 * 16, 32)
+    with pytest.raises(ConfigError, match="model.n_kv_head=3 must divide model.n_head=4"):
+        tiny_config(n_head=4, n_kv_head=3).validate()
+
+
+def test_head_dim_apart_from_n_embd_over_n_head():
+    model = GPT(tiny_config(n_embd=30, n_head=2, head_dim=24, pos_embedding="rotary"))  # 30 % 2 == 0, 30 / 2 = 15 odd
+    attn = model.transformer.h[0].attn
+    assert attn.c_attn.weight.shape == (3 * 2 * 24, 30) and attn.c_proj.weight.shape == (30, 2 * 24)
+    assert model.rope_cos.shape == (16, 12)
+    tiny_config(n_embd=30, n_head=4, head_dim=8).validate()  # n_embd need not be a multiple of n_head then
+    with pytest.raises(ConfigError, match="not divisible"):
+        tiny_config(n_embd=30, n_head=4).validate()

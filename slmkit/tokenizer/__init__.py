@@ -36,10 +36,11 @@ def fit_tokenizer(cfg: "TokenizerConfig", texts: Iterable[str]) -> Tokenizer:
     return kind.fit(texts, cfg.vocab_size, cfg.min_frequency)
 
 
-def load_tokenizer(path_or_name: Path | str, kind: Optional[str] = None) -> Tokenizer:
+def load_tokenizer(path_or_name: Path | str, kind: Optional[str] = None, eot_token: Optional[str] = None) -> Tokenizer:
     """Load a saved tokenizer (a file, or a folder holding tokenizer.json) or a fixed kind by name ("gpt2").
 
-    With `kind`, a tokenizer of another kind is an error. A chat_template.json beside the file adds the
+    With `kind`, a tokenizer of another kind is an error. `eot_token`: the end-of-text token of a Hugging
+    Face tokenizer.json (default: the one its special_tokens_map.json names, else <|endoftext|>). A chat_template.json beside the file adds the
     chat markers (a ChatTokenizer).
     """
     path = Path(path_or_name)
@@ -48,7 +49,7 @@ def load_tokenizer(path_or_name: Path | str, kind: Optional[str] = None) -> Toke
         tokenizer = fixed.fit([], 0, 0)
     else:
         file = path / "tokenizer.json" if path.is_dir() else path
-        tokenizer = _load_file(file)
+        tokenizer = _load_file(file, eot_token)
         if (file.parent / TEMPLATE_FILE).is_file():  # a chat run's: its markers follow the vocabulary
             tokenizer = ChatTokenizer.load(tokenizer, file.parent / TEMPLATE_FILE)
     if kind is not None and tokenizer.kind != kind:
@@ -59,7 +60,7 @@ def load_tokenizer(path_or_name: Path | str, kind: Optional[str] = None) -> Toke
     return tokenizer
 
 
-def _load_file(path: Path) -> Tokenizer:
+def _load_file(path: Path, eot_token: Optional[str] = None) -> Tokenizer:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -80,5 +81,5 @@ def _load_file(path: Path) -> Tokenizer:
         if declared is None:
             models = ", ".join(f"{k.hf_model} ({k.name})" for k in kinds().values() if k.hf_model)
             raise DataError(f"{path}: unknown tokenizer kind: Hugging Face model {model['type']!r}; valid: {models}")
-        return declared.load(data, str(path))
+        return declared.load(data, str(path), eot_token)
     raise DataError(f"{path}: unknown tokenizer kind: no 'kind' key and no Hugging Face model; re-run `slm prepare`")

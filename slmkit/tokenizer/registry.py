@@ -26,7 +26,7 @@ class TokenizerKind:
 
     name: str  # the tokenizer.kind value
     fit: Callable[[Iterable[str], int, int], "Tokenizer"]  # (train texts, vocab_size, min_frequency) -> tokenizer
-    load: Callable[[dict, str], "Tokenizer"]  # (parsed tokenizer.json, its path) -> tokenizer
+    load: Callable[..., "Tokenizer"]  # (parsed tokenizer.json, its path[, eot_token of an hf_model kind]) -> tokenizer
     default_vocab_size: Optional[int]  # tokenizer.vocab_size=0 means this; None: one per character of the text
     min_vocab_size: int = 1  # its special tokens and base alphabet
     fixed: bool = False  # the vocabulary is the default one whatever the text (gpt2)
