@@ -159,11 +159,12 @@ def test_cached_forward_in_chunks_matches_the_full_forward(pos_embedding):
             model(idx[:, :1], cache=cache)
 
 
-@pytest.mark.parametrize("pos_embedding", ["learned", "sinusoidal", "rotary", "none"])
-def test_cache_slots_of_different_lengths_each_give_their_own_logits(pos_embedding):
+@pytest.mark.parametrize("pos_embedding, n_kv_head", [("learned", 0), ("sinusoidal", 0), ("rotary", 1), ("none", 0)])
+def test_cache_slots_of_different_lengths_each_give_their_own_logits(pos_embedding, n_kv_head):
     """Slots holding 3, 5 and 7 tokens, stepped together: consecutive slots (read as views, new keys put with
-    one index_copy_) and slots with a gap (gathered) give each sequence its full-forward logits."""
-    model = _randomize(GPT(tiny_config(pos_embedding=pos_embedding)))
+    one index_copy_) and slots with a gap (gathered) give each sequence its full-forward logits (also with
+    grouped-query attention's fewer key/value heads)."""
+    model = _randomize(GPT(tiny_config(pos_embedding=pos_embedding, n_kv_head=n_kv_head)))
     seqs = [torch.randint(0, 50, (n + 2,)) for n in (3, 5, 7)]
     with torch.no_grad():
         cache = model.new_cache(batch_size=4)
