@@ -39,11 +39,12 @@ MAX_CHAR_TOKENS = 4  # a UTF-8 character has at most 4 bytes, so at most 4 byte-
 
 
 def process_logits(logits: torch.Tensor, params: SamplingParams, seen: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Next-token logits (vocab,) after the repetition penalty, temperature, top-k and top-p (-inf = excluded).
+    """Next-token logits (..., vocab) after the repetition penalty, temperature, top-k and top-p (-inf = excluded).
 
-    `seen` is a (vocab,) bool mask of the tokens in the context; the penalty divides their positive
+    `seen` is a bool mask like logits of the tokens in the context; the penalty divides their positive
     logits and multiplies their negative ones (CTRL). At temperature 0 only the penalty applies
-    (the others never change the argmax the caller takes).
+    (the others never change the argmax the caller takes). Every step works along the last dim alone,
+    so the rows of a (B, vocab) batch get the values each row gets by itself.
     """
     if params.repetition_penalty != 1.0 and seen is not None:
         penalty = params.repetition_penalty
@@ -53,14 +54,14 @@ def process_logits(logits: torch.Tensor, params: SamplingParams, seen: Optional[
     if params.temperature != 1.0:
         logits = logits / params.temperature
     if 0 < params.top_k < logits.size(-1):
-        kth = torch.topk(logits, params.top_k).values[-1]
+        kth = torch.topk(logits, params.top_k).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if params.top_p < 1.0:
         sorted_logits, order = torch.sort(logits, descending=True)
         probs = F.softmax(sorted_logits, dim=-1)
         # drop a token when the tokens before it already hold top_p (the first always stays)
         drop = (probs.cumsum(dim=-1) - probs) >= params.top_p
-        logits = logits.masked_fill(drop.scatter(0, order, drop), float("-inf"))
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
     return logits
 
 
@@ -78,17 +79,47 @@ class TokenSampler:
         if params.repetition_penalty != 1.0:
             self.seen = torch.zeros(vocab_size, dtype=torch.bool, device=device)
             self.seen[torch.tensor(context, device=device)] = True
+        p = params  # sequences with the same options are processed as one (B, vocab) tensor
+        self.options = (p.temperature, p.top_k, p.top_p, p.repetition_penalty)
 
     def choose(self, logits: torch.Tensor) -> int:
         """The next token given its logits (vocab,); it then counts as seen."""
-        logits = process_logits(logits.float(), self.params, self.seen)
-        if self.params.temperature == 0:
-            token = int(logits.argmax())
+        return choose_tokens([self], logits[None])[0]
+
+
+def choose_tokens(samplers: list[TokenSampler], logits: torch.Tensor) -> list[int]:
+    """The next token of each row of logits (B, vocab), row i chosen by samplers[i] (each token then counts as seen).
+
+    Rows whose samplers share options are processed and sampled as one tensor. A sampled row draws
+    as torch.multinomial(probs, 1, generator) does: for one sample torch takes argmax(probs / q) with
+    q = torch.empty_like(probs).exponential_(1, generator) (the exponential race; ATen's multinomial
+    fast path), so each sequence fills its own q row from its own generator, then one division and
+    one argmax serve the batch. tests/test_generate.py checks it gives multinomial's tokens and leaves
+    each generator where multinomial does.
+    """
+    tokens = [0] * len(samplers)
+    groups: dict[tuple, list[int]] = {}
+    for i, sampler in enumerate(samplers):
+        groups.setdefault(sampler.options, []).append(i)
+    for rows in groups.values():
+        params = samplers[rows[0]].params
+        index = torch.tensor(rows, device=logits.device) if len(rows) < len(samplers) else None
+        group = logits.float() if index is None else logits.index_select(0, index).float()  # (G, vocab)
+        seen = torch.stack([samplers[i].seen for i in rows]) if samplers[rows[0]].seen is not None else None
+        group = process_logits(group, params, seen)
+        if params.temperature == 0:
+            chosen = group.argmax(dim=-1)
         else:
-            token = int(torch.multinomial(F.softmax(logits, dim=-1).cpu(), 1, generator=self.generator))
-        if self.seen is not None:
-            self.seen[token] = True
-        return token
+            probs = F.softmax(group, dim=-1).cpu()
+            race = torch.empty_like(probs)
+            for row, i in enumerate(rows):
+                race[row].exponential_(1, generator=samplers[i].generator)
+            chosen = (probs / race).argmax(dim=-1)
+        for i, token in zip(rows, chosen.tolist()):
+            tokens[i] = token
+            if samplers[i].seen is not None:
+                samplers[i].seen[token] = True
+    return tokens
 
 
 class Window:
@@ -151,9 +182,10 @@ class Sequence:
         self.logprob: Optional[tuple[int, float, list[tuple[int, float]]]] = None
         self.finish_reason: Optional[str] = None if params.max_new_tokens > 0 else "length"
 
-    def take(self, logits: torch.Tensor) -> None:
-        """Choose the next token from its logits (vocab,), then update the text and whether the sequence ended."""
-        token = self.token = self.sampler.choose(logits)
+    def take(self, logits: torch.Tensor, token: Optional[int] = None) -> None:
+        """Take the next token (its sampler's choice from its logits (vocab,), unless Batch.step gives the one it
+        chose for the batch), then update the text and whether the sequence ended."""
+        token = self.token = self.sampler.choose(logits) if token is None else token
         if self.logprobs is not None:
             log_probs = F.log_softmax(logits.float(), dim=-1)  # the model's own distribution, before sampling options
             top = torch.topk(log_probs, min(self.logprobs, log_probs.numel()))
@@ -177,7 +209,8 @@ class Batch:
 
     add() a sequence at any time: it joins at the next step(). Each step feeds every sequence its
     pending ids (sequences with as many pending ids share one forward: every one-token decoding
-    step together, new prompts of one length together) and lets each choose its next token with its own sampler; sequences that end
+    step together, new prompts of one length together) and chooses every next token in one
+    choose_tokens call (each sequence draws from its own generator); sequences that end
     leave the batch and free their slot. Each sequence's tokens are the ones it gets alone (the
     batched forward's logits agree with the one-row forward's to fp32 rounding: see README).
     """
@@ -211,13 +244,13 @@ class Batch:
         Sequences with as many pending ids (one each while decoding; new prompts of one length) share a forward,
         their rows in slot order (consecutive slots are read as views, not gathered).
         """
-        logits: list[Optional[torch.Tensor]] = [None] * len(self.active)
         device = self.model.device
+        parts: list[tuple[list[int], torch.Tensor]] = []  # (indices into active, their logits (len, vocab))
         groups: dict[int, list[int]] = {}  # pending length -> indices into active
         for i, seq in enumerate(self.active):
             window = seq.window
             if self.cache is None:  # recompute the whole window
-                logits[i] = self.model(torch.tensor([window.ids[window.start :]], device=device))[0][0, -1]
+                parts.append(([i], self.model(torch.tensor([window.ids[window.start :]], device=device))[0][:, -1]))
                 continue
             if window.fresh():
                 self.cache.reset(seq.slot)
@@ -226,16 +259,25 @@ class Batch:
             rows.sort(key=lambda i: self.active[i].slot)
             idx = torch.tensor([self.active[i].window.pending() for i in rows], device=device)  # (B, T)
             out, _ = self.model(idx, cache=self.cache, slots=[self.active[i].slot for i in rows])
-            for row, i in enumerate(rows):
-                logits[i] = out[row, -1]
+            for i in rows:
                 self.active[i].window.fed = len(self.active[i].window.ids)
-        return torch.stack(logits) if logits else torch.empty(0)
+            parts.append((rows, out[:, -1]))
+        if not parts:
+            return torch.empty(0)
+        if len(parts) == 1 and parts[0][0] == list(range(len(self.active))):
+            return parts[0][1]  # one forward in active order (every decoding step once all have joined)
+        logits = parts[0][1].new_empty(len(self.active), parts[0][1].size(-1))
+        for rows, part in parts:
+            logits[torch.tensor(rows, device=device)] = part
+        return logits
 
     def step(self) -> list[Sequence]:
         """Advance every active sequence by one token; return them (those that ended have left the batch)."""
         stepped = list(self.active)
-        for seq, row in zip(stepped, self.forward()):
-            seq.take(row)
+        logits = self.forward()
+        tokens = choose_tokens([seq.sampler for seq in stepped], logits) if stepped else []
+        for seq, row, token in zip(stepped, logits, tokens):
+            seq.take(row, token)
             if seq.finish_reason:
                 self.remove(seq)
         return stepped

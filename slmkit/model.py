@@ -71,23 +71,35 @@ class _CacheStep:
         starts_t = torch.tensor(starts, device=device)
         self.positions = starts_t[:, None] + torch.arange(T, device=device)  # (B, T)
         self.rows = torch.tensor(slots, device=device)
+        self._flat: Optional[torch.Tensor] = None  # flat_rows(), made once for every layer
         self.mask: Optional[torch.Tensor] = None  # (B, 1, T, keys) bool: query i of row b sees keys <= its position
         self.causal = max(starts) == 0 and self.start is not None
         if not self.causal and not (self.start is not None and T == 1):
             mask = torch.arange(self.keys, device=device)[None, None, :] <= self.positions[:, :, None]
             self.mask = mask[:, None]
 
+    def flat_rows(self, shape: torch.Size) -> torch.Tensor:
+        """(B * n_kv * T,) row of each new key in a layer's cache seen as (slots * n_kv * block_size, hs),
+        in k's (B, n_kv, T) order."""
+        if self._flat is None:
+            _, n_kv, block, _ = shape
+            heads = torch.arange(n_kv, device=self.rows.device)[None, :, None]
+            self._flat = ((self.rows[:, None, None] * n_kv + heads) * block + self.positions[:, None, :]).reshape(-1)
+        return self._flat
+
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the new k, v (B, n_kv, T, hs) of `layer`; return every key and value the rows see (B, n_kv, keys, hs)."""
         ck, cv = self.cache.k[layer], self.cache.v[layer]  # (slots, n_kv, block_size, hs)
-        if self.contiguous and self.start is not None:  # views, no copies (one sequence, or a batch in step)
-            rows = slice(self.slots[0], self.slots[0] + len(self.slots))
-            ck[rows, :, self.start : self.start + self.T] = k
-            cv[rows, :, self.start : self.start + self.T] = v
-            return ck[rows, :, : self.keys], cv[rows, :, : self.keys]
-        rows = self.rows[:, None]  # (B, 1) with positions (B, T): element [b, t] -> (B, T, n_kv, hs)
-        ck[rows, :, self.positions] = k.transpose(1, 2)
-        cv[rows, :, self.positions] = v.transpose(1, 2)
+        span = slice(self.slots[0], self.slots[0] + len(self.slots))
+        if self.contiguous and self.start is not None:  # one sequence, or a batch in step: slices
+            ck[span, :, self.start : self.start + self.T] = k
+            cv[span, :, self.start : self.start + self.T] = v
+        else:  # one index_copy_ into the (slots * n_kv * block_size, hs) rows (an indexed put on dims 0 and 2: ~10x slower)
+            where = self.flat_rows(ck.shape)
+            ck.view(-1, ck.size(-1)).index_copy_(0, where, k.reshape(-1, k.size(-1)))
+            cv.view(-1, cv.size(-1)).index_copy_(0, where, v.reshape(-1, v.size(-1)))
+        if self.contiguous:  # views, no copies (rows of different lengths: the mask hides the keys past each)
+            return ck[span, :, : self.keys], cv[span, :, : self.keys]
         return ck[:, :, : self.keys].index_select(0, self.rows), cv[:, :, : self.keys].index_select(0, self.rows)
 
 

@@ -5,7 +5,7 @@ import torch
 
 from slmkit.config import POS_EMBEDDINGS, ConfigError
 from slmkit.generate import (
-    PieceDecoder, StopMatcher, TokenSampler, decode_pieces, generate, next_logits, process_logits, sample_ids, stream, until_stop,
+    PieceDecoder, StopMatcher, TokenSampler, choose_tokens, decode_pieces, generate, next_logits, process_logits, sample_ids, stream, until_stop,
 )
 from slmkit.sampling import SamplingParams
 from slmkit.model import GPT, GPTConfig
@@ -271,6 +271,59 @@ def test_per_sequence_state_is_independent():
     assert ["".join(p) for p in pieces] == ["Fox 🦊 and 日本", "é 🦊🦊 ok"]
 
 
+def test_the_exponential_race_draws_what_multinomial_draws():
+    """choose_tokens samples as torch.multinomial(probs, 1, generator) does: the same token every draw and the
+    generator left in the same state (also torch's global RNG for seed=None), so batched texts are the old texts."""
+    torch.manual_seed(0)
+    logits = torch.randn(6, 50) * torch.tensor([[0.1], [1.0], [3.0], [8.0], [1.0], [1.0]])
+    logits[4, 10:] = float("-inf")  # excluded tokens: probability 0
+    logits[5, :] = 0.0  # a uniform row
+    for seed in range(20):
+        sampler = TokenSampler(SamplingParams(temperature=1.0, seed=seed), 50, [1], torch.device("cpu"))
+        reference = torch.Generator().manual_seed(seed)
+        for row in logits:
+            assert sampler.choose(row) == int(torch.multinomial(torch.softmax(row, -1), 1, generator=reference))
+        assert torch.equal(sampler.generator.get_state(), reference.get_state())
+    big = [TokenSampler(SamplingParams(temperature=1.0, seed=s), 50257, [1], torch.device("cpu")) for s in (1, 2)]
+    references = [torch.Generator().manual_seed(s) for s in (1, 2)]  # GPT-2's vocabulary, two rows in one race
+    for _ in range(3):
+        rows = torch.randn(2, 50257) * 2
+        expected = [int(torch.multinomial(torch.softmax(r, -1), 1, generator=g)) for r, g in zip(rows, references)]
+        assert choose_tokens(big, rows) == expected
+    unseeded = TokenSampler(SamplingParams(temperature=1.0), 50, [1], torch.device("cpu"))
+    torch.manual_seed(5)
+    ours = [unseeded.choose(row) for row in logits]
+    torch.manual_seed(5)
+    assert ours == [int(torch.multinomial(torch.softmax(row, -1), 1)) for row in logits]
+
+
+def test_rows_sharing_options_are_processed_together_with_the_values_of_each_alone():
+    """The vectorised path: process_logits over (B, vocab) gives each row exactly its (vocab,) values, and
+    choose_tokens on a batch mixing options (greedy, top-k/p, penalties, seeds) gives each sampler's own token."""
+    torch.manual_seed(1)
+    logits = torch.randn(5, 50) * 3
+    seen = torch.rand(5, 50) < 0.3
+    for params in [SamplingParams(temperature=0.7, top_k=7), SamplingParams(temperature=1.3, top_p=0.6),
+                   SamplingParams(temperature=0, repetition_penalty=1.4), SamplingParams(temperature=0.9, top_k=20,
+                   top_p=0.9, repetition_penalty=1.2)]:
+        together = process_logits(logits, params, seen)
+        for i in range(5):
+            assert torch.equal(together[i], process_logits(logits[i], params, seen[i]))
+    options = [dict(temperature=0.8), dict(temperature=0.8), dict(temperature=0), dict(temperature=1.0, top_k=3),
+               dict(temperature=0.8, repetition_penalty=1.3), dict(temperature=0, repetition_penalty=1.3), dict(temperature=0.8)]
+    params = [SamplingParams(seed=i, **o) for i, o in enumerate(options)]
+    context = [1, 2, 3]
+    alone = [TokenSampler(p, 50, context, torch.device("cpu")) for p in params]
+    batched = [TokenSampler(p, 50, context, torch.device("cpu")) for p in params]
+    for _ in range(30):
+        step = torch.randn(len(params), 50) * 2
+        expected = [sampler.choose(row) for sampler, row in zip(alone, step)]
+        assert choose_tokens(batched, step) == expected
+    for a, b in zip(alone, batched):
+        assert a.seen is None and b.seen is None or torch.equal(a.seen, b.seen)
+        assert a.generator is None or torch.equal(a.generator.get_state(), b.generator.get_state())
+
+
 def test_a_positional_token_count_is_refused_with_the_keyword_to_use():
     with pytest.raises(TypeError, match="max_new_tokens=N by keyword"):
         list(sample_ids(tiny_model(), [1], 12))
@@ -283,12 +336,12 @@ def _recording(monkeypatch) -> list:
     made = []
     take = Sequence.take
 
-    def recorded(self, logits):
+    def recorded(self, logits, token=None):
         if not hasattr(self, "seen"):
             self.seen = []
             made.append(self)
         self.seen.append(logits.clone())
-        return take(self, logits)
+        return take(self, logits, token)
 
     monkeypatch.setattr(Sequence, "take", recorded)
     return made

@@ -161,6 +161,26 @@ def test_cached_forward_in_chunks_matches_the_full_forward(pos_embedding):
             model(idx[:, :1], cache=cache)
 
 
+@pytest.mark.parametrize("pos_embedding, n_kv_head", [("learned", 0), ("sinusoidal", 0), ("rotary", 1), ("none", 0)])
+def test_cache_slots_of_different_lengths_each_give_their_own_logits(pos_embedding, n_kv_head):
+    """Slots holding 3, 5 and 7 tokens, stepped together: consecutive slots (read as views, new keys put with
+    one index_copy_) and slots with a gap (gathered) give each sequence its full-forward logits (also with
+    grouped-query attention's fewer key/value heads)."""
+    model = _randomize(GPT(tiny_config(pos_embedding=pos_embedding, n_kv_head=n_kv_head)))
+    seqs = [torch.randint(0, 50, (n + 2,)) for n in (3, 5, 7)]
+    with torch.no_grad():
+        cache = model.new_cache(batch_size=4)
+        for slot, ids in enumerate(seqs):
+            model(ids[None, :-2], cache=cache, slots=[slot])
+        for rows, at in [([0, 1, 2], -2), ([0, 2], -1)]:
+            idx = torch.stack([seqs[r][at] for r in rows])[:, None]  # (B, 1): each slot's next token
+            logits, _ = model(idx, cache=cache, slots=rows)
+            for b, r in enumerate(rows):
+                full, _ = model(seqs[r][None, : len(seqs[r]) + at + 1])
+                torch.testing.assert_close(logits[b, 0], full[0, -1], atol=1e-5, rtol=0)
+        assert cache.lengths == [5, 6, 9, 0]
+
+
 def test_position_options_and_their_parameters():
     names = set(GPT(tiny_config(pos_embedding="rotary")).state_dict())
     assert "transformer.wpe.weight" not in names and not any("rope" in n for n in names)

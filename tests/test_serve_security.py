@@ -335,7 +335,7 @@ def test_a_stream_gone_while_its_headers_are_written_frees_its_slot(run, slow_st
 def hostile_model(monkeypatch):
     """Every sequence's text is PAYLOAD, five characters a step, then it stops: a stub behind the real server."""
 
-    def take(self, logits):
+    def take(self, logits, token=None):
         k = len(self.tokens)
         self.token = 0
         self.tokens.append(0)
