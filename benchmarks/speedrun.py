@@ -1,12 +1,13 @@
 """The CPU speedrun (issue 18): the real nanoGPT against our recipes, side by side in one invocation.
 
 Each round runs, one after the other and as whole processes: nanoGPT's own train.py with its README's
-CPU command (on a temporary copy of ../shared/peers/nanoGPT), `slm train` on recipes/speedrun-baseline.yaml
-and on recipes/speedrun-cpu.yaml (stop_at_val_loss off, so we also get the loss at the end). The order
+CPU command (on a temporary copy of ../shared/peers/nanoGPT), `slm train` on recipes/speedrun-baseline.yaml,
+speedrun-cpu.yaml and speedrun-cpu-long.yaml (stop_at_val_loss off unless --stop, so we also get the loss at
+the end; `--recipes recipe.yaml@section.key=value,...` races variants, --no-nanogpt leaves nanoGPT out). The order
 flips every round. For each run: wall (process start to exit), time to the first val <= --target (the
 moment its evaluation line was printed, counted from process start), the val at nanoGPT's wall of the same
-round, the val at the end on the whole val split, ms/step (median, steps without an evaluation), tokens/s,
-MFU (model FLOPs/s over the fp32 matmul peak measured here, same thread count) and peak RSS.
+round, the best weights' val on the whole val split (the final report's), ms/step (median, steps without an evaluation), tokens/s,
+MFU (model FLOPs/s over the fp32 matmul peak measured here, same thread count), peak RSS and CPU seconds.
 
 nanoGPT's checkpoint is scored in a subprocess that imports nanoGPT's own model.py from the copy and
 hands it to slmkit.evaluate.mean_loss, the function `slm eval` uses, on our val shard: every window of
@@ -47,6 +48,7 @@ from slmkit.runs import METRICS  # noqa: E402
 
 BASELINE = ROOT / "recipes" / "speedrun-baseline.yaml"
 FAST = ROOT / "recipes" / "speedrun-cpu.yaml"
+LONG = ROOT / "recipes" / "speedrun-cpu-long.yaml"
 NANOGPT_STEPS = 2000
 # nanoGPT README's CPU command (max_iters and lr_decay_iters are added: NANOGPT_STEPS, or fewer with --quick)
 NANOGPT_ARGS = [
@@ -72,6 +74,7 @@ class Scored(torch.nn.Module):  # what mean_loss needs that nanoGPT's GPT lacks:
 print(json.dumps({"iter": ckpt["iter_num"], "val": mean_loss(Scored(model), Shard(sys.argv[2]).tokens, 32)}))
 """
 OUR_EVAL = re.compile(r"^step (\d+): train [\d.]+, val ([\d.]+)")
+OUR_FINAL = re.compile(r"^.*done: .* on the val split: .* loss ([\d.]+) nats/token")  # the best weights, whole split
 NANO_EVAL = re.compile(r"^step (\d+): train loss [\d.]+, val loss ([\d.]+)")
 NANO_ITER = re.compile(r"^iter (\d+): loss [\d.]+, time ([\d.]+)ms")
 
@@ -96,6 +99,7 @@ class Process:
 
     wall: float
     peak_rss_mb: float
+    cpu_seconds: float  # user + system: less sensitive to other processes than the wall
     lines: list[tuple[float, str]] = field(default_factory=list)
 
 
@@ -118,7 +122,7 @@ def run_process(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> Pr
     log.write_text("\n".join(f"{t:8.2f} {s}" for t, s in lines) + "\n", encoding="utf-8")
     if child.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({child.returncode}); see {log}")
-    return Process(wall, usage.ru_maxrss / 1024, lines)
+    return Process(wall, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime, lines)
 
 
 def evals(process: Process, pattern: re.Pattern) -> list[tuple[float, int, float]]:
@@ -144,15 +148,25 @@ class Row:
     note: str = ""
 
 
-def run_ours(recipe: Path, work: Path, env: dict[str, str], threads: int, scale: float, tag: str) -> Row:
-    """`slm train` on a recipe, as a whole process; its figures from stdout and metrics.csv."""
-    cfg = load_recipe(str(recipe))
+def parse_variant(spec: str) -> tuple[Path, dict[str, str]]:
+    """`recipe.yaml` or `recipe.yaml@section.key=value,section.key=value` (an ablation's overrides)."""
+    path, _, rest = spec.partition("@")
+    return Path(path), dict(item.split("=", 1) for item in rest.split(",") if item)
+
+
+def run_ours(spec: str, work: Path, env: dict[str, str], threads: int, scale: float, tag: str, stop: bool) -> Row:
+    """`slm train` on a recipe (with a variant's overrides), as a whole process; its figures from stdout and
+    metrics.csv. stop_at_val_loss is switched off unless `stop`."""
+    recipe, overrides = parse_variant(spec)
+    cfg = load_recipe(str(recipe), overrides)
     steps = max(1, round(cfg.train.max_steps * scale))
     interval = max(1, round(cfg.train.eval_interval * scale))
-    out = work / f"run-{recipe.stem}-{tag}"
+    out = work / f"run-{recipe.stem}-{len(os.listdir(work))}-{tag}"
     cmd = [sys.executable, "-m", "slmkit", "train", "--recipe", str(recipe), "--out", str(out), "--no-progress",
-           f"--train.threads={threads}", "--train.stop_at_val_loss=0", f"--train.max_steps={steps}",
-           f"--train.eval_interval={interval}"]  # fmt: skip
+           *(f"--{k}={v}" for k, v in overrides.items()), f"--train.threads={threads}",
+           f"--train.max_steps={steps}", f"--train.eval_interval={interval}"]  # fmt: skip
+    if not stop:
+        cmd.append("--train.stop_at_val_loss=0")
     process = run_process(cmd, work, env, work / f"{out.name}.log")
     with open(out / METRICS, newline="", encoding="utf-8") as f:
         metrics = list(csv.DictReader(f))
@@ -160,7 +174,9 @@ def run_ours(recipe: Path, work: Path, env: dict[str, str], threads: int, scale:
     speeds = [float(r["tokens_per_second"]) for r in metrics[1:] if not r["val_loss"]]  # no first window (warm-up)
     cfg.model.vocab_size = 65
     points = evals(process, OUR_EVAL)
-    return Row(recipe.stem, process, points, points[-1][2], 1000 * tokens_per_step / statistics.median(speeds),
+    name = recipe.stem + "".join(f" {k}={v}" for k, v in overrides.items())
+    final = next(float(m.group(1)) for m in (OUR_FINAL.match(s) for _, s in process.lines) if m)
+    return Row(name, process, points, final, 1000 * tokens_per_step / statistics.median(speeds),
                tokens_per_step, GPT(cfg.model).flops_per_token())  # fmt: skip
 
 
@@ -205,8 +221,8 @@ def setup_nanogpt(shared: Path, work: Path, text: Path, env: dict[str, str], tra
 
 def print_table(rounds: list[list[Row]], peak: float, target: float) -> None:
     print(f"\n| round | run | wall | to val <= {target} | val at nanoGPT's wall | val at the end (whole split) "
-          "| ms/step | tokens/s | MFU | peak RSS |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| ms/step | tokens/s | MFU | peak RSS | CPU s |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for i, rows in enumerate(rounds, 1):
         nano = next((r for r in rows if r.name == "nanoGPT"), None)
         for r in rows:
@@ -218,7 +234,7 @@ def print_table(rounds: list[list[Row]], peak: float, target: float) -> None:
             to_target = first_at(r.points, target) + (" (its 20-batch estimate)" if r is nano else "")
             end = f"{r.final_val:.4f}" + (f" ({r.note})" if r.note else "")
             print(f"| {i} | {r.name} | {r.process.wall:.1f} s | {to_target} | {at_wall} | {end} | {r.ms_per_step:.1f} "
-                  f"| {tps:,.0f} | {r.flops_per_token * tps / peak / 1e9:.1%} | {r.process.peak_rss_mb:.0f} MB |")  # fmt: skip
+                  f"| {tps:,.0f} | {r.flops_per_token * tps / peak / 1e9:.1%} | {r.process.peak_rss_mb:.0f} MB | {r.process.cpu_seconds:.1f} |")  # fmt: skip
 
 
 def main() -> None:
@@ -228,7 +244,10 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=1.88)
     parser.add_argument("--rounds", type=int, default=2, help="rounds, the order of the runs flipped each round")
     parser.add_argument("--quick", action="store_true", help="a fifth of every run's steps and eval interval")
-    parser.add_argument("--recipes", nargs="+", default=[str(BASELINE), str(FAST)], help="our recipes to race")
+    parser.add_argument("--recipes", nargs="+", default=[str(BASELINE), str(FAST), str(LONG)],
+                        help="our recipes to race; recipe.yaml@section.key=value,... for a variant")
+    parser.add_argument("--stop", action="store_true", help="keep the recipes' stop_at_val_loss (a race to it)")
+    parser.add_argument("--no-nanogpt", action="store_true", help="only our recipes (ablations between them)")
     args = parser.parse_args()
 
     shared = Path(args.shared)
@@ -239,13 +258,17 @@ def main() -> None:
         shutil.copy(text, work / "cache" / "tinyshakespeare.txt")
         os.environ["SLMKIT_CACHE"] = str(work / "cache")
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(ROOT)}
+    recipes = [str(Path(spec).resolve()) if "@" not in spec else
+               str(Path(spec.partition("@")[0]).resolve()) + "@" + spec.partition("@")[2] for spec in args.recipes]
     os.chdir(work)  # shards/ go here; the runs' processes start here too
     cfg = load_recipe(str(BASELINE))
     prepare(cfg, log=lambda *a: None)
     shard_dir = Path(shard_dir_for(cfg)).resolve()
     load_prepared(shard_dir)
     copy = None
-    if (shared / "peers" / "nanoGPT").is_dir() and text.is_file():
+    if args.no_nanogpt:
+        print("note: --no-nanogpt: the nanoGPT rows are skipped")
+    elif (shared / "peers" / "nanoGPT").is_dir() and text.is_file():
         copy = setup_nanogpt(shared, work, text, env, shard_dir / "train.bin", shard_dir / "val.bin")
     else:
         print(f"note: {shared}/peers/nanoGPT or {text} is absent: the nanoGPT rows are skipped")
@@ -255,17 +278,21 @@ def main() -> None:
 
     rounds = []
     for i in range(args.rounds):
-        order = ["nanoGPT", *args.recipes]
+        order = ["nanoGPT"] * (copy is not None) + recipes
         rows = []
         for name in order if i % 2 == 0 else order[::-1]:
-            print(f"round {i + 1}: {Path(name).stem}, load {os.getloadavg()[0]:.1f}", flush=True)
+            print(f"round {i + 1}: {Path(name).name}, load {os.getloadavg()[0]:.1f}", flush=True)
             if name == "nanoGPT":
-                if copy is not None:
-                    rows.append(run_nanogpt(copy, env, shard_dir / "val.bin", round(NANOGPT_STEPS * scale), f"r{i}"))
+                rows.append(run_nanogpt(copy, env, shard_dir / "val.bin", round(NANOGPT_STEPS * scale), f"r{i}"))
             else:
-                rows.append(run_ours(Path(name), work, env, args.threads, scale, f"r{i}"))
+                rows.append(run_ours(name, work, env, args.threads, scale, f"r{i}", args.stop))
+            print(f"  done, load {os.getloadavg()[0]:.1f}", flush=True)
         rounds.append(sorted(rows, key=lambda r: r.name != "nanoGPT"))
     print_table(rounds, peak, args.target)
+    print("\nevaluations (seconds after process start, step, val):")
+    for i, rows in enumerate(rounds, 1):
+        for r in rows:
+            print(f"{i} {r.name}: first line {r.process.lines[0][0]:.1f} s; " + ", ".join(f"{t:.1f} s {s} {v:.4f}" for t, s, v in r.points))
     print(f"load average at the end: {os.getloadavg()}")
     shutil.rmtree(work, ignore_errors=True)
 

@@ -77,7 +77,7 @@ class TokenizerConfig:
 
 POS_EMBEDDINGS = ("learned", "sinusoidal", "rotary", "none")
 NORMS = ("layernorm", "rmsnorm")
-MLPS = ("gelu", "relu2", "swiglu")
+MLPS = ("gelu", "gelu_exact", "relu2", "swiglu")
 
 
 @dataclass
@@ -94,10 +94,11 @@ class ModelConfig:
     pos_embedding: str = "learned"  # learned (GPT-2 wpe) | sinusoidal (fixed) | rotary (RoPE on q, k) | none
     d_ff: int = 0  # feed-forward hidden width; 0 = 4 * n_embd
     norm: str = "layernorm"  # layernorm | rmsnorm
-    mlp: str = "gelu"  # gelu (tanh approximation, GPT-2) | relu2 (ReLU squared) | swiglu (gate * up, then down)
+    mlp: str = "gelu"  # gelu (tanh approximation, GPT-2) | gelu_exact (erf, nanoGPT's nn.GELU()) | relu2 (ReLU squared) | swiglu (gate * up, then down)
     qk_norm: bool = False  # RMS-normalize q and k per head (no weight) before attention
     zero_init_proj: bool = False  # attention and MLP output projections start at zero (modded-nanogpt)
     tie_embeddings: bool = True  # lm_head shares the token embedding matrix (GPT-2)
+    logit_softcap: float = 0.0  # > 0: logits = cap * tanh(logits / cap) (Gemma 2, modded-nanogpt); 0 = off
     # The options pretrained Llama/Qwen3 checkpoints need (slm import-hf sets them from config.json):
     n_kv_head: int = 0  # key/value heads (grouped-query attention: each serves n_head / n_kv_head queries); 0 = n_head
     head_dim: int = 0  # size of each attention head; 0 = n_embd / n_head (Qwen3-0.6B: 128 with n_embd 1024, 16 heads)
@@ -138,6 +139,8 @@ class ModelConfig:
                 raise ConfigError(f"model.{key}={getattr(self, key)!r} is not known; valid: {', '.join(valid)}")
         if self.d_ff < 0:
             raise ConfigError(f"model.d_ff={self.d_ff} must be >= 0 (0 = 4 * n_embd)")
+        if self.logit_softcap < 0 or not math.isfinite(self.logit_softcap):
+            raise ConfigError(f"model.logit_softcap={self.logit_softcap} must be a finite number >= 0 (0 = off, e.g. 15)")
         if self.pos_embedding == "rotary" and self.head_size % 2:
             raise ConfigError(
                 f"model.pos_embedding=rotary needs an even head size, got {self.head_size}; "

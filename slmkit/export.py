@@ -39,8 +39,9 @@ from .tokenizer.gpt2 import ENCODER_JSON, VOCAB_SIZE, check_files, gpt2_data_dir
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 GPT2_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")  # GPT-2's tanh GELU, the one our model uses
 # The options each Hugging Face family fixes; any other value has no equivalent there.
-GPT2_OPTIONS = {"pos_embedding": ("learned", "sinusoidal"), "norm": ("layernorm",), "mlp": ("gelu",), "qk_norm": (False,)}
-LLAMA_OPTIONS = {"pos_embedding": ("rotary",), "norm": ("rmsnorm",), "mlp": ("swiglu",)}
+GPT2_OPTIONS = {"pos_embedding": ("learned", "sinusoidal"), "norm": ("layernorm",), "mlp": ("gelu",), "qk_norm": (False,),
+                "logit_softcap": (0.0,)}  # fmt: skip
+LLAMA_OPTIONS = {"pos_embedding": ("rotary",), "norm": ("rmsnorm",), "mlp": ("swiglu",), "logit_softcap": (0.0,)}
 
 
 def _d_ff(cfg: ModelConfig) -> int:

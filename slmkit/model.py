@@ -223,7 +223,7 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """Position-wise feed-forward, d_ff wide: GELU (GPT-2), ReLU² or SwiGLU."""
+    """Position-wise feed-forward, d_ff wide: GELU (GPT-2's tanh form or the exact erf), ReLU² or SwiGLU."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -232,13 +232,13 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(config.n_embd, d_ff, bias=config.bias)  # the up projection
         if self.kind == "swiglu":
             self.c_gate = nn.Linear(config.n_embd, d_ff, bias=config.bias)
-        elif self.kind == "gelu":
-            self.gelu = nn.GELU(approximate="tanh")  # GPT-2's GELU
+        elif self.kind in ("gelu", "gelu_exact"):
+            self.gelu = nn.GELU(approximate="tanh" if self.kind == "gelu" else "none")  # GPT-2's GELU, or nanoGPT's
         self.c_proj = nn.Linear(d_ff, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kind == "gelu":
+        if self.kind in ("gelu", "gelu_exact"):
             h = self.gelu(self.c_fc(x))
         elif self.kind == "relu2":
             h = _ReLUSquared.apply(self.c_fc(x))
@@ -387,6 +387,9 @@ class GPT(nn.Module):
             if targets is None:
                 x = x[:, -1:]  # generation needs the next token's logits only
         logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab)
+        if self.config.logit_softcap:  # bounded logits: no token's logit runs away early in training
+            cap = self.config.logit_softcap
+            logits = torch.tanh(logits / cap) * cap
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))

@@ -104,11 +104,13 @@ OPTIONS = [
     dict(pos_embedding="none"),
     dict(norm="rmsnorm"),
     dict(mlp="relu2"),
+    dict(mlp="gelu_exact"),
     dict(mlp="swiglu", d_ff=48),
     dict(qk_norm=True),
     dict(zero_init_proj=True),
     dict(tie_embeddings=False),
     dict(bias=False),
+    dict(logit_softcap=5.0),
     dict(pos_embedding="rotary", norm="rmsnorm", mlp="swiglu", qk_norm=True, bias=False, tie_embeddings=False),
     # a pretrained Qwen3's: grouped k/v heads, a head size apart from n_embd / n_head, learned QK-norm gains
     dict(pos_embedding="rotary", norm="rmsnorm", mlp="swiglu", qk_norm=True, qk_norm_gain=True, n_kv_head=1,
@@ -222,6 +224,19 @@ def test_zero_init_and_untied_embeddings():
     assert "lm_head.weight" in model.state_dict()
 
 
+def test_logit_softcap_bounds_the_logits():
+    idx = torch.randint(0, 50, (2, 16))
+    raw = _randomize(GPT(tiny_config()))
+    capped = GPT(tiny_config(logit_softcap=0.5)).eval()
+    capped.load_state_dict(raw.state_dict())
+    with torch.no_grad():
+        logits, _ = raw(idx)
+        bounded, loss = capped(idx, idx)
+    assert logits.abs().max() > 0.5 and bounded.abs().max() < 0.5  # the randomized model's logits run past the cap
+    torch.testing.assert_close(bounded, 0.5 * torch.tanh(logits / 0.5))
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(bounded.view(-1, 50), idx.view(-1)))
+
+
 def test_norm_and_mlp_modules():
     model = GPT(tiny_config(norm="rmsnorm", mlp="relu2", qk_norm=True))
     assert isinstance(model.transformer.h[0].ln_1, RMSNorm) and isinstance(model.transformer.ln_f, RMSNorm)
@@ -231,6 +246,10 @@ def test_norm_and_mlp_modules():
     swiglu = GPT(tiny_config(mlp="swiglu")).transformer.h[0].mlp
     assert swiglu.c_fc.out_features == 128  # d_ff 0 = 4 * n_embd
     assert torch.allclose(swiglu(x), swiglu.c_proj(torch.nn.functional.silu(swiglu.c_gate(x)) * swiglu.c_fc(x)))
+    for kind, approximate in (("gelu", "tanh"), ("gelu_exact", "none")):  # GPT-2's GELU and nanoGPT's nn.GELU()
+        gelu = GPT(tiny_config(mlp=kind)).transformer.h[0].mlp
+        expected = gelu.c_proj(torch.nn.functional.gelu(gelu.c_fc(x), approximate=approximate))
+        assert torch.equal(gelu(x), expected)
     bias_free = GPT(tiny_config(bias=False))
     assert not any(name.endswith(".bias") for name in bias_free.state_dict())
     assert any(name.endswith(".bias") for name in GPT(tiny_config()).state_dict())
@@ -243,6 +262,7 @@ def test_norm_and_mlp_modules():
         ("norm", "batchnorm", "model.norm="),
         ("mlp", "geglu", "model.mlp="),
         ("d_ff", -1, "model.d_ff=-1"),
+        ("logit_softcap", -1.0, "model.logit_softcap=-1.0"),
     ],
 )
 def test_bad_options_are_config_errors(key, value, message):
