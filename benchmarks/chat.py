@@ -15,65 +15,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from slmkit.chat import LETTERS, arithmetic_reversal_set
-from slmkit.config import load_recipe
+from slmkit.chat import arithmetic_reversal_set
 from slmkit.finetune import finetune
-from slmkit.generate import generate
-from slmkit.runs import load_run
-from slmkit.train import train
 
-MODEL = {"model.n_layer": 2, "model.n_head": 4, "model.n_embd": 64, "model.block_size": 32, "model.pos_embedding": "rotary"}
-
-
-def plain_text(n_words: int = 4000) -> str:
-    """Text with every character of the instruction set, but no instruction and no answer."""
-    rng = random.Random(1)
-    words = ["what", "is", "the", "plus", "reverse", "of", "a", "word", "number"]
-    pieces = [rng.choice(words + [str(rng.randint(0, 99)), "".join(rng.choices(LETTERS, k=4))]) for _ in range(n_words)]
-    return "What is it? Reverse: " + LETTERS + " 0123456789\n" + " ".join(pieces) + "\n"
-
-
-def accuracy(run_dir: Path, questions: list[dict]) -> dict[str, float]:
-    """Greedy exact-match accuracy per kind (plus, reverse) and over all questions."""
-    run = load_run(run_dir)
-    right: dict[str, list[bool]] = {"plus": [], "reverse": []}
-    for q in questions:
-        messages = [{"role": "user", "content": q["prompt"]}]
-        if hasattr(run.tokenizer, "encode_chat"):
-            answer = generate(run.model, run.tokenizer, messages=messages, max_new_tokens=8, temperature=0)
-        else:  # the pretrained run has no chat template: the question as text
-            answer = generate(run.model, run.tokenizer, q["prompt"] + "\n", max_new_tokens=8, temperature=0, stop="\n")
-        right["plus" if q["prompt"].startswith("What") else "reverse"].append(answer.strip() == q["completion"])
-    every = right["plus"] + right["reverse"]
-    return {**{kind: sum(v) / len(v) for kind, v in right.items()}, "all": sum(every) / len(every)}
-
-
-def pretrain(folder: Path, seed: int) -> Path:
-    """The base run: 30 steps on plain text (train.seed `seed`) in `folder`."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "plain.txt").write_text(plain_text(), encoding="utf-8")
-    train(load_recipe("kjv-char-gpt2", {**MODEL, "data.source": str(folder / "plain.txt"), "data.shard_dir": str(folder / "shards"),
-          "train.max_steps": 30, "train.max_minutes": 0, "train.eval_interval": 30, "train.eval_batches": 2,
-          "train.batch_size": 32, "train.lr": 3e-3, "train.warmup_steps": 5, "train.seed": seed}),
-          out=folder / "base", progress_bar=False)  # fmt: skip
-    return folder / "base"
-
+# The test's setting, from the test itself, so the two cannot drift apart.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "integration"))
+from test_chat_capability import CHAT, accuracy, pretrain  # noqa: E402
 
 def chat_finetune(base: Path, data: Path, out: Path, steps: int, seed: int, optimizer: str) -> float:
     """Fine-tune as the test does, for `steps` steps; the CPU seconds it took."""
     cpu = time.process_time()
     finetune(base, {
-        "data.format": "chat", "data.source": str(data), "train.max_steps": steps, "train.optimizer": optimizer,
-        "train.muon_lr": 0.02, "train.lr": 3e-3, "train.min_lr": 3e-4, "train.warmup_steps": 30, "train.batch_size": 64,
-        "train.eval_interval": max(steps // 3, 1), "train.eval_batches": 2, "train.early_stop_patience": 0,
-        "train.seed": seed, "data.num_workers": 1, "data.shard_dir": str(base.parent / "chat-shards"),
+        **CHAT, "data.source": str(data), "train.max_steps": steps, "train.optimizer": optimizer,
+        "train.eval_interval": max(steps // 3, 1), "train.seed": seed, "data.shard_dir": str(base.parent / "chat-shards"),
     }, out=out, progress_bar=False)  # fmt: skip
     return time.process_time() - cpu
 

@@ -35,34 +35,43 @@ def plain_text(n_words: int = 4000) -> str:
     return "What is it? Reverse: " + LETTERS + " 0123456789\n" + " ".join(pieces) + "\n"
 
 
-def accuracy(run_dir, questions) -> float:
+def accuracy(run_dir, questions) -> dict[str, float]:
+    """Greedy exact-match accuracy per kind (plus, reverse) and over all questions ("all")."""
     run = load_run(run_dir)
-    right = 0
+    right: dict[str, list[bool]] = {"plus": [], "reverse": []}
     for q in questions:
         messages = [{"role": "user", "content": q["prompt"]}]
         if hasattr(run.tokenizer, "encode_chat"):
             answer = generate(run.model, run.tokenizer, messages=messages, max_new_tokens=8, temperature=0)
         else:  # the pretrained run has no chat template: the question as text
             answer = generate(run.model, run.tokenizer, q["prompt"] + "\n", max_new_tokens=8, temperature=0, stop="\n")
-        right += answer.strip() == q["completion"]
-    return right / len(questions)
+        right["plus" if q["prompt"].startswith("What") else "reverse"].append(answer.strip() == q["completion"])
+    every = right["plus"] + right["reverse"]
+    return {**{kind: sum(v) / len(v) for kind, v in right.items()}, "all": sum(every) / len(every)}
 
 
-def held_out_accuracy(folder, seed: int = 0) -> tuple[float, float]:
-    """Pretrain, chat-fine-tune (train.seed `seed`) in `folder`; the held-out accuracy before and after."""
+def pretrain(folder, seed: int):
+    """The base run: 30 steps on plain text (train.seed `seed`) in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
     (folder / "plain.txt").write_text(plain_text(), encoding="utf-8")
-    train_set = arithmetic_reversal_set(3000, seed=0, max_number=MAX_NUMBER)
-    held_out = arithmetic_reversal_set(200, seed=1, max_number=MAX_NUMBER, exclude=frozenset(r["prompt"] for r in train_set))
-    with open(folder / "chat.jsonl", "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r) + "\n" for r in train_set)
     base = {**MODEL, "data.source": str(folder / "plain.txt"), "data.shard_dir": str(folder / "shards"),
             "train.max_steps": 30, "train.max_minutes": 0, "train.eval_interval": 30, "train.eval_batches": 2,
             "train.batch_size": 32, "train.lr": 3e-3, "train.warmup_steps": 5, "sample.max_new_tokens": 5,
             "train.seed": seed}  # fmt: skip
     train(load_recipe("kjv-char-gpt2", base), out=folder / "base", progress_bar=False)
+    return folder / "base"
+
+
+def held_out_accuracy(folder, seed: int = 0) -> tuple[float, float]:
+    """Pretrain, chat-fine-tune (train.seed `seed`) in `folder`; the held-out accuracy before and after."""
+    train_set = arithmetic_reversal_set(3000, seed=0, max_number=MAX_NUMBER)
+    held_out = arithmetic_reversal_set(200, seed=1, max_number=MAX_NUMBER, exclude=frozenset(r["prompt"] for r in train_set))
+    with open(folder / "chat.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in train_set)
+    base = pretrain(folder, seed)
     chat = {**CHAT, "data.source": str(folder / "chat.jsonl"), "train.seed": seed}
-    finetune(folder / "base", chat, out=folder / "chat", progress_bar=False)
-    return accuracy(folder / "base", held_out), accuracy(folder / "chat", held_out)
+    finetune(base, chat, out=folder / "chat", progress_bar=False)
+    return accuracy(base, held_out)["all"], accuracy(folder / "chat", held_out)["all"]
 
 
 def test_chat_finetune_learns_held_out_arithmetic_and_reversal(tmp_path, monkeypatch):
