@@ -396,8 +396,9 @@ class GPT(nn.Module):
         return logits, loss
 
     def flops_per_token(self) -> int:
-        """Training FLOPs per token (forward + backward): 6N plus attention (PaLM appendix B)."""
+        """Training FLOPs per token (forward + backward): 6N plus attention (PaLM appendix B), whose q.k and
+        weights.v products are n_head * head_size wide (not n_embd when head_dim is set, as in Qwen3)."""
         c = self.config
         n = self.num_parameters(non_embedding=True)
-        return 6 * n + 12 * c.n_layer * c.n_embd * c.block_size
+        return 6 * n + 12 * c.n_layer * c.n_head * c.head_size * c.block_size
 

@@ -208,6 +208,9 @@ def test_parameter_counts_by_hand():
     assert model.num_parameters() == V * C + L * per_block + C + C * V  # wte + blocks + ln_f + lm_head
     assert model.num_parameters(non_embedding=True) == L * per_block + C + C * V
     assert model.flops_per_token() == 6 * (L * per_block + C + C * V) + 12 * L * C * T
+    # head_dim wider than n_embd / n_head (Qwen3's shape): attention is n_head * head_dim wide
+    wide = GPT(tiny_config(n_head=4, head_dim=16))
+    assert wide.flops_per_token() == 6 * wide.num_parameters(non_embedding=True) + 12 * L * 4 * 16 * T
     # gelu with d_ff, sinusoidal (no parameters for positions), biases, tied
     model = GPT(tiny_config(d_ff=F, pos_embedding="sinusoidal"))
     per_block = 2 * 2 * C + (C * 3 * C + 3 * C) + (C * C + C) + (C * F + F) + (F * C + C)
