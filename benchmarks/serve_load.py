@@ -5,7 +5,9 @@
     python -P benchmarks/serve_load.py --run runs/kjv-char --rss 10000 [--concurrency 4] [--max-tokens 8]
 
 For each of `--serve.max_batch=MAX_BATCH` and `--serve.max_batch=1` it starts `slm serve` on the run
-in a subprocess (so its RSS is the server's alone) and measures, from asyncio httpx clients: one
+in a subprocess (so its RSS is the server's alone; on a machine with two or more cores the server runs on
+one core and this client on another, as a real server's clients are on other machines; --no-pin: both
+anywhere) and measures, from asyncio httpx clients: one
 request alone (after a warm-up, the median of 5); REQUESTS concurrent MAX_TOKENS-token requests (half streamed,
 half plain; every one its own seed): wall, p50, p95, time to first text, aggregate completion
 tokens/s (serve.max_queue=REQUESTS); then, on a new server with serve.max_queue=FLOOD_QUEUE, FLOOD concurrent requests: status counts (503s
@@ -27,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Optional
 
 import httpx
 import psutil
@@ -35,11 +38,15 @@ PROMPT = "And God said"
 ALONE_REPEATS = 5  # "one alone" is the median of this many (the machine is shared: single timings jump)
 
 
-def start_server(run: str, max_batch: int, max_queue: int, threads: int) -> tuple[subprocess.Popen, str]:
-    """`slm serve` on a free loopback port in a subprocess; (process, base url)."""
+def start_server(
+    run: str, max_batch: int, max_queue: int, threads: int, cpus: Optional[set[int]] = None
+) -> tuple[subprocess.Popen, str]:
+    """`slm serve` on a free loopback port in a subprocess (on `cpus` only, when given); (process, base url)."""
     cmd = [sys.executable, "-m", "slmkit", "serve", "--run", run, "--port", "0", f"--serve.max_batch={max_batch}",
            f"--serve.max_queue={max_queue}", f"--serve.threads={threads}", "--serve.max_tokens_limit=4096"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None  # in the child, before it starts any thread
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ),
+                            preexec_fn=pin)
     line = proc.stdout.readline()
     if " on http://" not in line:
         raise RuntimeError(f"slm serve did not start: {line}{proc.stderr.read()}")
@@ -198,14 +205,24 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="serve.threads")
     parser.add_argument("--rss", type=int, default=0, metavar="N", help="instead: RSS over N short requests")
     parser.add_argument("--concurrency", type=int, default=4, help="with --rss: requests at a time")
+    parser.add_argument("--no-pin", action="store_true", help="server and client on any core (default: one core each)")
     args = parser.parse_args()
     print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     if args.rss:
         return rss_mode(args)
+    cores = sorted(os.sched_getaffinity(0))
+    server_cpus = None
+    if not args.no_pin and len(cores) >= 2:  # the server on the first core, this client on the second
+        server_cpus = {cores[0]}
+        os.sched_setaffinity(0, {cores[1]})
+        where = f"server on CPU {cores[0]}, client on CPU {cores[1]}"
+    else:
+        where = f"server and client on CPUs {','.join(map(str, cores))}"
+    print(where, flush=True)
     rows = {}
     for max_batch in (args.max_batch, 1):
         for phase, max_queue in (("concurrent", args.requests), ("flood", args.flood_queue)):  # a server each
-            proc, url = start_server(args.run, max_batch, max_queue, args.threads)
+            proc, url = start_server(args.run, max_batch, max_queue, args.threads, server_cpus)
             try:
                 if phase == "concurrent":
                     rows[max_batch] = asyncio.run(concurrent(url, args.requests, args.max_tokens))
@@ -216,7 +233,7 @@ def main() -> None:
                 proc.terminate()
                 proc.wait(timeout=30)
         print(f"max_batch={max_batch}: {rows[max_batch]} (load average {os.getloadavg()[0]:.1f})", flush=True)
-    print()
+    print(f"\n{where}; load average {os.getloadavg()[0]:.1f}\n")
     print(f"| serve.max_batch | one alone s | {args.requests} concurrent: wall s | p50 s | p95 s | first text p50 s "
           f"| tokens/s | wall / alone | flood {args.flood} (max_queue {args.flood_queue}): 200 / 503 / other "
           "| RSS before → after MiB | /health p50 / max s |")
@@ -229,7 +246,7 @@ def main() -> None:
             f"| {r['flood_health_p50']:.3f} / {r['flood_health_max']:.2f} |"
         )
     batched, single = rows[args.max_batch], rows[1]
-    print(f"\nbatched: 50 concurrent = {batched['wall'] / batched['alone']:.1f}× one alone; aggregate tokens/s "
+    print(f"\nbatched: {args.requests} concurrent = {batched['wall'] / batched['alone']:.1f}× one alone; aggregate tokens/s "
           f"{batched['tokens_per_s'] / single['tokens_per_s']:.1f}× max_batch=1")
 
 

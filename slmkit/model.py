@@ -73,10 +73,14 @@ class _CacheStep:
         self.rows = torch.tensor(slots, device=device)
         self._flat: Optional[torch.Tensor] = None  # flat_rows(), made once for every layer
         self.mask: Optional[torch.Tensor] = None  # (B, 1, T, keys) bool: query i of row b sees keys <= its position
+        self.bias: Optional[torch.Tensor] = None  # T == 1: the mask as (B, 1, 1, keys) 0 / -inf, added to the scores
         self.causal = max(starts) == 0 and self.start is not None
         if not self.causal and not (self.start is not None and T == 1):
-            mask = torch.arange(self.keys, device=device)[None, None, :] <= self.positions[:, :, None]
-            self.mask = mask[:, None]
+            mask = (torch.arange(self.keys, device=device)[None, None, :] <= self.positions[:, :, None])[:, None]
+            if T == 1:  # rows of different lengths decoding: the decode attention adds it (cheaper than masking)
+                self.bias = torch.zeros(mask.shape, dtype=cache.k.dtype, device=device).masked_fill_(~mask, float("-inf"))
+            else:
+                self.mask = mask
 
     def flat_rows(self, shape: torch.Size) -> torch.Tensor:
         """(B * n_kv * T,) row of each new key in a layer's cache seen as (slots * n_kv * block_size, hs),
@@ -173,7 +177,8 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention through scaled_dot_product_attention (grouped-query with n_kv_head)."""
+    """Multi-head causal self-attention through scaled_dot_product_attention (grouped-query with n_kv_head);
+    a KV-cached decoding step (one new token a row) through decode()."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -212,6 +217,8 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:
             step = cache._step
             k, v = step.update(layer, k, v)  # (B, n_kv, keys, hs): this row's cached keys, then the new ones
+            if T == 1:  # decoding
+                return self.resid_dropout(self.c_proj(self.decode(q, k, v, step.bias)))
             mask, causal = step.mask, step.causal
         if self.n_kv_head != self.n_head:  # query head j reads k/v head j // (nh / n_kv) (SDPA's enable_gqa: no ONNX)
             k, v = (t.repeat_interleave(self.n_head // self.n_kv_head, dim=1) for t in (k, v))  # (B, nh, keys, hs)
@@ -220,6 +227,24 @@ class CausalSelfAttention(nn.Module):
         )  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * hs)
         return self.resid_dropout(self.c_proj(y))
+
+    def decode(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        """Attention of one new query per row, q (B, nh, 1, hs), over the row's cached keys and values k, v
+        (B, n_kv, keys, hs), plus `bias` (B, 1, 1, keys) (-inf past a row's own keys) when rows differ in length
+        -> (B, 1, nh * hs).
+
+        Two matmuls and a softmax, grouped-query attention without repeating k and v: a 50-row step of the
+        0.82 M and 10.8 M runs took 2-5% less than with SDPA, whose CPU kernel at one query a row costs about
+        the same memory traffic. Every decoding step takes it, one sequence or a batch, so a sequence's logits
+        are the same arithmetic wherever it is decoded; prompts and training (T > 1) take SDPA.
+        """
+        B, nh, _, hs = q.shape
+        # the query heads sharing a key/value head are its rows: (B, n_kv, nh / n_kv, hs), no repeated k, v
+        q = q.reshape(B, self.n_kv_head, nh // self.n_kv_head, hs) * hs**-0.5
+        scores = q @ k.transpose(-2, -1)  # (B, n_kv, nh / n_kv, keys)
+        if bias is not None:
+            scores = scores + bias
+        return (scores.softmax(-1) @ v).reshape(B, 1, nh * hs)
 
 
 class MLP(nn.Module):

@@ -174,8 +174,10 @@ class Ticket:
     queue: asyncio.Queue
     loop: asyncio.AbstractEventLoop
     deadline: float
+    streamed: bool = True  # False: its updates are held until it ends (nobody reads them before)
     cancelled: bool = False
     seq: Optional[Sequence] = field(default=None, repr=False)
+    held: list[Update] = field(default_factory=list, repr=False)
 
     def put(self, item: object) -> None:
         try:
@@ -272,14 +274,18 @@ class Scheduler:
             self._deliver(stepped)
 
     def _deliver(self, stepped: list[Sequence]) -> None:
-        """Hand each stepped sequence's Update to its request: one wake-up of the event loop per step, not per sequence."""
+        """Hand each stepped sequence's Update to its request: one wake-up of the event loop per step, not per sequence,
+        and none for a request that is not streamed until its sequence ends (its updates are held until then)."""
         by_loop: dict[asyncio.AbstractEventLoop, list] = {}
         for seq in stepped:
             ticket = self.tickets[id(seq)]
-            update = Update(ticket.index, seq.text, seq.logprob, seq.finish_reason, len(seq.tokens))
-            by_loop.setdefault(ticket.loop, []).append((ticket.queue, update))
+            ticket.held.append(Update(ticket.index, seq.text, seq.logprob, seq.finish_reason, len(seq.tokens)))
             if seq.finish_reason:
                 del self.tickets[id(seq)]
+            elif not ticket.streamed:
+                continue
+            by_loop.setdefault(ticket.loop, []).extend((ticket.queue, update) for update in ticket.held)
+            ticket.held = []
         for loop, updates in by_loop.items():
             try:
                 loop.call_soon_threadsafe(_put_all, updates)
@@ -367,12 +373,13 @@ class Server:
         except SlmError as e:
             raise RequestError(422, f"prompt: {e}", "prompt") from None
 
-    def start(self, job: Job) -> tuple[list[Ticket], asyncio.Queue]:
-        """Queue the job's sequences (RequestError 503 when the queue is full); their updates come on the queue."""
+    def start(self, job: Job, streamed: bool) -> tuple[list[Ticket], asyncio.Queue]:
+        """Queue the job's sequences (RequestError 503 when the queue is full); their updates come on the queue
+        (for a request that is not streamed, each sequence's all at once when it ends)."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         deadline = time.monotonic() + (self.cfg.request_timeout or float("inf"))
-        tickets = [Ticket(i, ids, p, job.logprobs, queue, loop, deadline) for i, ids, p in job.choices()]
+        tickets = [Ticket(i, ids, p, job.logprobs, queue, loop, deadline, streamed) for i, ids, p in job.choices()]
         self.scheduler.submit(tickets)
         return tickets, queue
 
@@ -580,7 +587,7 @@ async def complete(server: Server, request: Request) -> Any:
     job = server.job(req)
     echoed = await server.echoed(job)
     choices = [Choice(server, job, i, echoed[i // job.n]) for i in range(len(job.prompts) * job.n)]
-    tickets, queue = server.start(job)  # 503 here, before any byte of the answer
+    tickets, queue = server.start(job, req.stream)  # 503 here, before any byte of the answer
     base = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
             "model": server.model_id}
     if not req.stream:
@@ -617,7 +624,7 @@ async def chat_complete(server: Server, request: Request) -> Any:
     req = parse_request(await read_body(request, server.cfg), ChatRequest)
     job = server.chat_job(req)
     choices = [Choice(server, job, i, _entries()) for i in range(job.n)]
-    tickets, queue = server.start(job)
+    tickets, queue = server.start(job, req.stream)
     base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": server.model_id}
     if not req.stream:
         if not await gather(server, tickets, queue, request, choices):

@@ -430,3 +430,31 @@ def test_a_batch_ends_a_sequence_at_an_end_id_and_reports_logprobs():
         assert [i for i, _ in top] == torch.topk(log_probs, 3).indices.tolist()
         text += seq.text
     assert seq.finish_reason == "stop" and text == full[: full.index(full[5])]
+
+
+@pytest.mark.parametrize("pos_embedding", ["learned", "rotary"])
+def test_batched_decoding_gives_the_uncached_sdpa_logits_with_grouped_query_attention(pos_embedding, monkeypatch):
+    """Three prompts of different lengths (one past block_size) decoded as one cached batch past block_size
+    (windows sliding) with grouped-query attention: each step's logits are within 1e-5 of the uncached
+    forward's (SDPA over the whole window) and the texts are equal."""
+    from slmkit.generate import Batch
+
+    tok = CharTokenizer.fit(["abcdefgh \n"])
+    model = tiny_model(vocab_size=tok.vocab_size, pos_embedding=pos_embedding, n_head=4, n_kv_head=2)
+    made = _recording(monkeypatch)
+    prompts = ["a", "abcdefg", "abcdefgh abcdefgh ab"]
+    params = SamplingParams(max_new_tokens=3 * BLOCK, temperature=0, repetition_penalty=1.5)
+    runs = []
+    for use_cache in (True, False):
+        batch = Batch(model, tok, max_batch=3, use_cache=use_cache)
+        seqs = [batch.add(tok.encode(p), params) for p in prompts]
+        texts = ["", "", ""]
+        while batch.active:
+            for seq in batch.step():
+                texts[seqs.index(seq)] += seq.text
+        runs.append((texts, [seq.seen for seq in seqs]))
+    (cached, cached_logits), (uncached, uncached_logits) = runs
+    assert cached == uncached and all(len(t) == 3 * BLOCK for t in cached)
+    for a_seq, b_seq in zip(cached_logits, uncached_logits):
+        for a, b in zip(a_seq, b_seq, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=0)

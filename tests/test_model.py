@@ -181,6 +181,35 @@ def test_cache_slots_of_different_lengths_each_give_their_own_logits(pos_embeddi
         assert cache.lengths == [5, 6, 9, 0]
 
 
+@pytest.mark.parametrize("pos_embedding, n_kv_head", [("learned", 0), ("rotary", 2), ("rotary", 1)])
+def test_decoding_takes_the_decode_attention_with_sdpa_logits(pos_embedding, n_kv_head, monkeypatch):
+    """Slots of 3, 8 and 13 tokens decoded together one token a step up to block_size (each leaves when full,
+    so the rows differ in length and then in slots): every step goes through decode(), never SDPA, and gives
+    each row the full forward's (SDPA's) logits within 1e-5, with and without grouped-query attention."""
+    from torch.nn import functional as F
+
+    model = _randomize(GPT(tiny_config(pos_embedding=pos_embedding, n_head=4, n_kv_head=n_kv_head)))
+    block = model.config.block_size
+    seqs = [torch.randint(0, 50, (block,), generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    queries = []  # the query length of every SDPA call
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda q, *a, **kw: queries.append(q.size(2)) or sdpa(q, *a, **kw))
+    with torch.no_grad():
+        cache = model.new_cache(batch_size=3)
+        for slot, n in enumerate((3, 8, 13)):
+            model(seqs[slot][None, :n], cache=cache, slots=[slot])
+        steps = 0
+        while rows := [s for s in range(3) if cache.lengths[s] < block]:
+            at = [cache.lengths[r] for r in rows]
+            logits, _ = model(torch.stack([seqs[r][n] for r, n in zip(rows, at)])[:, None], cache=cache, slots=rows)
+            for b, (r, n) in enumerate(zip(rows, at)):
+                full, _ = model(seqs[r][None, : n + 1])
+                torch.testing.assert_close(logits[b, 0], full[0, -1], atol=1e-5, rtol=0)
+            steps += 1
+    assert steps == block - 3 and cache.lengths == [block] * 3
+    assert 1 not in queries and len(queries) == model.config.n_layer * (3 + sum(block - n for n in (3, 8, 13)))
+
+
 def test_position_options_and_their_parameters():
     names = set(GPT(tiny_config(pos_embedding="rotary")).state_dict())
     assert "transformer.wpe.weight" not in names and not any("rope" in n for n in names)

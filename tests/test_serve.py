@@ -415,6 +415,36 @@ def test_fifty_concurrent_requests_each_get_their_own_answer(live, run):
     assert answers == [expected[s] for s in seeds]
 
 
+def test_a_request_not_streamed_gets_its_updates_at_once_when_it_ends(run, slow_stream):
+    """The scheduler wakes a streamed request at every step, one that is not streamed only when its sequence has
+    ended: its 16 updates arrive in one hand-over (the rest are queued when the first is read), with its solo text."""
+    import asyncio
+
+    from slmkit.sampling import SamplingParams
+    from slmkit.serve import Scheduler, Ticket
+
+    async def main():
+        async with asyncio.timeout(60):  # a lost update fails the test instead of hanging it
+            scheduler = Scheduler(run, ServeConfig(max_batch=4))
+            loop, ids = asyncio.get_running_loop(), run.tokenizer.encode("And")
+            tickets = [Ticket(0, ids, SamplingParams(max_new_tokens=n, temperature=1.0, seed=n), None, asyncio.Queue(), loop,
+                              float("inf"), streamed) for n, streamed in ((8, True), (16, False))]
+            scheduler.submit(tickets)
+            waiting = []  # what the plain request has been handed whenever the streamed one gets an update
+            for _ in range(8):
+                await tickets[0].queue.get()
+                waiting.append(tickets[1].queue.qsize())
+            first = await tickets[1].queue.get()
+            rest = [tickets[1].queue.get_nowait() for _ in range(tickets[1].queue.qsize())]
+            scheduler.close()
+            return waiting, first, rest
+
+    waiting, first, rest = asyncio.run(main())
+    assert set(waiting) <= {0, 16} and 0 in waiting  # steps take 20 ms: the streamed request is read as it goes
+    assert len(rest) == 15 and rest[-1].finish_reason == "length" and rest[-1].tokens == 16
+    assert first.text + "".join(u.text for u in rest) == direct(run, "And", 16, temperature=1.0, seed=16)
+
+
 def test_client_disconnect_stops_generation(live, app, slow_stream):
     body = {"prompt": "And", "max_tokens": 64, "temperature": 1.0, "stream": True}
     with httpx.Client(base_url=live.url, timeout=30) as client:
