@@ -10,6 +10,7 @@ Also here: building the optimizers train.optimizer names, and the learning-rate 
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any
 
@@ -92,13 +93,45 @@ class Muon(torch.optim.Optimizer):
         return loss
 
 
+def _skip_dynamo_import() -> None:
+    """Mark torch.optim.Optimizer's `torch._disable_dynamo` methods (add_param_group, zero_grad, state_dict, ...)
+    as already wrapped. Their first call, like Adam's step wrapper (see _EagerStep), imports torch._dynamo:
+    ~90 modules and ~2 s of CPU at process start (6% of speedrun-cpu's run), only to keep torch.compile from
+    tracing them. Nothing here compiles an optimizer method (train.compile compiles the model only), so the
+    plain method is what runs either way."""
+    marker = torch._disable_dynamo(lambda: None).__code__  # the lazy wrapper's code, shared by every method
+    for method in vars(torch.optim.Optimizer).values():
+        fn = getattr(method, "__wrapped__", None)
+        if fn is not None and getattr(method, "__code__", None) is marker:
+            setattr(fn, "__dynamo_disable", fn)  # what the wrapper's first call would cache, minus the import
+
+
+class _EagerStep:
+    """torch's Adam/AdamW step without its _use_grad_for_differentiable wrapper, which imports torch._dynamo
+    for graph breaks only torch.compile needs; no_grad is all it sets for a non-differentiable optimizer."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        return inspect.unwrap(super().step)(self, closure)
+
+
+class _Adam(_EagerStep, torch.optim.Adam):
+    pass
+
+
+class _AdamW(_EagerStep, torch.optim.AdamW):
+    pass
+
+
 def make_optimizers(model: nn.Module, cfg: TrainConfig, device: torch.device) -> list[torch.optim.Optimizer]:
     """The optimizers train.optimizer names; each group keeps its base lr in `base_lr`.
 
     adamw/adam: weight decay on matrices only (not on norms, biases, or embeddings unless
     train.decay_embeddings).
     muon: Muon for the 2-D matrices inside the transformer blocks, AdamW for everything else.
+    Neither building nor stepping them imports torch._dynamo (see _skip_dynamo_import).
     """
+    _skip_dynamo_import()
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     hidden, decay, no_decay = [], [], []
     for name, p in model.named_parameters():  # tied weights appear once
@@ -112,7 +145,7 @@ def make_optimizers(model: nn.Module, cfg: TrainConfig, device: torch.device) ->
         {"params": decay, "weight_decay": cfg.weight_decay, "base_lr": cfg.lr},
         {"params": no_decay, "weight_decay": 0.0, "base_lr": cfg.lr},
     ]
-    adam_class = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+    adam_class = _Adam if cfg.optimizer == "adam" else _AdamW
     # fused kernels exist for CUDA and CPU; they update every tensor in one call
     fused = device.type in ("cuda", "cpu")
     optimizers: list[torch.optim.Optimizer] = [

@@ -106,3 +106,50 @@ def test_decay_embeddings_moves_the_tables_into_the_decayed_group():
         assert (id(wte) in decayed, id(wpe) in decayed) == (flag, flag)
         assert id(model.transformer.h[0].attn.c_attn.weight) in decayed
         assert id(model.transformer.ln_f.weight) not in decayed  # norms never
+
+
+def test_make_optimizers_never_imports_torch_dynamo():
+    # torch.optim imports torch._dynamo (~2 s of CPU) on an optimizer's first add_param_group and step;
+    # a fresh process shows whether ours do (this test process may have imported it already)
+    import subprocess
+    import sys
+
+    code = """
+import sys, torch
+from slmkit.config import ModelConfig, TrainConfig
+from slmkit.model import GPT
+from slmkit.optim import make_optimizers
+model = GPT(ModelConfig(vocab_size=50, n_layer=2, n_head=2, n_embd=32, block_size=8))
+for kind in ("muon", "adam"):
+    optimizers = make_optimizers(model, TrainConfig(optimizer=kind), torch.device("cpu"))
+    model(torch.zeros(2, 8, dtype=torch.long), torch.zeros(2, 8, dtype=torch.long))[1].backward()
+    for o in optimizers:
+        o.step()
+        o.load_state_dict(o.state_dict())
+        o.zero_grad()
+print("torch._dynamo" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("kind", ["adam", "adamw"])
+def test_our_adam_steps_exactly_as_torchs(kind):
+    from slmkit.config import TrainConfig
+    from slmkit.optim import make_optimizers
+
+    torch.manual_seed(0)
+    ours, theirs = (torch.nn.Linear(8, 4) for _ in range(2))
+    theirs.load_state_dict(ours.state_dict())
+    (opt,) = make_optimizers(ours, TrainConfig(optimizer=kind, lr=1e-2), torch.device("cpu"))
+    torch_class = torch.optim.Adam if kind == "adam" else torch.optim.AdamW
+    reference = torch_class([dict(g) for g in opt.param_groups], lr=1e-2, betas=(0.9, 0.99), fused=True)
+    reference.param_groups[0]["params"], reference.param_groups[1]["params"] = [theirs.weight], [theirs.bias]
+    assert isinstance(opt, torch_class)
+    x = torch.randn(16, 8)
+    for _ in range(3):
+        for model, o in ((ours, opt), (theirs, reference)):
+            o.zero_grad()
+            model(x).square().mean().backward()
+            o.step()
+    assert torch.equal(ours.weight, theirs.weight) and torch.equal(ours.bias, theirs.bias)
