@@ -99,6 +99,7 @@ class ModelConfig:
     zero_init_proj: bool = False  # attention and MLP output projections start at zero (modded-nanogpt)
     tie_embeddings: bool = True  # lm_head shares the token embedding matrix (GPT-2)
     logit_softcap: float = 0.0  # > 0: logits = cap * tanh(logits / cap) (Gemma 2, modded-nanogpt); 0 = off
+    value_embeddings: bool = False  # each block adds a learned vector per input token to its attention values (modded-nanogpt)
     # The options pretrained Llama/Qwen3 checkpoints need (slm import-hf sets them from config.json):
     n_kv_head: int = 0  # key/value heads (grouped-query attention: each serves n_head / n_kv_head queries); 0 = n_head
     head_dim: int = 0  # size of each attention head; 0 = n_embd / n_head (Qwen3-0.6B: 128 with n_embd 1024, 16 heads)
@@ -205,6 +206,9 @@ class TrainConfig:
     keep_last_k: int = 0  # also keep the last k checkpoints in <run>/checkpoints; 0 = only last
     stop_at_val_loss: float = 0.0  # stop once a full-val-split evaluation reaches this loss; 0 = off
     seq_len: int = 0  # training window in tokens; 0 = model.block_size
+    # > 0 with seq_len < block_size: the last fraction of the budget trains block_size windows instead,
+    # batch_size * seq_len / block_size of them (the same tokens per step): short windows early, long ones late
+    full_context_fraction: float = 0.0
     max_nonfinite_steps: int = 5  # stop after this many NaN/inf steps in a row (each is skipped)
 
     def validate(self) -> None:
@@ -238,6 +242,8 @@ class TrainConfig:
             raise ConfigError(f"train.warmup_fraction={self.warmup_fraction} must be in [0, 1), e.g. 0.05 (0 = warmup_steps)")
         if not 0.0 < self.cooldown_fraction <= 1.0:
             raise ConfigError(f"train.cooldown_fraction={self.cooldown_fraction} must be in (0, 1], e.g. 0.3 (1 = the whole run)")
+        if not 0.0 <= self.full_context_fraction <= 1.0:
+            raise ConfigError(f"train.full_context_fraction={self.full_context_fraction} must be in [0, 1], e.g. 0.25 (0 = off)")
         if not 0.0 <= self.muon_momentum < 1.0:
             raise ConfigError(f"train.muon_momentum={self.muon_momentum} must be in [0, 1), e.g. 0.95")
         if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
@@ -317,6 +323,14 @@ class RunConfig:
             raise ConfigError(
                 f"train.seq_len={self.train.seq_len} exceeds model.block_size={self.model.block_size}; "
                 "lower it or use 0 (= block_size)"
+            )
+        tc, block = self.train, self.model.block_size
+        if tc.full_context_fraction and self.data.format == "chat":
+            raise ConfigError("train.full_context_fraction is for plain text; chat windows start at each conversation")
+        if tc.full_context_fraction and tc.seq_len and (tc.batch_size * tc.seq_len) % block:
+            raise ConfigError(
+                f"train.full_context_fraction needs train.batch_size * train.seq_len ({tc.batch_size * tc.seq_len}) "
+                f"to be a multiple of model.block_size={block} (the same tokens per step in longer windows)"
             )
         return self
 

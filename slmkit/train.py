@@ -443,6 +443,7 @@ def _train_step(run: _Run, state: TrainState, log: _Logger) -> tuple[float, Opti
     """
     tc, scaler = run.cfg.train, run.scaler
     lr = _set_lr(run, state)
+    _set_window(run, state)
     step_loss = torch.zeros((), device=run.device)
     for micro in range(tc.grad_accum_steps):
         x, y = run.sampler.next()
@@ -478,6 +479,15 @@ def _train_step(run: _Run, state: TrainState, log: _Logger) -> tuple[float, Opti
     state.epoch = state.step // run.budget.steps_per_epoch
     state.tokens += run.budget.tokens_per_step
     return lr, train_loss
+
+
+def _set_window(run: _Run, state: TrainState) -> None:
+    """train.full_context_fraction: over the budget's last fraction, block_size windows at the same tokens per step."""
+    tc, block = run.cfg.train, run.cfg.model.block_size
+    if not tc.full_context_fraction or run.sampler.seq_len == block:
+        return
+    if run.budget.fraction(state.step, state.elapsed) >= 1.0 - tc.full_context_fraction:
+        run.sampler.resize(block, tc.batch_size * run.sampler.seq_len // block)
 
 
 def _finite_loss(run: _Run, step_loss: torch.Tensor) -> Optional[float]:

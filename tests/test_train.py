@@ -131,6 +131,7 @@ def test_precision_auto_is_fp32_on_cpu():
         ("train.gamma", 1.5, "must be in (0, 1]"),
         ("train.grad_accum_steps", 0, "positive integer"),
         ("train.seq_len", 64, "exceeds model.block_size"),
+        ("train.full_context_fraction", 1.5, "train.full_context_fraction=1.5 must be in"),
     ],
 )
 def test_bad_train_keys(key, value, message):
@@ -168,6 +169,26 @@ def test_epochs_seq_len_and_exponential_decay(tmp_path, tiny_overrides):
     assert result.tokens == result.steps * 32 * 16  # seq_len 16 windows, not block_size 32
     assert {float(r["lr"]) for r in rows[:per_epoch]} == {1e-3}
     assert {float(r["lr"]) for r in rows[per_epoch:]} == {5e-4}
+
+
+def test_full_context_fraction_trains_block_size_windows_late_at_the_same_tokens(tmp_path, tiny_overrides, monkeypatch):
+    from slmkit.data.sampler import WindowSampler
+
+    shapes, original = [], WindowSampler.next
+
+    def recorded(self):
+        x, y = original(self)
+        shapes.append(tuple(x.shape))
+        return x, y
+
+    monkeypatch.setattr(WindowSampler, "next", recorded)
+    overrides = dict(tiny_overrides, **{"train.max_steps": 8, "train.seq_len": 8, "train.full_context_fraction": 0.25,
+                                        "train.eval_batches": 0})  # whole-split evaluations: no sampled val batches
+    result = train(load_recipe("kjv-char-gpt2", overrides), out=tmp_path / "run", progress_bar=False)
+    assert shapes == [(8, 8)] * 6 + [(2, 32)] * 2  # the last quarter: block_size 32 windows, 8 * 8 / 32 of them
+    assert result.tokens == 8 * 64
+    with pytest.raises(ConfigError, match="multiple of model.block_size=32"):
+        load_recipe("kjv-char-gpt2", dict(overrides, **{"train.batch_size": 3}))
 
 
 def test_early_stop_and_stop_at_val_loss(tmp_path, tiny_overrides):

@@ -33,6 +33,11 @@ class WindowSampler:
         window = torch.from_numpy(self.tokens[starts[:, None] + self.offsets].astype(np.int64))
         return window[:, :-1], window[:, 1:]
 
+    def resize(self, seq_len: int, batch_size: int) -> None:
+        """Draw windows of `seq_len` tokens, `batch_size` of them, from now on (the same random stream)."""
+        self.seq_len, self.batch_size = seq_len, batch_size
+        self.offsets = np.arange(seq_len + 1)
+
     def state(self) -> dict[str, Any]:
         return self.rng.bit_generator.state
 
