@@ -99,7 +99,6 @@ class ModelConfig:
     zero_init_proj: bool = False  # attention and MLP output projections start at zero (modded-nanogpt)
     tie_embeddings: bool = True  # lm_head shares the token embedding matrix (GPT-2)
     logit_softcap: float = 0.0  # > 0: logits = cap * tanh(logits / cap) (Gemma 2, modded-nanogpt); 0 = off
-    value_embeddings: bool = False  # each block adds a learned vector per input token to its attention values (modded-nanogpt)
     # The options pretrained Llama/Qwen3 checkpoints need (slm import-hf sets them from config.json):
     n_kv_head: int = 0  # key/value heads (grouped-query attention: each serves n_head / n_kv_head queries); 0 = n_head
     head_dim: int = 0  # size of each attention head; 0 = n_embd / n_head (Qwen3-0.6B: 128 with n_embd 1024, 16 heads)

@@ -40,9 +40,8 @@ CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_
 GPT2_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")  # GPT-2's tanh GELU, the one our model uses
 # The options each Hugging Face family fixes; any other value has no equivalent there.
 GPT2_OPTIONS = {"pos_embedding": ("learned", "sinusoidal"), "norm": ("layernorm",), "mlp": ("gelu",), "qk_norm": (False,),
-                "logit_softcap": (0.0,), "value_embeddings": (False,)}  # fmt: skip
-LLAMA_OPTIONS = {"pos_embedding": ("rotary",), "norm": ("rmsnorm",), "mlp": ("swiglu",), "logit_softcap": (0.0,),
-                 "value_embeddings": (False,)}  # fmt: skip
+                "logit_softcap": (0.0,)}  # fmt: skip
+LLAMA_OPTIONS = {"pos_embedding": ("rotary",), "norm": ("rmsnorm",), "mlp": ("swiglu",), "logit_softcap": (0.0,)}
 
 
 def _d_ff(cfg: ModelConfig) -> int:

@@ -192,8 +192,6 @@ class CausalSelfAttention(nn.Module):
         self.qk_norm, self.qk_norm_gain, self.eps = config.qk_norm, config.qk_norm_gain, config.eps("rmsnorm")
         if self.qk_norm_gain:  # Qwen3's q_norm / k_norm: one gain per head dimension, shared by the heads
             self.q_norm, self.k_norm = RMSNorm(self.head_size, self.eps), RMSNorm(self.head_size, self.eps)
-        # value embeddings: a (vocab, kv_size) table whose row for each input token is added to its values
-        self.v_embed = nn.Embedding(config.vocab_size, kv_size) if config.value_embeddings else None
 
     def forward(
         self,
@@ -201,13 +199,10 @@ class CausalSelfAttention(nn.Module):
         rope: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
         cache: Optional[KVCache] = None,
         layer: int = 0,
-        idx: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         B, T, C = x.shape
         hs = self.head_size
         q, k, v = self.c_attn(x).split(self.sizes, dim=2)
-        if self.v_embed is not None:
-            v = v + self.v_embed(idx)  # (B, T, kv_size): the token's own value vector, whatever its context
         # (B, T, nh * hs) -> (B, nh, T, hs); k, v have n_kv heads
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)
         k = k.view(B, T, self.n_kv_head, hs).transpose(1, 2)
@@ -287,8 +282,8 @@ class Block(nn.Module):
         self.ln_2 = _norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, rope=None, cache: Optional[KVCache] = None, layer: int = 0, idx=None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), rope, cache, layer, idx)
+    def forward(self, x: torch.Tensor, rope=None, cache: Optional[KVCache] = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), rope, cache, layer)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -357,7 +352,7 @@ class GPT(nn.Module):
         """Parameter count (tied weights counted once; fixed position tables are not parameters).
 
         non_embedding=True leaves out the tables that are only looked up, never multiplied:
-        the position embeddings, the value embeddings, and the token embeddings when lm_head is not tied to them.
+        the position embeddings, and the token embeddings when lm_head is not tied to them.
         """
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
@@ -365,7 +360,6 @@ class GPT(nn.Module):
                 n -= self.transformer.wpe.weight.numel()
             if not self.config.tie_embeddings:
                 n -= self.transformer.wte.weight.numel()
-            n -= sum(b.attn.v_embed.weight.numel() for b in self.transformer.h if b.attn.v_embed is not None)
         return n
 
     @property
@@ -412,7 +406,7 @@ class GPT(nn.Module):
                 rope = (rope[0][:, None], rope[1][:, None])  # (B, 1, T, hs/2): the same for every head
         x = self.transformer.drop(x)
         for layer, block in enumerate(self.transformer.h):
-            x = block(x, rope, cache, layer, idx)
+            x = block(x, rope, cache, layer)
         if cache is not None:
             cache.end()
             if targets is None:

@@ -195,8 +195,6 @@ def test_pipeline_generates_from_the_export(tmp_path, options):
     ({"mlp": "relu2"}, "model.mlp='relu2' .* choice is model.mlp='gelu' \\(GPT-2\\)"),
     ({**MODERN, "qk_norm": True, "bias": True}, "model.bias=true with model.qk_norm=true .* model.bias=false"),
     ({**MODERN, "logit_softcap": 30.0}, "model.logit_softcap=30.0 has no Hugging Face equivalent"),
-    ({**MODERN, "value_embeddings": True}, "model.value_embeddings=(T|t)rue has no Hugging Face equivalent"),
-    ({"value_embeddings": True}, "model.value_embeddings=(T|t)rue has no Hugging Face equivalent"),
 ])
 def test_configurations_no_hf_class_holds_are_one_line_errors(tmp_path, options, message):
     cfg = RunConfig().model

@@ -111,7 +111,6 @@ OPTIONS = [
     dict(tie_embeddings=False),
     dict(bias=False),
     dict(logit_softcap=5.0),
-    dict(value_embeddings=True),
     dict(pos_embedding="rotary", norm="rmsnorm", mlp="swiglu", qk_norm=True, bias=False, tie_embeddings=False),
     # a pretrained Qwen3's: grouped k/v heads, a head size apart from n_embd / n_head, learned QK-norm gains
     dict(pos_embedding="rotary", norm="rmsnorm", mlp="swiglu", qk_norm=True, qk_norm_gain=True, n_kv_head=1,
@@ -268,25 +267,6 @@ def test_logit_softcap_bounds_the_logits():
     assert logits.abs().max() > 0.5 and bounded.abs().max() < 0.5  # the randomized model's logits run past the cap
     torch.testing.assert_close(bounded, 0.5 * torch.tanh(logits / 0.5))
     torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(bounded.view(-1, 50), idx.view(-1)))
-
-
-def test_value_embeddings_add_each_tokens_row_to_its_values():
-    idx = torch.randint(0, 50, (2, 16))
-    plain = _randomize(GPT(tiny_config()))
-    ve = GPT(tiny_config(value_embeddings=True)).eval()
-    missing = ve.load_state_dict(plain.state_dict(), strict=False).missing_keys
-    assert missing == [f"transformer.h.{i}.attn.v_embed.weight" for i in range(2)]
-    C = 32
-    with torch.no_grad():
-        for block in ve.transformer.h:  # the same row for every token = a bias on v
-            block.attn.v_embed.weight.copy_(torch.linspace(-1, 1, C).expand(50, C))
-        for block in plain.transformer.h:
-            block.attn.c_attn.bias[2 * C :] += torch.linspace(-1, 1, C)
-        torch.testing.assert_close(ve(idx)[0], plain(idx)[0])
-        ve.transformer.h[0].attn.v_embed.weight[idx[0, 3]] += 1.0  # one token's own row changes its logits
-        changed = ve(idx)[0]
-    assert not torch.allclose(changed, plain(idx)[0])
-    assert ve.num_parameters(non_embedding=True) == plain.num_parameters(non_embedding=True)  # lookups, not matmuls
 
 
 def test_norm_and_mlp_modules():
