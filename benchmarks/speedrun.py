@@ -250,7 +250,7 @@ def main() -> None:
     parser.add_argument("--no-nanogpt", action="store_true", help="only our recipes (ablations between them)")
     args = parser.parse_args()
 
-    shared = Path(args.shared)
+    shared = Path(args.shared).resolve()  # before the chdir below
     text = shared / "data" / "tinyshakespeare.txt"
     work = Path(tempfile.mkdtemp(prefix="slm-speedrun-"))
     if text.is_file():  # data.source tinyshakespeare, offline; else the usual cache (downloaded once)
