@@ -258,8 +258,8 @@ def main() -> None:
         shutil.copy(text, work / "cache" / "tinyshakespeare.txt")
         os.environ["SLMKIT_CACHE"] = str(work / "cache")
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(ROOT)}
-    recipes = [str(Path(spec).resolve()) if "@" not in spec else
-               str(Path(spec.partition("@")[0]).resolve()) + "@" + spec.partition("@")[2] for spec in args.recipes]
+    # each recipe's path made absolute before the chdir below, its @overrides kept as given
+    recipes = [str(Path(path).resolve()) + at + rest for path, at, rest in (s.partition("@") for s in args.recipes)]
     os.chdir(work)  # shards/ go here; the runs' processes start here too
     cfg = load_recipe(str(BASELINE))
     prepare(cfg, log=lambda *a: None)
