@@ -326,7 +326,12 @@ class RunConfig:
         tc, block = self.train, self.model.block_size
         if tc.full_context_fraction and self.data.format == "chat":
             raise ConfigError("train.full_context_fraction is for plain text; chat windows start at each conversation")
-        if tc.full_context_fraction and tc.seq_len and (tc.batch_size * tc.seq_len) % block:
+        if tc.full_context_fraction and tc.seq_len in (0, block):
+            raise ConfigError(
+                f"train.full_context_fraction={tc.full_context_fraction} needs train.seq_len below "
+                f"model.block_size={block} (the windows it lengthens); set --train.seq_len, e.g. {block // 2}"
+            )
+        if tc.full_context_fraction and (tc.batch_size * tc.seq_len) % block:
             raise ConfigError(
                 f"train.full_context_fraction needs train.batch_size * train.seq_len ({tc.batch_size * tc.seq_len}) "
                 f"to be a multiple of model.block_size={block} (the same tokens per step in longer windows)"

@@ -190,6 +190,9 @@ def test_full_context_fraction_trains_block_size_windows_late_at_the_same_tokens
     assert result.tokens == 8 * 64
     with pytest.raises(ConfigError, match="multiple of model.block_size=32"):
         load_recipe("kjv-char-gpt2", dict(overrides, **{"train.batch_size": 3}))
+    for seq_len in (0, 32):  # windows already block_size long: the option would silently do nothing
+        with pytest.raises(ConfigError, match="needs train.seq_len below model.block_size=32"):
+            load_recipe("kjv-char-gpt2", dict(overrides, **{"train.seq_len": seq_len}))
 
 
 def test_early_stop_and_stop_at_val_loss(tmp_path, tiny_overrides):
