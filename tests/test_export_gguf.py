@@ -1,5 +1,7 @@
 """GGUF export: the file's metadata, tensors and tokenizer; with llama-cpp-python, llama.cpp itself runs it."""
 
+from unittest import mock
+
 import pytest
 import torch
 
@@ -152,20 +154,12 @@ def llama(path):
     """llama.cpp on an exported file, without its extra (repacked-weight) buffer types: on CPUs with AMX
     (seen on a Xeon with amx_int8, llama-cpp-python 0.3.36 built with GGML_NATIVE) evaluating a q8_0 file of
     these 32-wide models segfaults inside llama.cpp through them; the f32 files, and q8_0 without them, run."""
-    module = llama_cpp.llama_cpp  # what Llama() reads its default model params from
-    default = module.llama_model_default_params
-
-    def params():
-        p = default()
-        p.use_extra_bufts = False
-        return p
-
-    module.llama_model_default_params = params
-    try:
+    module = llama_cpp.llama_cpp  # what Llama() reads its default model params from (it has no keyword for this)
+    params = module.llama_model_default_params()
+    params.use_extra_bufts = False
+    with mock.patch.object(module, "llama_model_default_params", lambda: params):
         return llama_cpp.Llama(model_path=str(path), n_ctx=BLOCK, n_batch=BLOCK, n_threads=1, logits_all=True,
                                verbose=False)
-    finally:
-        module.llama_model_default_params = default
 
 
 def llama_greedy(llm, ids: list[int], n: int) -> list[int]:
