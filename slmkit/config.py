@@ -189,6 +189,7 @@ class TrainConfig:
     muon_lr: float = 0.02  # learning rate of the Muon group
     muon_momentum: float = 0.95
     muon_ns_steps: int = 5  # Newton-Schulz iterations per Muon update (fewer: cheaper, less orthogonal)
+    muon_beta2: float = 0.0  # > 0: NorMuon, each row of the update over the root of this EMA of its mean square
     schedule: str = "cosine"  # constant | cosine | exponential | plateau (all after linear warmup)
     gamma: float = 0.95  # exponential: lr *= gamma per epoch
     plateau_factor: float = 0.5  # plateau: lr *= factor ...
@@ -245,6 +246,8 @@ class TrainConfig:
             raise ConfigError(f"train.full_context_fraction={self.full_context_fraction} must be in [0, 1], e.g. 0.25 (0 = off)")
         if not 0.0 <= self.muon_momentum < 1.0:
             raise ConfigError(f"train.muon_momentum={self.muon_momentum} must be in [0, 1), e.g. 0.95")
+        if not 0.0 <= self.muon_beta2 < 1.0:
+            raise ConfigError(f"train.muon_beta2={self.muon_beta2} must be in [0, 1), e.g. 0.95 (0 = plain Muon)")
         if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
             raise ConfigError(f"train.device={self.device!r}; valid: auto, cpu, cuda, cuda:N, mps")
 

@@ -44,7 +44,12 @@ def orthogonalize(G: Tensor, steps: int = 5, eps: float = 1e-7) -> Tensor:
 
 
 class Muon(torch.optim.Optimizer):
-    """Orthogonalized momentum for 2-D parameters: p -= lr * scale * NS(nesterov momentum of grad)."""
+    """Orthogonalized momentum for 2-D parameters: p -= lr * scale * NS(nesterov momentum of grad).
+
+    beta2 > 0 is NorMuon (Li et al., 2025): each row (output neuron) of the orthogonalized update is divided
+    by the root of an EMA (decay beta2) of its mean square, then the whole update is rescaled to its
+    Frobenius norm before that division, so lr keeps Muon's meaning and only the direction changes.
+    """
 
     def __init__(
         self,
@@ -54,8 +59,11 @@ class Muon(torch.optim.Optimizer):
         nesterov: bool = True,
         weight_decay: float = 0.0,
         ns_steps: int = 5,
+        beta2: float = 0.0,
     ):
-        defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, ns_steps=ns_steps)
+        defaults = dict(
+            lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, ns_steps=ns_steps, beta2=beta2
+        )
         super().__init__(params, defaults)
         for group in self.param_groups:
             for p in group["params"]:
@@ -84,13 +92,30 @@ class Muon(torch.optim.Optimizer):
                 torch._foreach_mul_(bufs, group["momentum"])
                 torch._foreach_add_(bufs, grads)
                 g = torch._foreach_add(grads, bufs, alpha=group["momentum"]) if group["nesterov"] else bufs
-                updates = orthogonalize(torch.stack(g), group["ns_steps"]).unbind(0)
+                updates = orthogonalize(torch.stack(g), group["ns_steps"])  # (k, m, n)
+                if group["beta2"]:
+                    updates = self._normalize_rows(params, updates, group["beta2"])
+                updates = updates.unbind(0)
                 # keep the update's RMS comparable across shapes (tall matrices get a larger step)
                 scale = max(1.0, shape[0] / shape[1]) ** 0.5
                 if group["weight_decay"]:
                     torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
                 torch._foreach_add_(params, updates, alpha=-group["lr"] * scale)
         return loss
+
+    def _normalize_rows(self, params: list[Tensor], O: Tensor, beta2: float) -> Tensor:
+        """NorMuon's step on a stack O (k, m, n) of orthogonalized updates: rows over their RMS EMA."""
+        vs = []
+        for p in params:
+            state = self.state[p]
+            if "row_second_moment" not in state:
+                state["row_second_moment"] = torch.zeros(p.shape[0], 1, dtype=O.dtype, device=p.device)
+            vs.append(state["row_second_moment"])
+        torch._foreach_lerp_(vs, list(O.square().mean(-1, keepdim=True).unbind(0)), 1 - beta2)
+        # bias correction is left out: the rescaling below cancels any common factor of v
+        normalized = O / (torch.stack(vs).sqrt() + 1e-8)
+        norms = torch.linalg.matrix_norm(O, keepdim=True) / (torch.linalg.matrix_norm(normalized, keepdim=True) + 1e-12)
+        return normalized * norms
 
 
 def _skip_dynamo_import() -> None:
@@ -153,7 +178,8 @@ def make_optimizers(model: nn.Module, cfg: TrainConfig, device: torch.device) ->
     ]
     if hidden:
         muon_group = {"params": hidden, "base_lr": cfg.muon_lr}
-        optimizers.append(Muon([muon_group], lr=cfg.muon_lr, momentum=cfg.muon_momentum, ns_steps=cfg.muon_ns_steps))
+        optimizers.append(Muon([muon_group], lr=cfg.muon_lr, momentum=cfg.muon_momentum, ns_steps=cfg.muon_ns_steps,
+                               beta2=cfg.muon_beta2))  # fmt: skip
     return optimizers
 
 

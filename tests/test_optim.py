@@ -153,3 +153,49 @@ def test_our_adam_steps_exactly_as_torchs(kind):
             model(x).square().mean().backward()
             o.step()
     assert torch.equal(ours.weight, theirs.weight) and torch.equal(ours.bias, theirs.bias)
+
+
+def test_normuon_gives_every_row_the_same_norm_and_keeps_muons_step_size():
+    """beta2 > 0 (NorMuon): on the first step every row of the update has the same norm (v is that step's
+    row mean square), and the update's Frobenius norm is plain Muon's; later steps differ from Muon's."""
+    torch.manual_seed(0)
+    W0 = torch.randn(24, 8)
+    runs = {}
+    for beta2 in (0.0, 0.95):
+        W = torch.nn.Parameter(W0.clone())
+        opt = Muon([W], lr=0.1, beta2=beta2)
+        updates = []
+        for step in range(2):
+            before = W.detach().clone()
+            W.grad = torch.randn(24, 8, generator=torch.Generator().manual_seed(step)) * torch.arange(1, 25.0)[:, None]
+            opt.step()
+            updates.append(W.detach() - before)
+        runs[beta2] = updates
+    muon, normuon = runs[0.0], runs[0.95]
+    row_norms = normuon[0].norm(dim=1)
+    torch.testing.assert_close(row_norms, torch.full_like(row_norms, row_norms.mean().item()), rtol=1e-4, atol=0)
+    assert muon[0].norm(dim=1).std() > 0.05 * muon[0].norm(dim=1).mean()  # plain Muon's rows differ
+    torch.testing.assert_close(normuon[0].norm(), muon[0].norm(), rtol=1e-4, atol=0)
+    assert not torch.allclose(normuon[1], muon[1], atol=1e-4)
+
+
+def test_normuon_minimizes_a_least_squares_problem_and_reaches_the_optimizer():
+    from slmkit.config import TrainConfig
+    from slmkit.optim import make_optimizers
+
+    torch.manual_seed(0)
+    A, W_true = torch.randn(64, 16), torch.randn(16, 8)
+    W = torch.nn.Parameter(torch.zeros(16, 8))
+    opt = Muon([W], lr=0.05, beta2=0.95)
+    first = None
+    for _ in range(200):
+        loss = ((A @ W - A @ W_true) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        first = first or loss.item()
+    assert loss.item() < 0.05 * first
+    model = torch.nn.Module()
+    model.h = torch.nn.ModuleList([torch.nn.Linear(8, 8)])
+    _, muon = make_optimizers(model, TrainConfig(optimizer="muon", muon_beta2=0.9), torch.device("cpu"))
+    assert muon.param_groups[0]["beta2"] == 0.9

@@ -133,6 +133,7 @@ def test_precision_auto_is_fp32_on_cpu():
         ("train.grad_accum_steps", 0, "positive integer"),
         ("train.seq_len", 64, "exceeds model.block_size"),
         ("train.full_context_fraction", 1.5, "train.full_context_fraction=1.5 must be in"),
+        ("train.muon_beta2", 1.0, "train.muon_beta2=1.0 must be in"),
     ],
 )
 def test_bad_train_keys(key, value, message):
