@@ -46,6 +46,11 @@ def test_speedrun_recipe_builds_its_model_and_trains(name, tiny_corpus, tmp_path
     block_matrices = [p for n, p in load_run(tmp_path / "run").model.named_parameters() if ".h." in n and p.dim() == 2]
     if cfg.train.optimizer == "muon":
         assert len(optimizers) == 2 and len(optimizers[1]["state"]) == len(block_matrices)
+        if cfg.train.muon_beta2:  # NorMuon: each matrix's row second moments are in the resume state
+            state = optimizers[1]["state"]  # keyed by the parameter's index in the group
+            assert [tuple(state[i]["row_second_moment"].shape) for i in range(len(block_matrices))] == [
+                (p.shape[0], 1) for p in block_matrices
+            ]
     else:
         assert len(optimizers) == 1 and cfg.train.optimizer == "adamw"
 

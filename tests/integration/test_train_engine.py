@@ -33,7 +33,7 @@ def as_args(overrides: dict) -> list[str]:
         ("cosine", {"train.grad_accum_steps": 2, "model.dropout": 0.1}),
         ("constant", {"train.optimizer": "adam", "train.early_stop_patience": 20}),
         ("exponential", {"train.max_steps": 0, "train.max_epochs": 1, "train.gamma": 0.5, "train.batch_size": 8}),
-        ("plateau", {"train.plateau_patience": 0, "train.plateau_factor": 0.5, "train.optimizer": "muon"}),
+        ("plateau", {"train.plateau_patience": 0, "train.plateau_factor": 0.5, "train.optimizer": "muon", "train.muon_beta2": 0.95}),
     ],
 )
 def test_resume_is_bitwise_identical_for_every_schedule(tmp_path, tiny_overrides, monkeypatch, schedule, extra):
