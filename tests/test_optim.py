@@ -69,10 +69,11 @@ def test_muon_batched_step_matches_one_matrix_at_a_time():
 
 
 def test_orthogonalize_is_the_quintic_newton_schulz_iteration():
-    """The baddbmm form computes X <- aX + (bA + cA^2)X with A = XX^T, wide side inward."""
+    """X <- aX + (bA + cA^2)X with A = XX^T, wide side inward: the baddbmm form for near-square matrices,
+    the Gram form (iterating on the m x m side) for wide ones."""
     torch.manual_seed(0)
     a, b, c = 3.4445, -4.7750, 2.0315
-    for shape, steps in [((2, 48, 16), 5), ((16, 40), 3)]:
+    for shape, steps in [((2, 48, 16), 5), ((16, 40), 3), ((3, 24, 24), 5), ((20, 28), 5)]:
         G = torch.randn(*shape)  # orthogonalize works in fp32
         X = G.mT if shape[-2] > shape[-1] else G
         X = X / torch.linalg.matrix_norm(X, keepdim=True)
