@@ -38,7 +38,7 @@ def orthogonalize(G: Tensor, steps: int = 5, eps: float = 1e-7) -> Tensor:
     m, n = X.shape[-2:]
     if steps and 2 * n >= 3 * m:
         # Every iterate is Q X for an (m, m) polynomial Q in G = X X^T, and X_k X_k^T = Q G Q^T: iterate on
-        # the (m, m) side only and touch the (m, n) matrix twice. (4n + 34m) m^2 multiply-adds for 5 steps
+        # the (m, m) side only and touch the (m, n) matrix twice. (4n + 34m) m^2 FLOPs for 5 steps
         # against (20n + 10m) m^2: ~30% fewer for the 128 x 344 and 128 x 384 matrices. Square ones would pay
         # more (n = m: 38 m^3 against 30 m^3), so they keep the direct form below.
         G = torch.bmm(X, X.mT)  # (batch, m, m)
