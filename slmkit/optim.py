@@ -99,18 +99,22 @@ class Muon(torch.optim.Optimizer):
                     by_shape.setdefault(tuple(p.shape), []).append(p)
             for shape, params in by_shape.items():  # one batched orthogonalization per shape
                 grads = [p.grad for p in params]
-                bufs = []
+                bufs, row_moments = [], []
                 for p in params:
                     state = self.state[p]
                     if "momentum_buffer" not in state:
                         state["momentum_buffer"] = torch.zeros_like(p)
                     bufs.append(state["momentum_buffer"])
+                    if group["beta2"]:  # NorMuon: one second moment per row (output neuron)
+                        if "row_second_moment" not in state:
+                            state["row_second_moment"] = p.new_zeros(p.shape[0], 1)
+                        row_moments.append(state["row_second_moment"])
                 torch._foreach_mul_(bufs, group["momentum"])
                 torch._foreach_add_(bufs, grads)
                 g = torch._foreach_add(grads, bufs, alpha=group["momentum"]) if group["nesterov"] else bufs
                 updates = orthogonalize(torch.stack(g), group["ns_steps"])  # (k, m, n)
                 if group["beta2"]:
-                    updates = self._normalize_rows(params, updates, group["beta2"])
+                    updates = _normalize_rows(updates, row_moments, group["beta2"])
                 updates = updates.unbind(0)
                 # keep the update's RMS comparable across shapes (tall matrices get a larger step)
                 scale = max(1.0, shape[0] / shape[1]) ** 0.5
@@ -119,19 +123,14 @@ class Muon(torch.optim.Optimizer):
                 torch._foreach_add_(params, updates, alpha=-group["lr"] * scale)
         return loss
 
-    def _normalize_rows(self, params: list[Tensor], O: Tensor, beta2: float) -> Tensor:
-        """NorMuon's step on a stack O (k, m, n) of orthogonalized updates: rows over their RMS EMA."""
-        vs = []
-        for p in params:
-            state = self.state[p]
-            if "row_second_moment" not in state:
-                state["row_second_moment"] = torch.zeros(p.shape[0], 1, dtype=O.dtype, device=p.device)
-            vs.append(state["row_second_moment"])
-        torch._foreach_lerp_(vs, list(O.square().mean(-1, keepdim=True).unbind(0)), 1 - beta2)
-        # bias correction is left out: the rescaling below cancels any common factor of v
-        normalized = O / (torch.stack(vs).sqrt() + 1e-8)
-        norms = torch.linalg.matrix_norm(O, keepdim=True) / (torch.linalg.matrix_norm(normalized, keepdim=True) + 1e-12)
-        return normalized * norms
+def _normalize_rows(O: Tensor, row_moments: list[Tensor], beta2: float) -> Tensor:
+    """NorMuon's step on a stack O (k, m, n) of orthogonalized updates: each row over the root of its
+    second-moment EMA (row_moments: k tensors (m, 1), updated in place), rescaled to O's Frobenius norm."""
+    torch._foreach_lerp_(row_moments, list(O.square().mean(-1, keepdim=True).unbind(0)), 1 - beta2)
+    # bias correction is left out: the rescaling below cancels any common factor of v
+    normalized = O / (torch.stack(row_moments).sqrt() + 1e-8)
+    norms = torch.linalg.matrix_norm(O, keepdim=True) / (torch.linalg.matrix_norm(normalized, keepdim=True) + 1e-12)
+    return normalized * norms
 
 
 def _skip_dynamo_import() -> None:
