@@ -10,8 +10,9 @@ BIN := $(VENV)/bin
 demo: $(VENV)/.installed
 	$(BIN)/slm train
 
+# one pytest worker a core, at most four (pytest-xdist); each test runs torch on one thread (tests/conftest.py)
 test: $(VENV)/.dev-installed
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --maxprocesses=4
 
 install: $(VENV)/.installed
 

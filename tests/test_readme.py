@@ -154,4 +154,4 @@ def test_make_test_installs_the_dev_extras_then_runs_the_tests():
     last_install = _install_steps(commands)[-1]
     dev = commands.index(".venv/bin/python -m pip install -e '.[dev]'")
     assert last_install < dev < len(commands) - 1
-    assert commands[-1] == ".venv/bin/python -m pytest"
+    assert commands[-1] == ".venv/bin/python -m pytest -n auto --maxprocesses=4"  # pytest-xdist, a dev extra
