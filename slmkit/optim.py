@@ -123,6 +123,7 @@ class Muon(torch.optim.Optimizer):
                 torch._foreach_add_(params, updates, alpha=-group["lr"] * scale)
         return loss
 
+
 def _normalize_rows(O: Tensor, row_moments: list[Tensor], beta2: float) -> Tensor:
     """NorMuon's step on a stack O (k, m, n) of orthogonalized updates: each row over the root of its
     second-moment EMA (row_moments: k tensors (m, 1), updated in place), rescaled to O's Frobenius norm."""
