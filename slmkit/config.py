@@ -187,6 +187,7 @@ class TrainConfig:
     threads: int = 0  # CPU threads for torch; 0 = torch's default
     optimizer: str = "adamw"  # adamw | adam | muon (Muon for hidden matrices, AdamW for the rest)
     muon_lr: float = 0.02  # learning rate of the Muon group
+    embedding_lr: float = 0.0  # lr of the embedding tables (a tied head's too); 0 = train.lr
     muon_momentum: float = 0.95
     muon_ns_steps: int = 5  # Newton-Schulz iterations per Muon update (fewer: cheaper, less orthogonal)
     muon_beta2: float = 0.0  # > 0: NorMuon, each row of the update over the root of this EMA of its mean square
@@ -221,7 +222,7 @@ class TrainConfig:
         ):  # fmt: skip
             if getattr(self, key) < 0:
                 raise ConfigError(f"train.{key}={getattr(self, key)} must be >= 0")
-        for key in ("lr", "min_lr", "weight_decay", "grad_clip", "max_minutes", "muon_lr", "early_stop_min_delta",
+        for key in ("lr", "min_lr", "weight_decay", "grad_clip", "max_minutes", "muon_lr", "embedding_lr", "early_stop_min_delta",
                     "stop_at_val_loss"):  # fmt: skip
             value = getattr(self, key)
             if value < 0 or not math.isfinite(value):

@@ -174,10 +174,13 @@ def make_optimizers(model: nn.Module, cfg: TrainConfig, device: torch.device) ->
     """
     _skip_dynamo_import()
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    hidden, decay, no_decay = [], [], []
+    embedding_lr = cfg.embedding_lr or cfg.lr
+    hidden, decay, no_decay, embed = [], [], [], []
     for name, p in model.named_parameters():  # tied weights appear once
         if cfg.optimizer == "muon" and p.dim() == 2 and ".h." in f".{name}" and id(p) not in embeddings:
             hidden.append(p)
+        elif id(p) in embeddings and embedding_lr != cfg.lr:
+            embed.append(p)
         elif p.dim() >= 2 and (cfg.decay_embeddings or id(p) not in embeddings):
             decay.append(p)
         else:
@@ -185,6 +188,8 @@ def make_optimizers(model: nn.Module, cfg: TrainConfig, device: torch.device) ->
     groups = [
         {"params": decay, "weight_decay": cfg.weight_decay, "base_lr": cfg.lr},
         {"params": no_decay, "weight_decay": 0.0, "base_lr": cfg.lr},
+        # the token (and learned position) tables at their own lr; a tied head shares the table's
+        {"params": embed, "weight_decay": cfg.weight_decay if cfg.decay_embeddings else 0.0, "base_lr": embedding_lr},
     ]
     adam_class = _Adam if cfg.optimizer == "adam" else _AdamW
     # fused kernels exist for CUDA and CPU; they update every tensor in one call

@@ -109,6 +109,37 @@ def test_decay_embeddings_moves_the_tables_into_the_decayed_group():
         assert id(model.transformer.ln_f.weight) not in decayed  # norms never
 
 
+@pytest.mark.parametrize("tied", [True, False])
+def test_embedding_lr_steps_the_tables_at_their_own_lr(tied):
+    from slmkit.config import ConfigError, ModelConfig, TrainConfig
+    from slmkit.model import GPT
+    from slmkit.optim import make_optimizers
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=50, n_layer=1, n_head=2, n_embd=16, block_size=8, tie_embeddings=tied))
+    wte, head = model.transformer.wte.weight, model.lm_head.weight
+    cfg = TrainConfig(optimizer="muon", lr=1e-3, embedding_lr=0.05, beta1=0.9)
+    adamw, _ = make_optimizers(model, cfg, torch.device("cpu"))
+    lr_of = {id(p): g["base_lr"] for g in adamw.param_groups for p in g["params"]}
+    assert lr_of[id(wte)] == 0.05 and lr_of[id(model.transformer.ln_f.weight)] == 1e-3
+    assert tied or lr_of[id(head)] == 1e-3  # an untied head is a matrix at train.lr
+    for g in adamw.param_groups:
+        g["lr"] = g["base_lr"]
+    before_wte, before_head = wte.detach().clone(), head.detach().clone()
+    idx = torch.randint(0, 50, (4, 8))
+    model(idx, idx)[1].backward()
+    adamw.step()
+    # Adam's first step moves every element with a gradient by ~its lr (g / |g|)
+    assert (wte - before_wte).abs().max().item() == pytest.approx(0.05, rel=0.01)
+    if not tied:
+        assert (head - before_head).abs().max().item() == pytest.approx(1e-3, rel=0.01)
+    # 0 (the default) keeps every AdamW parameter at train.lr, in the groups it always had
+    adamw, _ = make_optimizers(model, TrainConfig(optimizer="muon", lr=1e-3), torch.device("cpu"))
+    assert {g["base_lr"] for g in adamw.param_groups} == {1e-3}
+    with pytest.raises(ConfigError, match="train.embedding_lr"):
+        TrainConfig(embedding_lr=-1.0).validate()
+
+
 def test_make_optimizers_never_imports_torch_dynamo():
     # torch.optim imports torch._dynamo (~2 s of CPU) on an optimizer's first add_param_group and step;
     # a fresh process shows whether ours do (this test process may have imported it already)
