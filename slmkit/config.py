@@ -222,8 +222,8 @@ class TrainConfig:
         ):  # fmt: skip
             if getattr(self, key) < 0:
                 raise ConfigError(f"train.{key}={getattr(self, key)} must be >= 0")
-        for key in ("lr", "min_lr", "weight_decay", "grad_clip", "max_minutes", "muon_lr", "embedding_lr", "early_stop_min_delta",
-                    "stop_at_val_loss"):  # fmt: skip
+        for key in ("lr", "min_lr", "weight_decay", "grad_clip", "max_minutes", "muon_lr", "embedding_lr",
+                    "early_stop_min_delta", "stop_at_val_loss"):  # fmt: skip
             value = getattr(self, key)
             if value < 0 or not math.isfinite(value):
                 raise ConfigError(f"train.{key}={value} must be a finite number >= 0")

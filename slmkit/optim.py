@@ -170,6 +170,7 @@ def make_optimizers(model: nn.Module, cfg: TrainConfig, device: torch.device) ->
     adamw/adam: weight decay on matrices only (not on norms, biases, or embeddings unless
     train.decay_embeddings).
     muon: Muon for the 2-D matrices inside the transformer blocks, AdamW for everything else.
+    train.embedding_lr (if set and not train.lr): the embedding tables in an AdamW group of their own at that lr.
     Neither building nor stepping them imports torch._dynamo (see _skip_dynamo_import).
     """
     _skip_dynamo_import()
